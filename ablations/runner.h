@@ -1,0 +1,23 @@
+#pragma once
+// Runs cache specs over a dump: tasks are (layer, kv head) slabs, evaluated in
+// parallel with OpenMP; each slab is read once for all specs that need it, and
+// records come back in (spec, layer, head) order whatever the thread count.
+#include <vector>
+
+#include "analysis/results.h"
+#include "core/spec.h"
+#include "data/kv_dump.h"
+
+namespace kvq::ablations {
+
+struct RunOptions {
+  int prefill = -1;         // tokens prefilled; -1: all but the last 64
+  int queries = -1;         // evaluate the last N decoded positions; -1: all decoded positions
+  std::vector<int> layers;  // empty: all
+  bool progress = false;    // a progress line on stderr
+};
+
+std::vector<analysis::EvalRecord> run_eval(const data::DumpReader& dump, const std::vector<CacheSpec>& specs,
+                                           const RunOptions& options);
+
+}  // namespace kvq::ablations

@@ -1,0 +1,50 @@
+#pragma once
+// The metrics kvq reports, defined once (docs/METRICS.md gives the formulas).
+#include <cstddef>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace kvq {
+
+struct ReconstructionMetrics {
+  double mse = 0;      // mean (x - x^)^2
+  double rel_fro = 0;  // ||x - x^||_F / ||x||_F
+  double max_abs = 0;  // max |x - x^|
+  double snr_db = 0;   // 10 log10(sum x^2 / sum (x - x^)^2); +inf when exact
+};
+
+ReconstructionMetrics reconstruction_metrics(const float* x, const float* x_hat, std::size_t n);
+
+struct AttentionMetrics {
+  double score_abs = 0;  // mean_j |s_j - s^_j| (logits after 1/sqrt(d))
+  double score_rel = 0;  // ||s - s^||_2 / ||s||_2
+  double kl = 0;         // KL(p || p^) = sum p log(p / p^)
+  double tv = 0;         // total variation, 0.5 sum |p - p^|
+  double top8 = 0;       // |top8(p) & top8(p^)| / min(8, n)
+  double top32 = 0;      // same for 32
+  double out_rel = 0;    // ||o - o^||_2 / ||o||_2
+};
+
+// Reference quantities in double, the quantized ones as computed (fp32).
+AttentionMetrics attention_metrics(const std::vector<double>& ref_scores, const std::vector<double>& ref_probs,
+                                   const std::vector<double>& ref_output, const std::vector<float>& scores,
+                                   const std::vector<float>& probs, const std::vector<float>& output);
+
+// Fraction of the k largest entries of a that are among the k largest of b (ties broken by index).
+double topk_overlap(const std::vector<double>& a, const std::vector<float>& b, std::size_t k);
+
+// Running mean and maximum of one metric.
+struct Stat {
+  double sum = 0;
+  double max = -std::numeric_limits<double>::infinity();
+  std::size_t count = 0;
+  void add(double v) {
+    sum += v;
+    max = v > max ? v : max;
+    ++count;
+  }
+  double mean() const { return count ? sum / static_cast<double>(count) : 0.0; }
+};
+
+}  // namespace kvq

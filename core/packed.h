@@ -1,0 +1,93 @@
+#pragma once
+// The packed KV-cache formats, shared by cpu_ref/ (host) and gpu/ (device).
+// Everything that decides where a bit lives is in this file; docs/PACKED.md
+// draws the same layouts. All integers little-endian, as on x86 and NVIDIA GPUs.
+//
+// Codes. Every quantized value is an unsigned b-bit field f (b in {2,3,4,8}).
+// Codes are packed in chunks of 32 consecutive codes along the group axis; a
+// chunk is exactly b 32-bit words (CodeChunk<b>):
+//   b = 2, 4, 8: code i sits at bits [(i*b) % 32, (i*b) % 32 + b) of word (i*b) / 32,
+//                least-significant bits first (16, 8 or 4 codes per word);
+//   b = 3:       word 0 holds the low two bits of codes 0..15 (code i at bits 2i..2i+1),
+//                word 1 the low two bits of codes 16..31 (code i at bits 2(i-16)..),
+//                word 2 bit 2 of every code (code i at bit i). No code straddles a word.
+// A half-chunk (codes 0..15 or 16..31) always occupies whole bytes, so groups of 16 work too.
+//
+// Meaning of f, per group with stored scale s and zero point z (fp16 or fp32):
+//   asym:          x^ = f * s + z
+//   sym, signmag:  x^ = (f - (2^(b-1) - 1)) * s   levels -(2^(b-1)-1) .. 2^(b-1)-1
+//   sym, twos:     x^ = (f - 2^(b-1)) * s         levels -2^(b-1) .. 2^(b-1)-1
+//   hybrid:        the sign bit of the stored scale is the group's mode bit: set means
+//                  asymmetric (x^ = f * |s| + z), clear means symmetric. It costs no bytes.
+// So every group reads as x^ = f * |s| + z_eff with z_eff = z (asym) or -offset * s (sym):
+// a dot product over a group is |s| * sum(f_i * w_i) + z_eff * sum(w_i).
+//
+// Layouts of the quantized region of one (layer, kv head) tensor: Q tokens, d channels
+// (d a multiple of 32), group size G.
+//   channel axis (groups of G channels within a token: keys' inner layout, KIVI's values):
+//     codes  row-major by token, each token d/32 chunks: chunk (t, j) at words [(t*d/32 + j) * b, +b)
+//     group  (t, g) has index t * (d/G) + g
+//   token axis (groups of G tokens within a channel: values' inner layout, KIVI's keys):
+//     codes  tiles of 32 tokens; in tile k, channel c owns chunk (k, c) at words [(k*d + c) * b, +b),
+//            holding tokens 32k..32k+31 at positions 0..31. A tile is allocated whole.
+//     group  (t / G, c) has index (t / G) * d + c
+// Scales: one per group, in group index order.
+// Zero points: asym, one per group in group order; sym, none; hybrid, one per asymmetric
+//   group only, in group order, plus zero_base[r] (uint32) = the number of asymmetric groups
+//   before zero-block r, where a zero-block is 32 tokens (channel axis) or G tokens (token
+//   axis). A group's zero sits at zero_base[r] + (asymmetric groups before it in block r).
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define KVQ_HD __host__ __device__ __forceinline__
+#else
+#define KVQ_HD inline
+#endif
+
+namespace kvq::packed {
+
+inline constexpr int kChunkCodes = 32;  // codes per chunk, along the group axis
+inline constexpr int kTileTokens = 32;  // tokens per tile of the token-axis layout
+
+template <int Bits>
+struct CodeChunk {
+  std::uint32_t word[Bits];
+};
+static_assert(sizeof(CodeChunk<2>) == 8, "2-bit chunk: 32 codes in 2 words");
+static_assert(sizeof(CodeChunk<3>) == 12, "3-bit chunk: 32 codes in 3 words");
+static_assert(sizeof(CodeChunk<4>) == 16, "4-bit chunk: 32 codes in 4 words");
+static_assert(sizeof(CodeChunk<8>) == 32, "8-bit chunk: 32 codes in 8 words");
+
+// Words one chunk of b-bit codes takes.
+KVQ_HD constexpr int chunk_words(int bits) { return bits; }
+
+// Offset of the symmetric levels in the unsigned field.
+KVQ_HD constexpr int sym_offset(int bits, bool twos) { return twos ? (1 << (bits - 1)) : (1 << (bits - 1)) - 1; }
+
+// Reads code i (0..31) of a chunk.
+KVQ_HD std::uint32_t get_code(const std::uint32_t* chunk, int bits, int i) {
+  if (bits == 3) {
+    const std::uint32_t low = (chunk[i >> 4] >> ((i & 15) * 2)) & 3u;
+    const std::uint32_t high = (chunk[2] >> i) & 1u;
+    return low | (high << 2);
+  }
+  const int bit = i * bits;
+  return (chunk[bit >> 5] >> (bit & 31)) & ((1u << bits) - 1u);
+}
+
+// ORs code i (0..31) into a chunk whose bits for that code are still zero.
+KVQ_HD void put_code(std::uint32_t* chunk, int bits, int i, std::uint32_t code) {
+  if (bits == 3) {
+    chunk[i >> 4] |= (code & 3u) << ((i & 15) * 2);
+    chunk[2] |= ((code >> 2) & 1u) << i;
+    return;
+  }
+  const int bit = i * bits;
+  chunk[bit >> 5] |= code << (bit & 31);
+}
+
+// The hybrid mode bit lives in the sign of the stored scale.
+inline constexpr std::uint16_t kHalfSignBit = 0x8000u;
+inline constexpr std::uint32_t kFloatSignBit = 0x80000000u;
+
+}  // namespace kvq::packed

@@ -1,0 +1,93 @@
+#pragma once
+// The quantized region of one (layer, kv head) tensor, stored exactly in the
+// core/packed.h layout: codes, scales (mode bit in the sign for hybrid), zero
+// points and hybrid's zero_base. Products are computed from the codes directly.
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "core/quant_math.h"
+#include "core/spec.h"
+
+namespace kvq::cpu {
+
+// Scales or zero points in the stored precision (fp16 bit patterns or fp32 values).
+class MetaArray {
+ public:
+  explicit MetaArray(bool fp16 = true) : fp16_(fp16) {}
+  // Appends a value already rounded to the stored precision; sign_bit forces the sign bit on.
+  void push(float value, bool sign_bit = false);
+  float magnitude(std::size_t i) const;  // |value|
+  float value(std::size_t i) const;      // signed value
+  bool sign_bit(std::size_t i) const;
+  std::size_t size() const { return fp16_ ? half_.size() : single_.size(); }
+  std::size_t bytes() const { return fp16_ ? half_.size() * 2 : single_.size() * 4; }
+  bool fp16() const { return fp16_; }
+  const std::vector<std::uint16_t>& half_bits() const { return half_; }
+  const std::vector<std::uint32_t>& float_bits() const { return single_; }
+
+ private:
+  bool fp16_;
+  std::vector<std::uint16_t> half_;
+  std::vector<std::uint32_t> single_;
+};
+
+class PackedRegion {
+ public:
+  // Tokens that a range passed to dot_rows/weighted_sum must start at a multiple of
+  // (tiles, groups of up to 128 tokens and zero-blocks all align to it).
+  static constexpr int kRangeAlign = 128;
+
+  PackedRegion(const TensorSpec& spec, int head_dim);
+
+  // Quantizes `count` rows (row-major, count x head_dim) and appends them. For token-axis
+  // groups count must be a multiple of group_size. Throws kvq::Error when a scale or zero
+  // point does not fit the metadata precision.
+  void append(const float* rows, int count);
+
+  int tokens() const { return tokens_; }
+  int head_dim() const { return d_; }
+  const TensorSpec& spec() const { return spec_; }
+
+  // out[t - t0] = sum_c w[c] * x^[t][c] for t in [t0, t1); t0 a multiple of kRangeAlign and
+  // t1 a multiple of the token-axis group size or tokens().
+  void dot_rows(const float* w, int t0, int t1, float* out) const;
+  // out[c] = sum_{t in [t0, t1)} p[t - t0] * x^[t][c]; t0 a multiple of kRangeAlign.
+  void weighted_sum(const float* p, int t0, int t1, float* out) const;
+  // out (tokens x head_dim) = x^, by the definitional forms of core/quant_math.h.
+  void dequantize(float* out) const;
+
+  // Bytes held: codes, scales, zero points, zero_base.
+  std::size_t bytes() const;
+
+  const std::vector<std::uint32_t>& codes() const { return codes_; }
+  const MetaArray& scales() const { return scales_; }
+  const MetaArray& zeros() const { return zeros_; }
+  const std::vector<std::uint32_t>& zero_base() const { return zero_base_; }
+
+ private:
+  struct GroupMeta {
+    bool asym;
+    float scale;     // |s|
+    float zero;      // z (asymmetric groups)
+    float zero_eff;  // z for asymmetric groups, -offset * s for symmetric ones: x^ = f * scale + zero_eff
+  };
+  // Metadata of the group with index `group`; zero_cursor walks hybrid's compact zero points
+  // and must be visited in group order.
+  GroupMeta group_meta(std::size_t group, std::size_t& zero_cursor) const;
+  std::size_t zero_cursor_at(int t0) const;
+  void store_group(const qmath::GroupQuant& g);
+  int zero_block_tokens() const;
+
+  TensorSpec spec_;
+  qmath::GroupParams params_;
+  int d_;
+  int tokens_ = 0;
+  int offset_;  // symmetric level offset
+  std::vector<std::uint32_t> codes_;
+  MetaArray scales_;
+  MetaArray zeros_;
+  std::vector<std::uint32_t> zero_base_;
+};
+
+}  // namespace kvq::cpu
