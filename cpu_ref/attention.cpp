@@ -7,14 +7,23 @@ namespace kvq::cpu {
 
 void softmax(std::vector<float>& x) {
   if (x.empty()) return;
+  // Fixed blocks summed in block order: the same result with any number of threads.
+  constexpr int kBlock = 4096;
+  const int n = static_cast<int>(x.size());
+  const int blocks = (n + kBlock - 1) / kBlock;
   const float m = *std::max_element(x.begin(), x.end());
-  float sum = 0.0f;
-  for (float& v : x) {
-    v = std::exp(v - m);
-    sum += v;
+  std::vector<float> partial(static_cast<std::size_t>(blocks), 0.0f);
+#pragma omp parallel for schedule(static) if (blocks > 1)
+  for (int b = 0; b < blocks; ++b) {
+    float sum = 0.0f;
+    for (int i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) sum += (x[i] = std::exp(x[i] - m));
+    partial[b] = sum;
   }
+  float sum = 0.0f;
+  for (float p : partial) sum += p;
   const float inv = 1.0f / sum;
-  for (float& v : x) v *= inv;
+#pragma omp parallel for schedule(static) if (blocks > 1)
+  for (int i = 0; i < n; ++i) x[i] *= inv;
 }
 
 void quantized_attention(const TensorCache& keys, const TensorCache& values, const float* q, AttentionResult& out) {

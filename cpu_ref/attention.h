@@ -26,7 +26,7 @@ struct ReferenceAttention {
 void reference_attention(const float* keys, const float* values, int n, int d, const float* q,
                          ReferenceAttention& out);
 
-// In-place softmax in fp32 (max-subtracted, summed in index order).
+// In-place softmax in fp32 (max-subtracted; summed in fixed 4096-element blocks, then in block order).
 void softmax(std::vector<float>& x);
 
 }  // namespace kvq::cpu

@@ -1,16 +1,113 @@
 #pragma once
-// Fast CPU reads of packed code chunks (core/packed.h layouts) through small
-// byte-indexed decode tables: one table load yields 4 (2-bit), 2 (4-bit) or
-// 8 high bits (3-bit) codes as floats, ready to multiply with 4 or 8 weights.
+// Fast CPU reads of packed code chunks (core/packed.h layouts): per bit width,
+// fixed-length loops over 16-code halves that the compiler vectorizes, reduced in
+// a fixed order so results do not depend on the machine's vector width. Inline,
+// since they run once per group on the hot path.
 #include <cstdint>
 
 namespace kvq::cpu {
+namespace codes_detail {
 
-// Decodes all 32 codes of a chunk into floats.
-void decode_chunk(const std::uint32_t* chunk, int bits, float* out);
+// Field i (0..15) of half-chunk `half`, written so that a loop over i vectorizes
+// (a shift by a per-lane constant, a mask, a convert).
+template <int Bits>
+[[gnu::always_inline]] inline std::uint32_t field(const std::uint32_t* chunk, int half, int i) {
+  if constexpr (Bits == 2) {
+    return (chunk[half] >> (2 * i)) & 3u;
+  } else if constexpr (Bits == 3) {
+    return ((chunk[half] >> (2 * i)) & 3u) | (((chunk[2] >> (16 * half + i)) & 1u) << 2);
+  } else if constexpr (Bits == 4) {
+    return (chunk[2 * half + (i >> 3)] >> (4 * (i & 7))) & 15u;
+  } else {
+    return (chunk[4 * half + (i >> 2)] >> (8 * (i & 3))) & 255u;
+  }
+}
 
-// sum_{i in [first, first+count)} w[i - first] * f_i for codes of one chunk;
-// first is 0 or 16, count is 16 or 32 (first + count <= 32).
-float chunk_dot(const std::uint32_t* chunk, int bits, int first, int count, const float* w);
+// sum_i w[i] * f_i over one half-chunk, reduced in a fixed pairwise order.
+template <int Bits>
+[[gnu::always_inline]] inline float half_dot(const std::uint32_t* chunk, int half, const float* w) {
+  float acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = w[i] * static_cast<float>(field<Bits>(chunk, half, i));
+  for (int i = 0; i < 8; ++i) acc[i] += acc[i + 8];
+  for (int i = 0; i < 4; ++i) acc[i] += acc[i + 4];
+  return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+
+template <int Bits>
+[[gnu::always_inline]] inline void half_decode(const std::uint32_t* chunk, int half, float* out) {
+  for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(field<Bits>(chunk, half, i));
+}
+
+template <int Bits>
+[[gnu::always_inline]] inline float dot(const std::uint32_t* chunk, int first, int count, const float* w) {
+  if (count == 16) return half_dot<Bits>(chunk, first / 16, w);
+  return half_dot<Bits>(chunk, 0, w) + half_dot<Bits>(chunk, 1, w + 16);
+}
+
+// Eight channels at once (token-axis layout: their chunks are `Bits` words apart):
+// acc[k] += sum_{i<16} p[i] * f_i(channel k). Lanes are channels, so no horizontal sums.
+template <int Bits>
+inline void half_dot8(const std::uint32_t* chunk0, int half, const float* p, float* acc) {
+  constexpr int kWords = Bits == 3 ? 2 : Bits / 2;  // words holding one half-chunk (low/high for 3 bits)
+  std::uint32_t w[kWords][8];
+  for (int k = 0; k < 8; ++k) {
+    const std::uint32_t* chunk = chunk0 + k * Bits;
+    if constexpr (Bits == 3) {
+      w[0][k] = chunk[half];
+      w[1][k] = chunk[2] >> (16 * half);
+    } else {
+      for (int j = 0; j < kWords; ++j) w[j][k] = chunk[kWords * half + j];
+    }
+  }
+  for (int i = 0; i < 16; ++i) {
+    const float pi = p[i];
+    for (int k = 0; k < 8; ++k) {
+      std::uint32_t f;
+      if constexpr (Bits == 3) {
+        f = ((w[0][k] >> (2 * i)) & 3u) | (((w[1][k] >> i) & 1u) << 2);
+      } else {
+        constexpr int kPerWord = 32 / Bits;
+        f = (w[i / kPerWord][k] >> (Bits * (i % kPerWord))) & ((1u << Bits) - 1u);
+      }
+      acc[k] += pi * static_cast<float>(f);
+    }
+  }
+}
+
+}  // namespace codes_detail
+
+// acc[k] += sum over codes [first, first+count) of chunk(k) of w[i - first] * f_i, for 8 channels whose
+// chunks start at chunk0 and are `bits` words apart (the token-axis layout); first 0 or 16, count 16 or 32.
+inline void chunk_dot8(const std::uint32_t* chunk0, int bits, int first, int count, const float* w, float* acc) {
+  for (int half = first / 16; half < (first + count) / 16; ++half) {
+    const float* wh = w + 16 * half - first;
+    switch (bits) {
+      case 2: codes_detail::half_dot8<2>(chunk0, half, wh, acc); break;
+      case 3: codes_detail::half_dot8<3>(chunk0, half, wh, acc); break;
+      case 4: codes_detail::half_dot8<4>(chunk0, half, wh, acc); break;
+      default: codes_detail::half_dot8<8>(chunk0, half, wh, acc); break;
+    }
+  }
+}
+
+// decode_chunk: all 32 codes of a chunk as floats.
+// chunk_dot: sum_{i in [first, first+count)} w[i - first] * f_i; first is 0 or 16, count 16 or 32.
+inline void decode_chunk(const std::uint32_t* chunk, int bits, float* out) {
+  switch (bits) {
+    case 2: codes_detail::half_decode<2>(chunk, 0, out), codes_detail::half_decode<2>(chunk, 1, out + 16); return;
+    case 3: codes_detail::half_decode<3>(chunk, 0, out), codes_detail::half_decode<3>(chunk, 1, out + 16); return;
+    case 4: codes_detail::half_decode<4>(chunk, 0, out), codes_detail::half_decode<4>(chunk, 1, out + 16); return;
+    default: codes_detail::half_decode<8>(chunk, 0, out), codes_detail::half_decode<8>(chunk, 1, out + 16); return;
+  }
+}
+
+inline float chunk_dot(const std::uint32_t* chunk, int bits, int first, int count, const float* w) {
+  switch (bits) {
+    case 2: return codes_detail::dot<2>(chunk, first, count, w);
+    case 3: return codes_detail::dot<3>(chunk, first, count, w);
+    case 4: return codes_detail::dot<4>(chunk, first, count, w);
+    default: return codes_detail::dot<8>(chunk, first, count, w);
+  }
+}
 
 }  // namespace kvq::cpu

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/half.h"
@@ -24,20 +25,6 @@ void MetaArray::push(float value, bool sign_bit) {
   }
 }
 
-float MetaArray::magnitude(std::size_t i) const {
-  if (fp16_) return half_bits_to_float(static_cast<std::uint16_t>(half_[i] & 0x7fffu));
-  const std::uint32_t bits = single_[i] & 0x7fffffffu;
-  float value;
-  std::memcpy(&value, &bits, 4);
-  return value;
-}
-
-float MetaArray::value(std::size_t i) const { return sign_bit(i) ? -magnitude(i) : magnitude(i); }
-
-bool MetaArray::sign_bit(std::size_t i) const {
-  return fp16_ ? (half_[i] & packed::kHalfSignBit) != 0 : (single_[i] & packed::kFloatSignBit) != 0;
-}
-
 PackedRegion::PackedRegion(const TensorSpec& spec, int head_dim)
     : spec_(spec),
       d_(head_dim),
@@ -57,6 +44,15 @@ int PackedRegion::zero_block_tokens() const {
   return spec_.group_axis == GroupAxis::channel ? packed::kTileTokens : spec_.group_size;
 }
 
+[[gnu::always_inline]] inline PackedRegion::GroupMeta PackedRegion::group_meta(std::size_t group, std::size_t& zero_cursor) const {
+  GroupMeta m;
+  m.scale = scales_.magnitude(group);
+  m.asym = spec_.mode == Mode::asym || (spec_.mode == Mode::hybrid && scales_.sign_bit(group));
+  m.zero = m.asym ? zeros_.value(spec_.mode == Mode::asym ? group : zero_cursor++) : 0.0f;
+  m.zero_eff = m.asym ? m.zero : -static_cast<float>(offset_) * m.scale;
+  return m;
+}
+
 void PackedRegion::store_group(const qmath::GroupQuant& g) {
   if (!std::isfinite(g.scale) || !std::isfinite(g.zero)) {
     fail("metadata overflow: a group's scale or zero point does not fit {} (set k.meta/v.meta to fp32)",
@@ -71,35 +67,48 @@ void PackedRegion::append(const float* rows, int count) {
   const int G = spec_.group_size;
   const int b = spec_.bits;
   const int chunks_per_row = d_ / packed::kChunkCodes;
-  std::uint8_t fields[128];
+  if (spec_.group_axis == GroupAxis::token && count % G != 0) {
+    fail("internal: token-axis append of {} tokens, not a multiple of {}", count, G);
+  }
+  // Codes are written in parallel into disjoint, pre-zeroed words (rows for the channel axis,
+  // channels for the token axis); metadata is then stored serially in group order, so the
+  // result is the same whatever the number of threads.
+  const std::size_t groups = static_cast<std::size_t>(count) * d_ / G;
+  std::vector<qmath::GroupQuant> meta(groups);
   if (spec_.group_axis == GroupAxis::channel) {
+    const std::size_t row_words = static_cast<std::size_t>(chunks_per_row) * b;
+    const std::size_t base = codes_.size();
+    codes_.resize(base + static_cast<std::size_t>(count) * row_words, 0u);
+#pragma omp parallel for schedule(static)
     for (int r = 0; r < count; ++r) {
-      const int t = tokens_ + r;
-      if (spec_.mode == Mode::hybrid && t % packed::kTileTokens == 0) {
-        zero_base_.push_back(static_cast<std::uint32_t>(zeros_.size()));
-      }
-      const std::size_t base = codes_.size();
-      codes_.resize(base + static_cast<std::size_t>(chunks_per_row) * b, 0u);
+      std::uint8_t fields[128];
       const float* x = rows + static_cast<std::size_t>(r) * d_;
+      std::uint32_t* row = &codes_[base + static_cast<std::size_t>(r) * row_words];
       for (int g0 = 0; g0 < d_; g0 += G) {
-        store_group(qmath::quantize_group(x + g0, 1, G, params_, fields));
+        meta[static_cast<std::size_t>(r) * (d_ / G) + g0 / G] = qmath::quantize_group(x + g0, 1, G, params_, fields);
         for (int i = 0; i < G; ++i) {
           const int c = g0 + i;
-          packed::put_code(&codes_[base + static_cast<std::size_t>(c / 32) * b], b, c % 32, fields[i]);
+          packed::put_code(row + static_cast<std::size_t>(c / 32) * b, b, c % 32, fields[i]);
         }
       }
     }
+    for (int r = 0; r < count; ++r) {
+      if (spec_.mode == Mode::hybrid && (tokens_ + r) % packed::kTileTokens == 0) {
+        zero_base_.push_back(static_cast<std::uint32_t>(zeros_.size()));
+      }
+      for (int g = 0; g < d_ / G; ++g) store_group(meta[static_cast<std::size_t>(r) * (d_ / G) + g]);
+    }
   } else {
-    if (count % G != 0) fail("internal: token-axis append of {} tokens, not a multiple of {}", count, G);
-    for (int r0 = 0; r0 < count; r0 += G) {
+    // Allocate whole tiles as the blocks reach them.
+    const std::size_t tiles = static_cast<std::size_t>((tokens_ + count + packed::kTileTokens - 1) / packed::kTileTokens);
+    codes_.resize(std::max(codes_.size(), tiles * d_ * b), 0u);
+    for (int r0 = 0; r0 < count; r0 += G) {  // blocks in order: two blocks of 16 share a tile's words
       const int t0 = tokens_ + r0;
-      if (spec_.mode == Mode::hybrid) zero_base_.push_back(static_cast<std::uint32_t>(zeros_.size()));
-      // Allocate whole tiles as the block reaches them.
-      const std::size_t tiles_needed = static_cast<std::size_t>((t0 + G + packed::kTileTokens - 1) / packed::kTileTokens);
-      codes_.resize(std::max(codes_.size(), tiles_needed * d_ * b), 0u);
       const float* x = rows + static_cast<std::size_t>(r0) * d_;
+#pragma omp parallel for schedule(static)
       for (int c = 0; c < d_; ++c) {
-        store_group(qmath::quantize_group(x + c, d_, G, params_, fields));
+        std::uint8_t fields[128];
+        meta[static_cast<std::size_t>(r0 / G) * d_ + c] = qmath::quantize_group(x + c, d_, G, params_, fields);
         for (int i = 0; i < G; ++i) {
           const int t = t0 + i;
           const std::size_t chunk = (static_cast<std::size_t>(t / packed::kTileTokens) * d_ + c) * b;
@@ -107,17 +116,14 @@ void PackedRegion::append(const float* rows, int count) {
         }
       }
     }
+    for (std::size_t g = 0; g < groups; ++g) {
+      if (spec_.mode == Mode::hybrid && g % static_cast<std::size_t>(d_) == 0) {
+        zero_base_.push_back(static_cast<std::uint32_t>(zeros_.size()));
+      }
+      store_group(meta[g]);
+    }
   }
   tokens_ += count;
-}
-
-PackedRegion::GroupMeta PackedRegion::group_meta(std::size_t group, std::size_t& zero_cursor) const {
-  GroupMeta m;
-  m.scale = scales_.magnitude(group);
-  m.asym = spec_.mode == Mode::asym || (spec_.mode == Mode::hybrid && scales_.sign_bit(group));
-  m.zero = m.asym ? zeros_.value(spec_.mode == Mode::asym ? group : zero_cursor++) : 0.0f;
-  m.zero_eff = m.asym ? m.zero : -static_cast<float>(offset_) * m.scale;
-  return m;
 }
 
 std::size_t PackedRegion::zero_cursor_at(int t0) const {
@@ -125,27 +131,87 @@ std::size_t PackedRegion::zero_cursor_at(int t0) const {
   return zero_base_[static_cast<std::size_t>(t0 / zero_block_tokens())];
 }
 
-void PackedRegion::dot_rows(const float* w, int t0, int t1, float* out) const {
+namespace {
+// Sum of a group's byte-table entries; Bytes known at compile time unrolls into independent loads.
+template <int Bytes>
+inline float table_sum(const float* table, const int* order, const std::uint8_t* bytes) {
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int j = 0; j < Bytes; ++j) acc[j & 3] += table[order[j] * 256 + bytes[order[j]]];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+inline float table_sum(int n, const float* table, const int* order, const std::uint8_t* bytes) {
+  switch (n) {
+    case 4: return table_sum<4>(table, order, bytes);
+    case 6: return table_sum<6>(table, order, bytes);
+    case 8: return table_sum<8>(table, order, bytes);
+    case 12: return table_sum<12>(table, order, bytes);
+    case 16: return table_sum<16>(table, order, bytes);
+    case 24: return table_sum<24>(table, order, bytes);
+    case 32: return table_sum<32>(table, order, bytes);
+    default: break;
+  }
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int j = 0; j < n; ++j) acc[j & 3] += table[order[j] * 256 + bytes[order[j]]];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+}  // namespace
+
+PackedRegion::DotPlan PackedRegion::plan_dot(const float* w) const {
+  DotPlan plan;
+  plan.weights.assign(w, w + d_);
+  if (spec_.group_axis != GroupAxis::channel) return plan;
+  const int G = spec_.group_size, b = spec_.bits;
+  const int groups_per_row = d_ / G;
+  plan.group_sum.assign(static_cast<std::size_t>(groups_per_row), 0.0f);
+  for (int g = 0; g < groups_per_row; ++g)
+    for (int i = 0; i < G; ++i) plan.group_sum[g] += w[g * G + i];
+  // Byte j of chunk k holds: for b in {2,4,8}, codes 8j/b.. of the chunk (b bits each); for b = 3,
+  // bytes 0..7 the low two bits of codes 4j..4j+3, bytes 8..11 bit 2 of codes 8(j-8)..8(j-8)+7.
+  const int chunk_bytes = 4 * b;
+  const int row_bytes = d_ / 32 * chunk_bytes;
+  plan.byte_table.assign(static_cast<std::size_t>(row_bytes) * 256, 0.0f);
+  std::vector<std::vector<int>> by_group(static_cast<std::size_t>(groups_per_row));
+  for (int j = 0; j < row_bytes; ++j) {
+    const int chunk = j / chunk_bytes, k = j % chunk_bytes;
+    int first, count, width, weight;
+    if (b == 3 && k >= 8) {
+      first = 8 * (k - 8), count = 8, width = 1, weight = 4;
+    } else if (b == 3) {
+      first = 4 * k, count = 4, width = 2, weight = 1;
+    } else {
+      first = k * 8 / b, count = 8 / b, width = b, weight = 1;
+    }
+    const float* wc = w + chunk * 32 + first;
+    float* table = &plan.byte_table[static_cast<std::size_t>(j) * 256];
+    for (int v = 0; v < 256; ++v) {
+      float sum = 0.0f;
+      for (int i = 0; i < count; ++i) sum += wc[i] * static_cast<float>(((v >> (i * width)) & ((1 << width) - 1)) * weight);
+      table[v] = sum;
+    }
+    by_group[static_cast<std::size_t>((chunk * 32 + first) / G)].push_back(j);
+  }
+  for (const auto& bytes : by_group) plan.group_bytes.insert(plan.group_bytes.end(), bytes.begin(), bytes.end());
+  return plan;
+}
+
+void PackedRegion::dot_rows(const DotPlan& plan, int t0, int t1, float* out) const {
   const int G = spec_.group_size;
   const int b = spec_.bits;
+  const float* w = plan.weights.data();
   std::size_t zc = zero_cursor_at(t0);
   if (spec_.group_axis == GroupAxis::channel) {
     const int groups_per_row = d_ / G;
-    // Per-group sums of the weights, for the zero-point term.
-    std::vector<float> wsum(static_cast<std::size_t>(groups_per_row), 0.0f);
-    for (int g = 0; g < groups_per_row; ++g)
-      for (int i = 0; i < G; ++i) wsum[g] += w[g * G + i];
     const std::size_t row_words = static_cast<std::size_t>(d_ / 32) * b;
+    const int group_bytes = G * b / 8;  // 4 .. 128 (6 for 3-bit groups of 16)
+    const float* table = plan.byte_table.data();
     for (int t = t0; t < t1; ++t) {
-      const std::uint32_t* row = &codes_[static_cast<std::size_t>(t) * row_words];
+      const auto* bytes = reinterpret_cast<const std::uint8_t*>(&codes_[static_cast<std::size_t>(t) * row_words]);
+      const int* order = plan.group_bytes.data();
       float score = 0.0f;
-      for (int g = 0; g < groups_per_row; ++g) {
-        float dot = 0.0f;
-        for (int c = g * G; c < (g + 1) * G; c += std::min(G, 32)) {
-          dot += chunk_dot(row + static_cast<std::size_t>(c / 32) * b, b, c % 32, std::min(G, 32), w + c);
-        }
+      for (int g = 0; g < groups_per_row; ++g, order += group_bytes) {
+        const float dot = table_sum(group_bytes, table, order, bytes);
         const GroupMeta m = group_meta(static_cast<std::size_t>(t) * groups_per_row + g, zc);
-        score += m.scale * dot + m.zero_eff * wsum[g];
+        score += m.scale * dot + m.zero_eff * plan.group_sum[g];
       }
       out[t - t0] = score;
     }
@@ -183,13 +249,15 @@ void PackedRegion::weighted_sum(const float* p, int t0, int t1, float* out) cons
       const int n = std::min(G, t1 - blk0);
       float psum = 0.0f;
       for (int i = 0; i < n; ++i) psum += p[blk0 - t0 + i];
-      for (int c = 0; c < d_; ++c) {
-        float dot = 0.0f;
+      for (int c0 = 0; c0 < d_; c0 += 8) {
+        float dot[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int t = blk0; t < blk0 + n; t += span) {
-          dot += chunk_dot(&codes_[(static_cast<std::size_t>(t / 32) * d_ + c) * b], b, t % 32, span, p + (t - t0));
+          chunk_dot8(&codes_[(static_cast<std::size_t>(t / 32) * d_ + c0) * b], b, t % 32, span, p + (t - t0), dot);
         }
-        const GroupMeta m = group_meta(static_cast<std::size_t>(blk0 / G) * d_ + c, zc);
-        out[c] += m.scale * dot + m.zero_eff * psum;
+        for (int k = 0; k < 8; ++k) {
+          const GroupMeta m = group_meta(static_cast<std::size_t>(blk0 / G) * d_ + c0 + k, zc);
+          out[c0 + k] += m.scale * dot[k] + m.zero_eff * psum;
+        }
       }
     }
     return;

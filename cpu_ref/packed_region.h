@@ -4,8 +4,11 @@
 // points and hybrid's zero_base. Products are computed from the codes directly.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
+#include "core/half.h"
+#include "core/packed.h"
 #include "core/quant_math.h"
 #include "core/spec.h"
 
@@ -17,9 +20,18 @@ class MetaArray {
   explicit MetaArray(bool fp16 = true) : fp16_(fp16) {}
   // Appends a value already rounded to the stored precision; sign_bit forces the sign bit on.
   void push(float value, bool sign_bit = false);
-  float magnitude(std::size_t i) const;  // |value|
-  float value(std::size_t i) const;      // signed value
-  bool sign_bit(std::size_t i) const;
+  // Inline: read once per group on the hot path.
+  float magnitude(std::size_t i) const {  // |value|
+    if (fp16_) return half_bits_to_float(static_cast<std::uint16_t>(half_[i] & 0x7fffu));
+    const std::uint32_t bits = single_[i] & 0x7fffffffu;
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+  }
+  bool sign_bit(std::size_t i) const {
+    return fp16_ ? (half_[i] & packed::kHalfSignBit) != 0 : (single_[i] & packed::kFloatSignBit) != 0;
+  }
+  float value(std::size_t i) const { return sign_bit(i) ? -magnitude(i) : magnitude(i); }
   std::size_t size() const { return fp16_ ? half_.size() : single_.size(); }
   std::size_t bytes() const { return fp16_ ? half_.size() * 2 : single_.size() * 4; }
   bool fp16() const { return fp16_; }
@@ -49,9 +61,20 @@ class PackedRegion {
   int head_dim() const { return d_; }
   const TensorSpec& spec() const { return spec_; }
 
+  // What dot_rows needs for one weight vector, prepared once and shared by every range:
+  // for channel-axis groups, a table giving, for each byte of a token's codes and each of its
+  // 256 values, that byte's share of sum_c w[c] * f[c].
+  struct DotPlan {
+    std::vector<float> weights;    // w, head_dim
+    std::vector<float> group_sum;  // channel axis: sum of w over each group of a row
+    std::vector<float> byte_table; // channel axis: row_bytes x 256
+    std::vector<int> group_bytes;  // channel axis: the bytes of a row ordered by group, group_size*b/8 each
+  };
+  DotPlan plan_dot(const float* w) const;
+
   // out[t - t0] = sum_c w[c] * x^[t][c] for t in [t0, t1); t0 a multiple of kRangeAlign and
   // t1 a multiple of the token-axis group size or tokens().
-  void dot_rows(const float* w, int t0, int t1, float* out) const;
+  void dot_rows(const DotPlan& plan, int t0, int t1, float* out) const;
   // out[c] = sum_{t in [t0, t1)} p[t - t0] * x^[t][c]; t0 a multiple of kRangeAlign.
   void weighted_sum(const float* p, int t0, int t1, float* out) const;
   // out (tokens x head_dim) = x^, by the definitional forms of core/quant_math.h.

@@ -130,9 +130,10 @@ void TensorCache::dot_rows(const float* q, float* out) const {
   dense(sink_rows_.data(), sink_count_, q, out);
   const int nq = quantized_tokens();
   float* qout = out + sink_count_;
+  const PackedRegion::DotPlan plan = region_->plan_dot(qn.data());
 #pragma omp parallel for schedule(static)
   for (int t0 = 0; t0 < nq; t0 += kBlockTokens) {
-    region_->dot_rows(qn.data(), t0, std::min(nq, t0 + kBlockTokens), qout + t0);
+    region_->dot_rows(plan, t0, std::min(nq, t0 + kBlockTokens), qout + t0);
   }
   dense(recent_rows_.data(), recent_count_, q, out + sink_count_ + nq);
 }

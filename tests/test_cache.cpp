@@ -229,6 +229,28 @@ TEST(Attention, OpenMPEqualsSerialBitForBit) {
   }
 }
 
+TEST(Quantizer, ParallelPackingEqualsSerialBitForBit) {
+  const int d = 128, n = 999 + 32;
+  const auto rows = test::random_rows(n - n % 32, d, 31);
+  for (const auto& name : {"innerq_hybrid", "kivi", "q4_1"}) {
+    const CacheSpec s = preset(name);
+    for (const TensorSpec* t : {&s.k, &s.v}) {
+      const int threads = omp_get_max_threads();
+      omp_set_num_threads(1);
+      cpu::PackedRegion serial(*t, d);
+      serial.append(rows.data(), n - n % 32);
+      omp_set_num_threads(std::max(2, threads));
+      cpu::PackedRegion parallel(*t, d);
+      parallel.append(rows.data(), n - n % 32);
+      omp_set_num_threads(threads);
+      EXPECT_EQ(serial.codes(), parallel.codes()) << name;
+      EXPECT_EQ(serial.scales().half_bits(), parallel.scales().half_bits()) << name;
+      EXPECT_EQ(serial.zeros().half_bits(), parallel.zeros().half_bits()) << name;
+      EXPECT_EQ(serial.zero_base(), parallel.zero_base()) << name;
+    }
+  }
+}
+
 TEST(Storage, AccountingEqualsAllocation) {
   const int d = 128;
   for (const auto& name : preset_names()) {

@@ -1,6 +1,9 @@
 // The spec: presets as ALGORITHMS.md tabulates them, key parsing and validation errors.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <random>
+
 #include "core/error.h"
 #include "core/spec.h"
 
@@ -122,6 +125,35 @@ TEST(Spec, InvalidValuesAreRejectedWithTheReason) {
   bad = preset("kivi");
   bad.recent = -1;
   expect_error([&] { bad.validate(); }, "recent: got -1");
+}
+
+}  // namespace
+}  // namespace kvq
+
+#include "core/half.h"
+
+namespace kvq {
+namespace {
+
+// The hardware (F16C) and library (Eigen) fp16 paths must agree bit for bit, NaN payloads aside.
+TEST(Half, ConversionMatchesEigenOnEveryHalfAndOnTies) {
+  for (std::uint32_t bits = 0; bits < 65536; ++bits) {
+    const auto h = static_cast<std::uint16_t>(bits);
+    const float eigen = static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(h));
+    if (eigen != eigen) continue;
+    ASSERT_EQ(half_bits_to_float(h), eigen) << bits;
+    ASSERT_EQ(float_to_half_bits(eigen), Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(eigen))) << bits;
+  }
+  std::mt19937 rng(3);
+  for (int i = 0; i < 100000; ++i) {
+    std::uint32_t u = rng();
+    float x;
+    std::memcpy(&x, &u, 4);
+    if (x != x) continue;
+    ASSERT_EQ(float_to_half_bits(x), Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(x))) << x;
+  }
+  EXPECT_EQ(float_to_half_bits(1.0f + 1.0f / 2048), 0x3c00);  // tie to even: down
+  EXPECT_EQ(float_to_half_bits(1.0f + 3.0f / 2048), 0x3c02);  // tie to even: up
 }
 
 }  // namespace
