@@ -6,7 +6,6 @@
 #include "apps/commands.h"
 #include "apps/spec_flags.h"
 #include "core/provenance.h"
-#include "core/version.h"
 #include "cpu_ref/tensor_cache.h"
 #include "data/kv_dump.h"
 
@@ -60,9 +59,7 @@ void add_quantize(CLI::App& app) {
     info.has_keys_pre_rope = false;
     data::DumpWriter writer(*out, info, data::WriteOptions{});
     const hid_t root = writer.file();
-    data::write_string_attribute(root, "kvq_version", kVersion);
-    data::write_string_attribute(root, "git_commit", kGitCommit);
-    data::write_string_attribute(root, "command", command_line());
+    writer.write_provenance(command_line());
     data::write_string_attribute(root, "input", *in);
     data::write_string_attribute(root, "input_sha256", sha256_file(*in));
     data::write_string_attribute(root, "spec", describe(spec));

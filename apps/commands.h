@@ -13,5 +13,7 @@ void add_synth(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_quantize(CLI::App& app);
 void add_eval(CLI::App& app);
+void add_dump(CLI::App& app);
+void add_ppl(CLI::App& app);
 
 }  // namespace kvq::app

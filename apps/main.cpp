@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   kvq::app::add_inspect(app);
   kvq::app::add_quantize(app);
   kvq::app::add_eval(app);
+  kvq::app::add_dump(app);
+  kvq::app::add_ppl(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/version.h"
 
 namespace kvq::data {
 
@@ -314,6 +315,12 @@ void DumpWriter::write_slab(Dataset d, int layer, int head, const float* data) {
 void DumpWriter::write_positions(const std::vector<std::int64_t>& positions) {
   if (positions.size() != static_cast<std::size_t>(info_.seq_len)) fail("internal: positions size mismatch");
   write_array(file_.get(), "positions", H5T_NATIVE_INT64, {positions.size()}, positions.data());
+}
+
+void DumpWriter::write_provenance(const std::string& command) {
+  write_string_attribute(file_.get(), "kvq_version", kVersion);
+  write_string_attribute(file_.get(), "git_commit", kGitCommit);
+  write_string_attribute(file_.get(), "command", command);
 }
 
 void DumpWriter::commit() {

@@ -85,6 +85,8 @@ class DumpWriter {
 
   void write_slab(Dataset dataset, int layer, int head, const float* data);
   void write_positions(const std::vector<std::int64_t>& positions);
+  // Root attributes kvq_version, git_commit and command: the provenance every kvq dump records.
+  void write_provenance(const std::string& command);
   // For extra attributes (provenance) and groups (packed/).
   hid_t file() const { return file_.get(); }
   void commit();

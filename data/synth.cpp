@@ -6,7 +6,6 @@
 
 #include "core/error.h"
 #include "core/provenance.h"
-#include "core/version.h"
 
 namespace kvq::data {
 namespace {
@@ -161,9 +160,7 @@ void write_synthetic_dump(const SynthConfig& cfg, const std::string& path, const
       "outlier_min={} outlier_max={} sink={} token_norm_sigma={} queries={}",
       cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.seq_len, cfg.seed, cfg.rope, cfg.rope_theta,
       cfg.outlier_channels, cfg.outlier_min, cfg.outlier_max, cfg.sink, cfg.token_norm_sigma, cfg.queries);
-  write_string_attribute(writer.file(), "kvq_version", kVersion);
-  write_string_attribute(writer.file(), "git_commit", kGitCommit);
-  write_string_attribute(writer.file(), "command", command);
+  writer.write_provenance(command);
   write_string_attribute(writer.file(), "synth_config", config_text);
   write_int_attribute(writer.file(), "seed", static_cast<long long>(cfg.seed));
   std::vector<std::int64_t> positions(static_cast<std::size_t>(cfg.seq_len));

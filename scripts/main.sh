@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Fresh machine to the main job: install, build, then evaluate the paper's configurations.
-# Until `kvq dump` (real SmolLM2 caches) and `kvq sweep` land, the main job runs on a
-# synthetic dump with the same shape as SmolLM2-135M (30 layers, 9 heads, 3 kv heads,
-# head_dim 64) and the six InnerQ-script configurations plus the llama.cpp types.
+# Fresh machine to the main job: install (dependencies and the SmolLM2-135M model), build,
+# then on SmolLM2's real KV cache over 1024 tokens of the GPL-3 text:
+#   1. kvq dump: keys, values and queries of every layer;
+#   2. kvq eval: the InnerQ paper's configurations and llama.cpp's cache types, attention error per layer;
+#   3. kvq ppl:  end-to-end perplexity with each quantized cache in the loop.
+# The config-driven paper ablation (kvq sweep configs/paper_ablation.yaml) replaces steps 2-3 when it lands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
+kvq=build/apps/kvq
+presets=fp16,kivi,kivi_sink,innerq_base,innerq_small,innerq_hybrid,per_token,q8_0,q4_0,q4_1
 mkdir -p results
-dump=results/synthetic_smollm2_shape.h5
-[ -f "$dump" ] || build/apps/kvq synth "$dump" --layers 30 --heads 9 --kv-heads 3 --head-dim 64 --seq-len 1024 --seed 0
-build/apps/kvq eval "$dump" --preset fp16,kivi,kivi_sink,innerq_base,innerq_small,innerq_hybrid,q8_0,q4_0,q4_1 \
-  --csv results/main_eval.csv --json results/main_eval.json
-echo "main: results in results/main_eval.csv and results/main_eval.json"
+dump=results/smollm2_gpl3_1024.h5
+[ -f "$dump" ] || $kvq dump --tokens 1024 --out "$dump"
+$kvq eval "$dump" --preset "$presets" --csv results/main_eval.csv --json results/main_eval.json
+$kvq ppl --tokens 1024 --preset "$presets" --json results/main_ppl.json
+echo "main: results in results/ (main_eval.csv, main_eval.json, main_ppl.json)"

