@@ -1,9 +1,12 @@
 #include "analysis/results.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
 #include <fmt/format.h>
+
+#include "core/error.h"
 
 namespace kvq::analysis {
 
@@ -34,15 +37,13 @@ const std::vector<MetricColumn>& metric_columns() {
   return columns;
 }
 
-namespace {
-
-// Shortest text that reads back to the same double ("inf" for infinities).
-std::string number(double v) {
+std::string number_text(double v) {
   if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
   if (std::isnan(v)) return "nan";
   return fmt::format("{}", v);
 }
 
+namespace {
 nlohmann::json json_number(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
 std::string csv_field(const std::string& text) {
@@ -52,20 +53,48 @@ std::string csv_field(const std::string& text) {
   return quoted + "\"";
 }
 
+bool wanted(const std::vector<std::string>& metrics, const std::string& name) {
+  return metrics.empty() || std::find(metrics.begin(), metrics.end(), name) != metrics.end();
+}
 }  // namespace
 
-std::string results_csv(const std::vector<EvalRecord>& records) {
-  std::string out = "preset,layer,kv_head";
-  const CacheSpec header_spec;
-  for (const auto& [key, value] : spec_fields(header_spec)) out += "," + key;
-  for (const auto& column : metric_columns()) out += "," + column.name;
-  out += "\n";
-  for (const auto& r : records) {
-    out += csv_field(label(r.spec)) + "," + std::to_string(r.layer) + "," + std::to_string(r.kv_head);
-    for (const auto& [key, value] : spec_fields(r.spec)) out += "," + csv_field(value);
-    for (const auto& column : metric_columns()) out += "," + number(column.get(r.eval));
-    out += "\n";
+void check_metrics(const std::vector<std::string>& metrics) {
+  std::vector<std::string> valid;
+  for (const auto& c : metric_columns()) valid.push_back(c.name);
+  for (const auto& m : metrics) {
+    if (std::find(valid.begin(), valid.end(), m) != valid.end()) continue;
+    std::string list;
+    for (const auto& v : valid) list += (list.empty() ? "" : ", ") + v;
+    const std::string near = closest_key(m, valid);
+    fail("metrics: unknown '{}'{}; expected some of {}", m, near.empty() ? "" : " (did you mean '" + near + "'?)", list);
   }
+}
+
+std::vector<std::string> csv_columns(const std::vector<std::string>& metrics) {
+  std::vector<std::string> out = {"preset", "layer", "kv_head"};
+  for (const auto& [key, value] : spec_fields(CacheSpec{})) out.push_back(key);
+  for (const auto& column : metric_columns())
+    if (wanted(metrics, column.name)) out.push_back(column.name);
+  return out;
+}
+
+std::vector<std::string> csv_cells(const EvalRecord& r, const std::vector<std::string>& metrics) {
+  std::vector<std::string> out = {label(r.spec), std::to_string(r.layer), std::to_string(r.kv_head)};
+  for (const auto& [key, value] : spec_fields(r.spec)) out.push_back(value);
+  for (const auto& column : metric_columns())
+    if (wanted(metrics, column.name)) out.push_back(number_text(column.get(r.eval)));
+  return out;
+}
+
+std::string csv_line(const std::vector<std::string>& cells) {
+  std::string line;
+  for (std::size_t i = 0; i < cells.size(); ++i) line += (i ? "," : "") + csv_field(cells[i]);
+  return line + "\n";
+}
+
+std::string results_csv(const std::vector<EvalRecord>& records) {
+  std::string out = csv_line(csv_columns({}));
+  for (const auto& r : records) out += csv_line(csv_cells(r, {}));
   return out;
 }
 

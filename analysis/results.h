@@ -30,6 +30,15 @@ const std::vector<MetricColumn>& metric_columns();
 
 // Tidy CSV: one row per record; spec keys as columns (k.mode, ..., key_norm), then metrics.
 std::string results_csv(const std::vector<EvalRecord>& records);
+// The same, piecewise: column names and one record's cells, keeping only `metrics` (all when empty).
+std::vector<std::string> csv_columns(const std::vector<std::string>& metrics);
+std::vector<std::string> csv_cells(const EvalRecord& record, const std::vector<std::string>& metrics);
+// One CSV line (fields quoted where needed), newline-terminated.
+std::string csv_line(const std::vector<std::string>& cells);
+// Shortest text that reads back to the same double ("inf", "nan" for those).
+std::string number_text(double v);
+// Throws kvq::Error naming an unknown metric and the valid ones.
+void check_metrics(const std::vector<std::string>& metrics);
 // Records plus per-spec summaries; provenance is attached by the caller.
 nlohmann::json results_json(const std::vector<EvalRecord>& records);
 

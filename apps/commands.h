@@ -15,5 +15,8 @@ void add_quantize(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_dump(CLI::App& app);
 void add_ppl(CLI::App& app);
+void add_sweep(CLI::App& app);
+void add_merge(CLI::App& app);
+void add_report(CLI::App& app);
 
 }  // namespace kvq::app

@@ -18,6 +18,9 @@ int main(int argc, char** argv) {
   kvq::app::add_eval(app);
   kvq::app::add_dump(app);
   kvq::app::add_ppl(app);
+  kvq::app::add_sweep(app);
+  kvq::app::add_merge(app);
+  kvq::app::add_report(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

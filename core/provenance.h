@@ -18,6 +18,8 @@ struct Provenance {
 
 // Hex sha256 of a file's bytes; throws kvq::Error if it cannot be read.
 std::string sha256_file(const std::string& path);
+// Hex sha256 of a string's bytes.
+std::string sha256_text(const std::string& text);
 // UTC time as ISO 8601.
 std::string utc_now();
 // The provenance object with kvq version, git commit and host filled in.

@@ -288,7 +288,12 @@ const std::vector<std::string>& spec_keys() {
 }
 
 std::string closest_key(const std::string& key, const std::vector<std::string>& valid) {
+  // A key that begins a valid one (a truncated name) suggests the shortest such; otherwise the
+  // nearest by edit distance, if it is plausibly a typo.
   std::string best;
+  for (const auto& candidate : valid)
+    if (!key.empty() && candidate.rfind(key, 0) == 0 && (best.empty() || candidate.size() < best.size())) best = candidate;
+  if (!best.empty()) return best;
   std::size_t best_distance = 0;
   for (const auto& candidate : valid) {
     std::size_t d = edit_distance(key, candidate);
@@ -297,7 +302,6 @@ std::string closest_key(const std::string& key, const std::vector<std::string>& 
       best_distance = d;
     }
   }
-  // Only suggest a key that is plausibly a typo of this one.
   return best_distance <= std::max<std::size_t>(2, key.size() / 3) ? best : "";
 }
 

