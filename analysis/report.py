@@ -64,6 +64,26 @@ def pareto(points):
     return front
 
 
+def latency_tables(bench):
+    """Per shape: methods x kernels as rows, token counts as columns, median µs (% of roofline)."""
+    md = []
+    for shape, rows in bench.groupby("shape", sort=False):
+        first = rows.iloc[0]
+        md.append(f"\n## Kernel latency: {shape} (batch {first['batch']}, {first['heads']} heads, {first['kv_heads']} kv heads, "
+                  f"head_dim {first['head_dim']}, backend {first['backend']})\n")
+        md.append("µs per call, median of the repeats (% of the copy bandwidth measured in the same run); "
+                  "speedups are against fp16 and kivi in the same run.\n")
+        tokens = sorted(rows["tokens"].unique())
+        md.append("| method | kernel | " + " | ".join(str(t) for t in tokens) + " | speedup vs fp16 at " + str(tokens[-1]) + " |")
+        md.append("|---|---|" + "---|" * (len(tokens) + 1))
+        for (method, kernel), cell in rows.groupby(["method", "kernel"], sort=False):
+            by_n = cell.set_index("tokens")
+            parts = [f"{by_n.loc[t, 'us']:.1f} ({by_n.loc[t, 'roofline_pct']:.0f}%)" if t in by_n.index else "-" for t in tokens]
+            last = by_n.loc[tokens[-1], "speedup_vs_fp16"] if tokens[-1] in by_n.index else float("nan")
+            md.append(f"| {method} | {kernel} | " + " | ".join(parts) + f" | {fmt(last, 2)} |")
+    return md
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder")
@@ -71,8 +91,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     folder = args.folder
     results_path = os.path.join(folder, "results.csv")
+    bench_path = os.path.join(folder, "bench.csv")
     if not os.path.exists(results_path):
-        sys.exit(f"kvq: error: {results_path}: no such file (run kvq sweep first)")
+        if not os.path.exists(bench_path):
+            sys.exit(f"kvq: error: {folder}: no results.csv or bench.csv (run kvq sweep or kvq bench first)")
+        return latency_report(folder, pd.read_csv(bench_path))
     df = pd.read_csv(results_path)
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
     config = yaml.safe_load(manifest.get("config", "")) or {}
@@ -119,10 +142,8 @@ def main(argv=None):
 
     # Methods as rows: the configurations named by a preset axis, else one per distinct preset.
     ablations = config.get("ablations", {}) or {}
-    method_ids = [cid for cid in means.index if "methods" in str(first.loc[cid, "ablations"]).split(";")]
-    if not method_ids:
-        method_ids = list(dict.fromkeys(df.drop_duplicates("preset")["config"]))
-    reference = [("fp16", None)]
+    # Every configuration that is a preset as published (label without '+'), in the order run.
+    method_ids = [cid for cid in means.index if not str(first.loc[cid, "preset"]).endswith("+")]
     table("Methods", method_ids, [first.loc[c, "preset"] for c in method_ids])
     for name, body in ablations.items():
         if name == "methods":
@@ -143,13 +164,7 @@ def main(argv=None):
         table(f"Ablation: {name}", ids, [label(c) for c in ids])
 
     if bench is not None:
-        md.append("\n## Kernel latency (µs, % of roofline)\n")
-        pivot = bench.pivot_table(index="kernel", columns="tokens", values="us", aggfunc="median")
-        roof = bench.pivot_table(index="kernel", columns="tokens", values="roofline_pct", aggfunc="median")
-        md.append("| kernel | " + " | ".join(str(c) for c in pivot.columns) + " |")
-        md.append("|---|" + "---|" * len(pivot.columns))
-        for kernel in pivot.index:
-            md.append(f"| {kernel} | " + " | ".join(f"{pivot.loc[kernel, c]:.1f} ({roof.loc[kernel, c]:.0f}%)" for c in pivot.columns) + " |")
+        md.extend(latency_tables(bench))
 
     # Figure 1: key error vs bits per element, Pareto fronts per preset family, 4^-b floors.
     if {"k_bits", "k_rel_fro"} <= set(means.columns):
@@ -203,6 +218,10 @@ def main(argv=None):
             axes[0][0].set_ylabel("Δppl")
             figures.append(("proxy_vs_ppl.png", "Proxy metrics vs perplexity change", png(fig)))
 
+    write_outputs(folder, md, figures)
+
+
+def write_outputs(folder, md, figures):
     body = "\n".join(md) + "\n"
     for name, title, data in figures:
         with open(os.path.join(folder, name), "wb") as f:
@@ -212,8 +231,6 @@ def main(argv=None):
     with open(tmp, "w") as f:
         f.write(body)
     os.replace(tmp, os.path.join(folder, "report.md"))
-
-    # Self-contained HTML: the same content, figures embedded.
     out = ["<!doctype html><meta charset='utf-8'><title>kvq report</title>",
            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
            "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style>"]
@@ -223,12 +240,11 @@ def main(argv=None):
             cells = [c.strip() for c in line.strip("|").split("|")]
             if set(line) <= set("|-"):
                 continue
+            tag = "td" if in_table else "th"
             if not in_table:
                 out.append("<table>")
                 in_table = True
-                out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
-            else:
-                out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            out.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
             continue
         if in_table:
             out.append("</table>")
@@ -249,6 +265,18 @@ def main(argv=None):
         f.write("\n".join(out) + "\n")
     os.replace(tmp, os.path.join(folder, "report.html"))
     print(f"wrote {os.path.join(folder, 'report.md')} and report.html ({len(figures)} figures)")
+
+
+def latency_report(folder, bench):
+    md = ["# kvq report: kernel latency\n"]
+    meta_path = os.path.join(folder, "bench.csv.json")
+    if os.path.exists(meta_path):
+        meta = json.load(open(meta_path))
+        prov = meta["provenance"]
+        md.append(f"kvq {prov['kvq_version']} (commit {prov['git_commit']}), `{prov['command']}` on {prov['host']} at "
+                  f"{prov['time']}; copy bandwidth measured in the run: {meta['copy_bandwidth_gb_per_s']:.1f} GB/s.\n")
+    md.extend(latency_tables(bench))
+    write_outputs(folder, md, [])
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ void add_report(CLI::App& app) {
   cmd->add_option("folder", *folder, "The sweep's output folder")->required();
   cmd->add_option("--heatmap", *heatmap, "Preset label for the layer x head KL heatmap (default: the config's base)");
   cmd->callback([=] {
-    if (!std::filesystem::exists(*folder + "/results.csv") || !std::filesystem::exists(*folder + "/manifest.json")) {
-      fail("{}: no results.csv and manifest.json here (run kvq sweep first)", *folder);
+    const bool sweep = std::filesystem::exists(*folder + "/results.csv") && std::filesystem::exists(*folder + "/manifest.json");
+    if (!sweep && !std::filesystem::exists(*folder + "/bench.csv")) {
+      fail("{}: no results.csv and manifest.json, nor bench.csv here (run kvq sweep or kvq bench first)", *folder);
     }
     // The project's venv Python (scripts/setup.sh installs pandas and matplotlib there); KVQ_PYTHON overrides it.
     const char* env = std::getenv("KVQ_PYTHON");

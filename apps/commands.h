@@ -18,5 +18,6 @@ void add_ppl(CLI::App& app);
 void add_sweep(CLI::App& app);
 void add_merge(CLI::App& app);
 void add_report(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace kvq::app

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   kvq::app::add_sweep(app);
   kvq::app::add_merge(app);
   kvq::app::add_report(app);
+  kvq::app::add_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -42,6 +42,12 @@ with tempfile.TemporaryDirectory() as d:
         w.writerow(["preset", "ablations"] + keys + ["ppl", "ppl_delta", "top1", "kl", "nll", "scored"])
         for i, (key, r) in enumerate(seen.items()):
             w.writerow([key[0], r["ablations"]] + list(key[1:]) + [20 + i, 0.25 * i, 1 - 0.01 * i, 0.001 * i, 3.0, 99])
+    # A latency grid in the same folder adds its table.
+    lat = os.path.join(d, "lat.yaml")
+    with open(lat, "w") as f:
+        f.write("shapes: {tiny: {batch: 1, heads: 2, kv_heads: 1, head_dim: 64, tokens: [200]}}\n"
+                f"methods: [fp16, kivi, innerq_hybrid]\nrepeats: 1\noutput: {out}/bench.csv\n")
+    subprocess.run([kvq, "bench", "--config", lat], check=True, stdout=subprocess.DEVNULL)
     subprocess.run([kvq, "report", out], check=True, stdout=subprocess.DEVNULL)
     md = open(os.path.join(out, "report.md")).read()
     html = open(os.path.join(out, "report.html")).read()
@@ -60,6 +66,10 @@ with tempfile.TemporaryDirectory() as d:
     assert "| v.mode=asym |" in md, md
     assert "| 20.000 | 0.000 |" in md, md
     assert "Spearman" in md
+    bench = list(csv.DictReader(open(os.path.join(out, "bench.csv"))))
+    lat_line = next(l for l in md.splitlines() if l.startswith("| innerq_hybrid | qk |"))
+    us = float(next(r for r in bench if r["method"] == "innerq_hybrid" and r["kernel"] == "qk")["us"])
+    assert f"{us:.1f} (" in lat_line, (us, lat_line)
     for name in ("error_vs_bits.png", "kl_heatmap.png", "proxy_vs_ppl.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000, name
     assert html.count("data:image/png;base64,") == 3

@@ -203,3 +203,50 @@ TEST(Sweep, ShardsMergedAndMpiRanksEqualOneProcess) {
 
 }  // namespace
 }  // namespace kvq
+
+#include "ablations/latency.h"
+
+namespace kvq {
+namespace {
+
+TEST(Latency, ConfigErrorsAndATinyRun) {
+  auto expect = [](const std::string& text, const std::string& needle) {
+    try {
+      ablations::parse_latency_config(text, "lat.yaml");
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect("shapes: {p: {tokens: [64]}}\nkernels: [qk, gemm]\n", "kernels: got 'gemm'");
+  expect("shapes: {p: {tokens: [64], head_dimm: 64}}\n", "did you mean 'head_dim'");
+  expect("shapes: {p: {tokens: [64]}}\nmethods: [innerq]\n", "lat.yaml:2:");
+  expect("shapes: {p: {heads: 6, kv_heads: 4, tokens: [64]}}\n", "heads a multiple of kv_heads");
+  expect("shapes: {p: {tokens: [64]}}\nbackend: cuda\n", "cuda is not built yet");
+  const std::string dir = temp_dir("latency");
+  auto c = ablations::parse_latency_config(
+      "shapes: {tiny: {batch: 2, heads: 4, kv_heads: 2, head_dim: 64, tokens: [300, 700]}}\n"
+      "methods: [fp16, kivi, innerq_hybrid]\nrepeats: 2\n", "lat.yaml");
+  c.output = dir + "/bench.csv";
+  ablations::run_latency(c, 500, false, "test");
+  std::istringstream csv(read(c.output));
+  std::string header, line;
+  std::getline(csv, header);
+  EXPECT_EQ(header, "shape,batch,heads,kv_heads,head_dim,tokens,method,kernel,backend,us,bytes,gb_per_s,roofline_pct,"
+                    "speedup_vs_fp16,speedup_vs_kivi");
+  int rows = 0;
+  while (std::getline(csv, line)) {
+    ++rows;
+    EXPECT_NE(line.find(",300,"), std::string::npos) << "700 is above --max-tokens 500: " << line;
+    if (line.find(",fp16,") != std::string::npos) {
+      // speedup_vs_fp16 of the fp16 row itself is exactly 1.
+      const std::string speedups = line.substr(line.rfind(',', line.rfind(',') - 1) + 1);
+      EXPECT_EQ(speedups.substr(0, speedups.find(',')), "1") << line;
+    }
+  }
+  EXPECT_EQ(rows, 3 * 3);  // methods x kernels at one token count
+  EXPECT_TRUE(fs::exists(c.output + ".json"));
+}
+
+}  // namespace
+}  // namespace kvq
