@@ -6,12 +6,10 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <random>
-#include <sstream>
 
-#include <yaml-cpp/yaml.h>
+#include "ablations/yaml_reader.h"
 
 #include "analysis/results.h"
 #include "core/atomic_file.h"
@@ -24,30 +22,6 @@
 
 namespace kvq::ablations {
 namespace {
-
-[[noreturn]] void bad(const std::string& path, const YAML::Node& at, const std::string& message) {
-  if (at.IsDefined() && at.Mark().line >= 0) fail("{}:{}: {}", path, at.Mark().line + 1, message);
-  fail("{}: {}", path, message);
-}
-
-void known(const std::string& path, const YAML::Node& map, const std::vector<std::string>& valid, const std::string& where) {
-  if (!map.IsMap()) bad(path, map, where + ": expected a mapping");
-  for (const auto& kv : map) {
-    const std::string key = kv.first.as<std::string>();
-    if (std::find(valid.begin(), valid.end(), key) != valid.end()) continue;
-    const std::string near = closest_key(key, valid);
-    bad(path, kv.first, fmt::format("unknown key '{}' in {}{}", key, where, near.empty() ? "" : " (did you mean '" + near + "'?)"));
-  }
-}
-
-template <typename T>
-T get(const std::string& path, const YAML::Node& n, const std::string& key, const char* expected) {
-  try {
-    return n.as<T>();
-  } catch (const YAML::Exception&) {
-    bad(path, n, fmt::format("{}: expected {}", key, expected));
-  }
-}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -71,63 +45,53 @@ double copy_bandwidth() {
 }  // namespace
 
 LatencyConfig parse_latency_config(const std::string& text, const std::string& path) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::ParserException& e) {
-    fail("{}:{}: not valid YAML: {}", path, e.mark.line + 1, e.msg);
-  }
-  known(path, root, {"name", "shapes", "methods", "kernels", "backend", "repeats", "seed", "output"}, "the config");
+  const YamlReader r(path);
+  const YAML::Node root = r.load(text);
+  r.known_keys(root, {"name", "shapes", "methods", "kernels", "backend", "repeats", "seed", "output"}, "the config");
   LatencyConfig c;
   c.path = path;
   c.text = text;
-  c.name = root["name"] ? get<std::string>(path, root["name"], "name", "a string") : "latency";
-  if (!root["shapes"] || !root["shapes"].IsMap()) bad(path, root, "missing 'shapes' (name -> {batch, heads, kv_heads, head_dim, tokens})");
+  c.name = root["name"] ? r.value<std::string>(root["name"], "name", "a string") : "latency";
+  if (!root["shapes"] || !root["shapes"].IsMap()) r.error(root, "missing 'shapes' (name -> {batch, heads, kv_heads, head_dim, tokens})");
   for (const auto& s : root["shapes"]) {
     LatencyShape shape;
     shape.name = s.first.as<std::string>();
-    known(path, s.second, {"batch", "heads", "kv_heads", "head_dim", "tokens"}, "shape '" + shape.name + "'");
-    if (s.second["batch"]) shape.batch = get<int>(path, s.second["batch"], "batch", "an integer");
-    if (s.second["heads"]) shape.heads = get<int>(path, s.second["heads"], "heads", "an integer");
-    if (s.second["kv_heads"]) shape.kv_heads = get<int>(path, s.second["kv_heads"], "kv_heads", "an integer");
-    if (s.second["head_dim"]) shape.head_dim = get<int>(path, s.second["head_dim"], "head_dim", "an integer");
-    shape.tokens = get<std::vector<int>>(path, s.second["tokens"], "tokens", "a list of token counts");
+    r.known_keys(s.second, {"batch", "heads", "kv_heads", "head_dim", "tokens"}, "shape '" + shape.name + "'");
+    if (s.second["batch"]) shape.batch = r.value<int>(s.second["batch"], "batch", "an integer");
+    if (s.second["heads"]) shape.heads = r.value<int>(s.second["heads"], "heads", "an integer");
+    if (s.second["kv_heads"]) shape.kv_heads = r.value<int>(s.second["kv_heads"], "kv_heads", "an integer");
+    if (s.second["head_dim"]) shape.head_dim = r.value<int>(s.second["head_dim"], "head_dim", "an integer");
+    shape.tokens = r.value<std::vector<int>>(s.second["tokens"], "tokens", "a list of token counts");
     if (shape.batch < 1 || shape.kv_heads < 1 || shape.heads % shape.kv_heads != 0 || shape.head_dim % 32 != 0) {
-      bad(path, s.second, "shape '" + shape.name + "': batch >= 1, heads a multiple of kv_heads, head_dim a multiple of 32");
+      r.error(s.second, "shape '" + shape.name + "': batch >= 1, heads a multiple of kv_heads, head_dim a multiple of 32");
     }
     for (int n : shape.tokens)
-      if (n < 1) bad(path, s.second["tokens"], "tokens: expected positive counts");
+      if (n < 1) r.error(s.second["tokens"], "tokens: expected positive counts");
     c.shapes.push_back(shape);
   }
-  c.methods = root["methods"] ? get<std::vector<std::string>>(path, root["methods"], "methods", "a list of presets")
+  c.methods = root["methods"] ? r.value<std::vector<std::string>>(root["methods"], "methods", "a list of presets")
                               : std::vector<std::string>{"fp16", "kivi", "innerq_hybrid"};
   for (const auto& m : c.methods) {
     try {
       preset(m);
     } catch (const Error& e) {
-      bad(path, root["methods"], e.what());
+      r.error(root["methods"], e.what());
     }
   }
-  c.kernels = root["kernels"] ? get<std::vector<std::string>>(path, root["kernels"], "kernels", "a list")
+  c.kernels = root["kernels"] ? r.value<std::vector<std::string>>(root["kernels"], "kernels", "a list")
                               : std::vector<std::string>{"qk", "pv", "attention"};
   for (const auto& k : c.kernels)
-    if (k != "qk" && k != "pv" && k != "attention") bad(path, root["kernels"], "kernels: got '" + k + "', expected qk, pv, attention");
-  if (root["backend"]) c.backend = get<std::string>(path, root["backend"], "backend", "cpu or cuda");
-  if (c.backend == "cuda") bad(path, root["backend"], "backend: cuda is not built yet (the CUDA kernels are an open issue); use cpu");
-  if (c.backend != "cpu") bad(path, root["backend"], "backend: got '" + c.backend + "', expected cpu or cuda");
-  if (root["repeats"]) c.repeats = get<int>(path, root["repeats"], "repeats", "an integer");
-  if (root["seed"]) c.seed = get<std::uint64_t>(path, root["seed"], "seed", "an integer");
-  c.output = root["output"] ? get<std::string>(path, root["output"], "output", "a path") : "results/" + c.name + "/bench.csv";
+    if (k != "qk" && k != "pv" && k != "attention") r.error(root["kernels"], "kernels: got '" + k + "', expected qk, pv, attention");
+  if (root["backend"]) c.backend = r.value<std::string>(root["backend"], "backend", "cpu or cuda");
+  if (c.backend == "cuda") r.error(root["backend"], "backend: cuda is not built yet (the CUDA kernels are an open issue); use cpu");
+  if (c.backend != "cpu") r.error(root["backend"], "backend: got '" + c.backend + "', expected cpu or cuda");
+  if (root["repeats"]) c.repeats = r.value<int>(root["repeats"], "repeats", "an integer");
+  if (root["seed"]) c.seed = r.value<std::uint64_t>(root["seed"], "seed", "an integer");
+  c.output = root["output"] ? r.value<std::string>(root["output"], "output", "a path") : "results/" + c.name + "/bench.csv";
   return c;
 }
 
-LatencyConfig load_latency_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open the config file", path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return parse_latency_config(text.str(), path);
-}
+LatencyConfig load_latency_config(const std::string& path) { return parse_latency_config(read_config_file(path), path); }
 
 void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const std::string& command) {
   const double bandwidth = copy_bandwidth();

@@ -1,86 +1,13 @@
 #include "ablations/sweep_config.h"
 
-#include <fstream>
 #include <set>
-#include <sstream>
 
-#include <yaml-cpp/yaml.h>
+#include "ablations/yaml_reader.h"
 
 #include "core/error.h"
 
 namespace kvq::ablations {
 namespace {
-
-class Reader {
- public:
-  explicit Reader(std::string path) : path_(std::move(path)) {}
-
-  [[noreturn]] void error(const YAML::Node& at, const std::string& message) const {
-    const YAML::Mark m = at.Mark();
-    if (m.line >= 0 && at.IsDefined()) fail("{}:{}: {}", path_, m.line + 1, message);
-    fail("{}: {}", path_, message);
-  }
-
-  // Rejects keys of `map` outside `valid`, naming the closest valid one.
-  void known_keys(const YAML::Node& map, const std::vector<std::string>& valid, const std::string& where) const {
-    if (!map.IsMap()) error(map, where + ": expected a mapping");
-    for (const auto& kv : map) {
-      const std::string key = kv.first.as<std::string>();
-      if (std::find(valid.begin(), valid.end(), key) != valid.end()) continue;
-      const std::string near = closest_key(key, valid);
-      error(kv.first, fmt::format("unknown key '{}' in {}{}", key, where, near.empty() ? "" : " (did you mean '" + near + "'?)"));
-    }
-  }
-
-  template <typename T>
-  T scalar(const YAML::Node& node, const std::string& key, const char* expected) const {
-    if (!node.IsScalar()) error(node, fmt::format("{}: expected {}", key, expected));
-    try {
-      return node.as<T>();
-    } catch (const YAML::Exception&) {
-      error(node, fmt::format("{}: got '{}', expected {}", key, node.Scalar(), expected));
-    }
-  }
-
-  std::vector<int> int_list(const YAML::Node& node, const std::string& key) const {
-    if (node.IsScalar() && node.Scalar() == "all") return {};
-    if (!node.IsSequence()) error(node, key + ": expected 'all' or a list of integers");
-    std::vector<int> out;
-    for (const auto& v : node) out.push_back(scalar<int>(v, key, "an integer"));
-    return out;
-  }
-
-  std::vector<std::string> string_list(const YAML::Node& node, const std::string& key) const {
-    if (node.IsScalar()) return {node.Scalar()};
-    if (!node.IsSequence()) error(node, key + ": expected a list");
-    std::vector<std::string> out;
-    for (const auto& v : node) out.push_back(scalar<std::string>(v, key, "a string"));
-    return out;
-  }
-
-  // A spec-override mapping, checked key by key (spec keys and their values).
-  std::vector<std::pair<std::string, std::string>> overrides(const YAML::Node& map, const std::string& where) const {
-    known_keys(map, spec_keys(), where);
-    std::vector<std::pair<std::string, std::string>> out;
-    CacheSpec probe = preset("innerq_hybrid");
-    for (const auto& kv : map) {
-      const std::string key = kv.first.as<std::string>();
-      const std::string value = scalar<std::string>(kv.second, key, "a value");
-      try {
-        set_field(probe, key, value);  // value check only; the real application happens later
-      } catch (const Error& e) {
-        error(kv.second, e.what());
-      }
-      out.emplace_back(key, value);
-    }
-    return out;
-  }
-
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Applies overrides: preset first, then the bits/group_size shorthands, then the rest in order.
 CacheSpec apply_overrides(const CacheSpec& base, const std::vector<std::pair<std::string, std::string>>& overrides) {
@@ -111,13 +38,8 @@ bool matches(const std::vector<std::pair<std::string, std::string>>& rule, const
 }  // namespace
 
 SweepConfig parse_sweep_config(const std::string& text, const std::string& path) {
-  Reader r(path);
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::ParserException& e) {
-    fail("{}:{}: not valid YAML: {}", path, e.mark.line + 1, e.msg);
-  }
+  YamlReader r(path);
+  const YAML::Node root = r.load(text);
   static const std::vector<std::string> top = {"name",    "inputs",  "base",    "ablations", "include", "exclude",
                                                "metrics", "layers",  "heads",   "prefill",   "queries", "backend",
                                                "output",  "seed",    "ppl"};
@@ -269,12 +191,6 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& path)
   return c;
 }
 
-SweepConfig load_sweep_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open the config file", path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return parse_sweep_config(text.str(), path);
-}
+SweepConfig load_sweep_config(const std::string& path) { return parse_sweep_config(read_config_file(path), path); }
 
 }  // namespace kvq::ablations
