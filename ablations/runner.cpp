@@ -10,16 +10,40 @@
 
 namespace kvq::ablations {
 
+cpu::EvalWindow eval_window(int seq_len, int prefill, int queries, const std::string& where) {
+  const int p = prefill < 0 ? std::max(0, seq_len - 64) : prefill;
+  if (p > seq_len) fail("prefill: got {}, but {} has only {} tokens", p, where, seq_len);
+  const int decoded = seq_len - p;
+  const int evaluated = queries < 0 ? decoded : std::min(queries, decoded);
+  return {p, seq_len - evaluated};
+}
+
+std::vector<cpu::HeadEval> evaluate_slab(const data::DumpReader& dump, int layer, int kv_head,
+                                         const std::vector<CacheSpec>& specs, const cpu::EvalWindow& window) {
+  const data::DumpInfo& info = dump.info();
+  const int group = info.group_size();
+  std::vector<float> keys, values;
+  std::vector<std::vector<float>> queries(info.has_queries ? static_cast<std::size_t>(group) : 0);
+  dump.read_slab(data::Dataset::keys, layer, kv_head, keys);
+  dump.read_slab(data::Dataset::values, layer, kv_head, values);
+  for (int g = 0; g < static_cast<int>(queries.size()); ++g)
+    dump.read_slab(data::Dataset::queries, layer, kv_head * group + g, queries[g]);
+  cpu::HeadData data;
+  data.seq_len = info.seq_len;
+  data.head_dim = info.head_dim;
+  data.keys = keys.data();
+  data.values = values.data();
+  for (const auto& q : queries) data.queries.push_back(q.data());
+  std::vector<cpu::HeadEval> out;
+  for (const auto& spec : specs) out.push_back(cpu::evaluate_head(spec, data, window));
+  return out;
+}
+
 std::vector<analysis::EvalRecord> run_eval(const data::DumpReader& dump, const std::vector<CacheSpec>& specs,
                                            const RunOptions& options) {
   const data::DumpInfo& info = dump.info();
   for (const auto& spec : specs) spec.validate(info.head_dim);
-  const int T = info.seq_len;
-  const int prefill = options.prefill < 0 ? std::max(0, T - 64) : options.prefill;
-  if (prefill > T) fail("prefill: got {}, but {} has only {} tokens", prefill, dump.path(), T);
-  const int decoded = T - prefill;
-  const int evaluated = options.queries < 0 ? decoded : std::min(options.queries, decoded);
-  cpu::EvalWindow window{prefill, T - evaluated};
+  const cpu::EvalWindow window = eval_window(info.seq_len, options.prefill, options.queries, dump.path());
 
   std::vector<int> layers = options.layers;
   if (layers.empty())
@@ -33,31 +57,15 @@ std::vector<analysis::EvalRecord> run_eval(const data::DumpReader& dump, const s
   std::atomic<int> done{0};
   std::mutex print;
   const auto start = std::chrono::steady_clock::now();
-  const int group = info.group_size();
 
 #pragma omp parallel for schedule(dynamic)
   for (int task = 0; task < tasks; ++task) {
     const int layer = layers[static_cast<std::size_t>(task / heads)];
     const int head = task % heads;
-    std::vector<float> keys, values;
-    std::vector<std::vector<float>> queries(info.has_queries ? static_cast<std::size_t>(group) : 0);
-    dump.read_slab(data::Dataset::keys, layer, head, keys);
-    dump.read_slab(data::Dataset::values, layer, head, values);
-    for (int g = 0; g < static_cast<int>(queries.size()); ++g)
-      dump.read_slab(data::Dataset::queries, layer, head * group + g, queries[g]);
-    cpu::HeadData data;
-    data.seq_len = T;
-    data.head_dim = info.head_dim;
-    data.keys = keys.data();
-    data.values = values.data();
-    for (const auto& q : queries) data.queries.push_back(q.data());
+    const auto evals = evaluate_slab(dump, layer, head, specs, window);
     for (std::size_t s = 0; s < specs.size(); ++s) {
       // Spec-major order: all heads of the first spec, then the next.
-      auto& record = records[s * tasks + task];
-      record.spec = specs[s];
-      record.layer = layer;
-      record.kv_head = head;
-      record.eval = cpu::evaluate_head(specs[s], data, window);
+      records[s * tasks + task] = {specs[s], layer, head, evals[s]};
     }
     const int finished = ++done;
     if (options.progress) {

@@ -6,6 +6,7 @@
 
 #include "analysis/results.h"
 #include "core/spec.h"
+#include "cpu_ref/evaluate.h"
 #include "data/kv_dump.h"
 
 namespace kvq::ablations {
@@ -16,6 +17,14 @@ struct RunOptions {
   std::vector<int> layers;  // empty: all
   bool progress = false;    // a progress line on stderr
 };
+
+// The evaluation window for a dump of seq_len tokens: prefill < 0 means all but the last 64;
+// queries < 0 means every decoded position. Throws kvq::Error for a prefill past the end.
+cpu::EvalWindow eval_window(int seq_len, int prefill, int queries, const std::string& where);
+
+// Reads one (layer, kv head) slab (keys, values, the group's queries) once and evaluates every spec on it.
+std::vector<cpu::HeadEval> evaluate_slab(const data::DumpReader& dump, int layer, int kv_head,
+                                         const std::vector<CacheSpec>& specs, const cpu::EvalWindow& window);
 
 std::vector<analysis::EvalRecord> run_eval(const data::DumpReader& dump, const std::vector<CacheSpec>& specs,
                                            const RunOptions& options);

@@ -15,12 +15,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ablations/runner.h"
 #include "analysis/perplexity.h"
 #include "analysis/results.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/provenance.h"
-#include "cpu_ref/evaluate.h"
 #include "data/kv_dump.h"
 #include "data/llama.h"
 #include "data/tokenizer.h"
@@ -116,26 +116,13 @@ std::vector<Task> make_tasks(const SweepConfig& c, const std::vector<data::DumpI
 
 // CSV rows (as cell lists) of one slab, one per configuration.
 nlohmann::json run_slab(const SweepConfig& c, const data::DumpReader& dump, const Task& task) {
-  const auto& info = dump.info();
-  std::vector<float> keys, values;
-  std::vector<std::vector<float>> queries(info.has_queries ? static_cast<std::size_t>(info.group_size()) : 0);
-  dump.read_slab(data::Dataset::keys, task.layer, task.head, keys);
-  dump.read_slab(data::Dataset::values, task.layer, task.head, values);
-  for (int g = 0; g < static_cast<int>(queries.size()); ++g)
-    dump.read_slab(data::Dataset::queries, task.layer, task.head * info.group_size() + g, queries[g]);
-  cpu::HeadData data;
-  data.seq_len = info.seq_len;
-  data.head_dim = info.head_dim;
-  data.keys = keys.data();
-  data.values = values.data();
-  for (const auto& q : queries) data.queries.push_back(q.data());
-  const int T = info.seq_len;
-  const int prefill = c.prefill < 0 ? std::max(0, T - 64) : std::min(c.prefill, T);
-  const int evaluated = c.queries < 0 ? T - prefill : std::min(c.queries, T - prefill);
+  std::vector<CacheSpec> specs;
+  for (const auto& entry : c.entries) specs.push_back(entry.spec);
+  const auto window = eval_window(dump.info().seq_len, c.prefill, c.queries, dump.path());
+  const auto evals = evaluate_slab(dump, task.layer, task.head, specs, window);
   nlohmann::json rows = nlohmann::json::array();
-  for (const auto& entry : c.entries) {
-    analysis::EvalRecord r{entry.spec, task.layer, task.head, cpu::evaluate_head(entry.spec, data, {prefill, T - evaluated})};
-    rows.push_back(analysis::csv_cells(r, c.metrics));
+  for (std::size_t s = 0; s < specs.size(); ++s) {
+    rows.push_back(analysis::csv_cells({specs[s], task.layer, task.head, evals[s]}, c.metrics));
   }
   return rows;
 }
