@@ -153,6 +153,27 @@ void LlamaModel::causal_attention(const Matrix& q, const Matrix& k, const Matrix
     for (int t = 0; t < T; ++t) attend(q.row(t).data() + h * d, k, v, h / group, t + 1, out.row(t).data() + h * d);
 }
 
+void LlamaModel::block(int l, Matrix& x, int first_position, const BlockAttention& attend) const {
+  const Layer& L = layers_[l];
+  const Matrix h = rms_norm(x, L.attn_norm);
+  Matrix q = h * L.wq.transpose();
+  Matrix k = h * L.wk.transpose();
+  const Matrix v = h * L.wv.transpose();
+  unpermute(q, config_.heads);
+  unpermute(k, config_.kv_heads);
+  const Matrix k_pre = k;
+  rope(q, config_.heads, first_position);
+  rope(k, config_.kv_heads, first_position);
+  Matrix attn(x.rows(), config_.hidden);
+  attend(q, k_pre, k, v, attn);
+  x.noalias() += attn * L.wo.transpose();
+  const Matrix f = rms_norm(x, L.ffn_norm);
+  Matrix gate = f * L.w_gate.transpose();
+  const Matrix up = f * L.w_up.transpose();
+  gate = gate.unaryExpr([](float g) { return g / (1.0f + std::exp(-g)); }).cwiseProduct(up);
+  x.noalias() += gate * L.w_down.transpose();
+}
+
 Matrix LlamaModel::forward(const std::vector<int>& tokens, const Attention& attention, const Observer& observe) const {
   const Eigen::Index T = static_cast<Eigen::Index>(tokens.size());
   Matrix x(T, config_.hidden);
@@ -161,27 +182,11 @@ Matrix LlamaModel::forward(const std::vector<int>& tokens, const Attention& atte
     if (id < 0 || id >= config_.vocab) fail("token id {} is out of the vocabulary (size {})", id, config_.vocab);
     x.row(t) = embedding_.row(id);
   }
-  Matrix attn(T, config_.hidden);
   for (int l = 0; l < config_.layers; ++l) {
-    const Layer& L = layers_[l];
-    const Matrix h = rms_norm(x, L.attn_norm);
-    Matrix q = h * L.wq.transpose();
-    Matrix k = h * L.wk.transpose();
-    Matrix v = h * L.wv.transpose();
-    unpermute(q, config_.heads);
-    unpermute(k, config_.kv_heads);
-    Matrix k_pre;
-    if (observe) k_pre = k;
-    rope(q, config_.heads, 0);
-    rope(k, config_.kv_heads, 0);
-    if (observe) observe(l, q, k_pre, k, v);
-    attention(l, q, k, v, attn);
-    x.noalias() += attn * L.wo.transpose();
-    const Matrix f = rms_norm(x, L.ffn_norm);
-    Matrix gate = f * L.w_gate.transpose();
-    const Matrix up = f * L.w_up.transpose();
-    gate = gate.unaryExpr([](float g) { return g / (1.0f + std::exp(-g)); }).cwiseProduct(up);
-    x.noalias() += gate * L.w_down.transpose();
+    block(l, x, 0, [&](const Matrix& q, const Matrix& k_pre, const Matrix& k, const Matrix& v, Matrix& attn) {
+      if (observe) observe(l, q, k_pre, k, v);
+      attention(l, q, k, v, attn);
+    });
   }
   return rms_norm(x, output_norm_);
 }
@@ -192,37 +197,25 @@ Matrix LlamaModel::logits(const Matrix& hidden, int begin, int end) const {
 }
 
 Eigen::VectorXf LlamaModel::decode(int token, KvCache& cache) const {
+  if (token < 0 || token >= config_.vocab) fail("token id {} is out of the vocabulary (size {})", token, config_.vocab);
   if (cache.k.empty()) {
     cache.k.resize(static_cast<std::size_t>(config_.layers));
     cache.v.resize(static_cast<std::size_t>(config_.layers));
   }
   const int pos = cache.length;
   const int KV = config_.kv_heads * config_.head_dim;
+  const int d = config_.head_dim, group = config_.heads / config_.kv_heads;
   Matrix x = embedding_.row(token);
   for (int l = 0; l < config_.layers; ++l) {
-    const Layer& L = layers_[l];
-    const Matrix h = rms_norm(x, L.attn_norm);
-    Matrix q = h * L.wq.transpose(), k = h * L.wk.transpose();
-    const Matrix v = h * L.wv.transpose();
-    unpermute(q, config_.heads);
-    unpermute(k, config_.kv_heads);
-    rope(q, config_.heads, pos);
-    rope(k, config_.kv_heads, pos);
-    Matrix& K = cache.k[l];
-    Matrix& V = cache.v[l];
-    K.conservativeResize(pos + 1, KV);
-    V.conservativeResize(pos + 1, KV);
-    K.row(pos) = k.row(0);
-    V.row(pos) = v.row(0);
-    Matrix attn(1, config_.hidden);
-    const int d = config_.head_dim, group = config_.heads / config_.kv_heads;
-    for (int hd = 0; hd < config_.heads; ++hd) attend(q.data() + hd * d, K, V, hd / group, pos + 1, attn.data() + hd * d);
-    x += attn * L.wo.transpose();
-    const Matrix f = rms_norm(x, L.ffn_norm);
-    Matrix gate = f * L.w_gate.transpose();
-    const Matrix up = f * L.w_up.transpose();
-    gate = gate.unaryExpr([](float g) { return g / (1.0f + std::exp(-g)); }).cwiseProduct(up);
-    x += gate * L.w_down.transpose();
+    block(l, x, pos, [&](const Matrix& q, const Matrix&, const Matrix& k, const Matrix& v, Matrix& attn) {
+      Matrix& K = cache.k[l];
+      Matrix& V = cache.v[l];
+      K.conservativeResize(pos + 1, KV);
+      V.conservativeResize(pos + 1, KV);
+      K.row(pos) = k.row(0);
+      V.row(pos) = v.row(0);
+      for (int h = 0; h < config_.heads; ++h) attend(q.data() + h * d, K, V, h / group, pos + 1, attn.data() + h * d);
+    });
   }
   ++cache.length;
   const Matrix& out = output_.size() ? output_ : embedding_;

@@ -66,6 +66,11 @@ class LlamaModel {
     Eigen::VectorXf attn_norm, ffn_norm;
     Matrix wq, wk, wv, wo, w_gate, w_up, w_down;  // [out x in]
   };
+  // One transformer block over rows x at positions first_position..: projections, RoPE, then
+  // `attend(q, k_pre_rope, k, v, attn)` fills attn [rows x hidden], then output projection and MLP.
+  using BlockAttention =
+      std::function<void(const Matrix& q, const Matrix& k_pre_rope, const Matrix& k, const Matrix& v, Matrix& attn)>;
+  void block(int layer, Matrix& x, int first_position, const BlockAttention& attend) const;
   void rope(Matrix& x, int heads, int first_position) const;
   void unpermute(Matrix& x, int heads) const;
   Matrix rms_norm(const Matrix& x, const Eigen::VectorXf& weight) const;
