@@ -6,6 +6,7 @@
 // kernel must read, the bandwidth, % of the copy bandwidth measured in the same run, and
 // the speedups over fp16 and over the outer layout (kivi) measured in the same run.
 // Backends: cpu (cpu_ref); cuda comes with the CUDA kernels.
+#include <cstdint>
 #include <string>
 #include <vector>
 

@@ -5,6 +5,7 @@
 // rules, metrics, layers, heads, query positions, backend, output folder and an
 // optional end-to-end perplexity run. Errors name the file, the line, the key and
 // what was expected, and suggest the closest valid key.
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>

@@ -75,15 +75,23 @@ KVQ_HD std::uint32_t get_code(const std::uint32_t* chunk, int bits, int i) {
   return (chunk[bit >> 5] >> (bit & 31)) & ((1u << bits) - 1u);
 }
 
+// Where code i (0..31) of a chunk lives: `word[k] |= bits[k]` for the k < count parts.
+// One definition for the CPU (plain OR) and the GPU (atomicOr, since groups of 16 share words).
+struct CodePlacement {
+  int count;
+  int word[2];
+  std::uint32_t bits[2];
+};
+KVQ_HD CodePlacement place_code(int bits, int i, std::uint32_t code) {
+  if (bits == 3) return {2, {i >> 4, 2}, {(code & 3u) << ((i & 15) * 2), ((code >> 2) & 1u) << i}};
+  const int bit = i * bits;
+  return {1, {bit >> 5, 0}, {code << (bit & 31), 0u}};
+}
+
 // ORs code i (0..31) into a chunk whose bits for that code are still zero.
 KVQ_HD void put_code(std::uint32_t* chunk, int bits, int i, std::uint32_t code) {
-  if (bits == 3) {
-    chunk[i >> 4] |= (code & 3u) << ((i & 15) * 2);
-    chunk[2] |= ((code >> 2) & 1u) << i;
-    return;
-  }
-  const int bit = i * bits;
-  chunk[bit >> 5] |= code << (bit & 31);
+  const CodePlacement p = place_code(bits, i, code);
+  for (int k = 0; k < p.count; ++k) chunk[p.word[k]] |= p.bits[k];
 }
 
 // The hybrid mode bit lives in the sign of the stored scale.

@@ -1,0 +1,275 @@
+#include "core/packed.h"
+#include "gpu/cuda_check.h"
+#include "gpu/gemv.h"
+
+namespace kvq::gpu {
+namespace {
+
+constexpr int kMaxGroup = 8;
+
+__device__ __forceinline__ float meta_value(const void* array, long long i, bool fp16, bool& sign) {
+  if (fp16) {
+    const std::uint16_t h = static_cast<const std::uint16_t*>(array)[i];
+    sign = (h & packed::kHalfSignBit) != 0;
+    return __half2float(__ushort_as_half(static_cast<std::uint16_t>(h & 0x7fffu)));
+  }
+  const std::uint32_t f = static_cast<const std::uint32_t*>(array)[i];
+  sign = (f & packed::kFloatSignBit) != 0;
+  return __uint_as_float(f & 0x7fffffffu);
+}
+
+__device__ __forceinline__ float zero_value(const void* array, long long i, bool fp16) {
+  return fp16 ? __half2float(static_cast<const __half*>(array)[i]) : static_cast<const float*>(array)[i];
+}
+
+// Scores over channel-axis keys: one thread per token, reading its row of codes once for the whole
+// GQA group; blockDim 128, so a warp holds 32 consecutive tokens = one hybrid zero-block.
+template <int Bits, int D>
+__global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
+  const RegionShape s = p.keys.shape;
+  const int r = blockIdx.y, G = s.group_size, groups_per_row = D / G;
+  __shared__ float q_s[kMaxGroup][D];
+  __shared__ float qsum_s[kMaxGroup][D / 16];
+  for (int i = threadIdx.x; i < p.group * D; i += blockDim.x) q_s[i / D][i % D] = p.queries[(static_cast<long long>(r) * p.group) * D + i];
+  __syncthreads();
+  for (int i = threadIdx.x; i < p.group * groups_per_row; i += blockDim.x) {
+    float sum = 0.0f;
+    for (int c = 0; c < G; ++c) sum += q_s[i / groups_per_row][(i % groups_per_row) * G + c];
+    qsum_s[i / groups_per_row][i % groups_per_row] = sum;
+  }
+  __syncthreads();
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  const bool live = t < s.tokens;
+  const long long group0 = static_cast<long long>(r) * s.groups() + static_cast<long long>(t) * groups_per_row;
+  const int offset = packed::sym_offset(Bits, s.twos);
+  // Hybrid: this token's first compact zero = zero_base of its 32-token block + asym groups before it.
+  std::uint32_t zero_index = 0;
+  if (s.mode == GroupMode::hybrid) {
+    int mine = 0;
+    bool sign;
+    if (live)
+      for (int g = 0; g < groups_per_row; ++g) meta_value(p.keys.scales, group0 + g, s.meta_fp16, sign), mine += sign;
+    int before = mine;
+    for (int k = 1; k < 32; k <<= 1) {
+      const int up = __shfl_up_sync(0xffffffffu, before, k);
+      if ((threadIdx.x & 31) >= k) before += up;
+    }
+    before -= mine;
+    if (live) zero_index = p.keys.zero_offset[r] + p.keys.zero_base[static_cast<long long>(r) * s.zero_blocks() + t / 32] + before;
+  }
+  if (!live) return;
+  const std::uint32_t* row = p.keys.codes + static_cast<long long>(r) * s.code_words() + static_cast<long long>(t) * (D / 32) * Bits;
+  float score[kMaxGroup] = {};
+  float dot[kMaxGroup] = {};
+#pragma unroll
+  for (int ch = 0; ch < D / 32; ++ch) {
+    std::uint32_t w[Bits];
+#pragma unroll
+    for (int k = 0; k < Bits; ++k) w[k] = __ldg(row + ch * Bits + k);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const float f = static_cast<float>(packed::get_code(w, Bits, half * 16 + i));
+        for (int h = 0; h < p.group; ++h) dot[h] += f * q_s[h][ch * 32 + half * 16 + i];
+      }
+      const int end = ch * 32 + half * 16 + 16;  // channels consumed so far
+      if (end % G == 0) {
+        const int g = end / G - 1;
+        bool sign;
+        const float scale = meta_value(p.keys.scales, group0 + g, s.meta_fp16, sign);
+        const bool asym = s.mode == GroupMode::asym || (s.mode == GroupMode::hybrid && sign);
+        float zero_eff = -static_cast<float>(offset) * scale;
+        if (asym) zero_eff = zero_value(p.keys.zeros, s.mode == GroupMode::asym ? group0 + g : zero_index++, s.meta_fp16);
+        for (int h = 0; h < p.group; ++h) {
+          score[h] += scale * dot[h] + zero_eff * qsum_s[h][g];
+          dot[h] = 0.0f;
+        }
+      }
+    }
+  }
+  for (int h = 0; h < p.group; ++h) p.scores[(static_cast<long long>(r) * p.group + h) * s.tokens + t] = score[h];
+}
+
+// Outputs over token-axis values: one thread per channel; block (split, region) covers a contiguous
+// run of G-token blocks; partial sums are added in split order by sum_splits.
+template <int Bits, int D>
+__global__ void __launch_bounds__(D) outputs_token(OutputsParams p) {
+  const RegionShape s = p.values.shape;
+  const int split = blockIdx.x, r = blockIdx.y, c = threadIdx.x, G = s.group_size;
+  const int blocks = s.tokens / G;
+  const int per_split = (blocks + p.splits - 1) / p.splits;
+  const int b0 = split * per_split, b1 = min(blocks, b0 + per_split);
+  __shared__ float p_s[kMaxGroup][128];
+  __shared__ float psum_s[kMaxGroup];
+  __shared__ int warp_asym[D / 32];
+  const int offset = packed::sym_offset(Bits, s.twos);
+  float acc[kMaxGroup] = {};
+  const long long region_groups = static_cast<long long>(r) * s.groups();
+  const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_words();
+  for (int blk = b0; blk < b1; ++blk) {
+    __syncthreads();
+    for (int i = c; i < p.group * G; i += D)
+      p_s[i / G][i % G] = p.probs[(static_cast<long long>(r) * p.group + i / G) * s.tokens + static_cast<long long>(blk) * G + i % G];
+    __syncthreads();
+    if (c < p.group) {
+      float sum = 0.0f;
+      for (int i = 0; i < G; ++i) sum += p_s[c][i];
+      psum_s[c] = sum;
+    }
+    const long long group = region_groups + static_cast<long long>(blk) * D + c;
+    bool sign;
+    const float scale = meta_value(p.values.scales, group, s.meta_fp16, sign);
+    const bool asym = s.mode == GroupMode::asym || (s.mode == GroupMode::hybrid && sign);
+    float zero_eff = -static_cast<float>(offset) * scale;
+    if (s.mode == GroupMode::asym) zero_eff = zero_value(p.values.zeros, group, s.meta_fp16);
+    if (s.mode == GroupMode::hybrid) {
+      // Compact zero index: the block's base + asymmetric channels before c (ballot within the warp,
+      // warp totals across the block).
+      const unsigned ballot = __ballot_sync(0xffffffffu, asym);
+      if ((c & 31) == 0) warp_asym[c / 32] = __popc(ballot);
+      __syncthreads();
+      int before = __popc(ballot & ((1u << (c & 31)) - 1u));
+      // Fixed trip count: a run-time bound let the compiler emit a vector load past the array.
+#pragma unroll
+      for (int w = 0; w < D / 32; ++w)
+        if (w < c / 32) before += warp_asym[w];
+      if (asym) {
+        const long long z = p.values.zero_offset[r] + p.values.zero_base[static_cast<long long>(r) * s.zero_blocks() + blk] + before;
+        zero_eff = zero_value(p.values.zeros, z, s.meta_fp16);
+      }
+    }
+    __syncthreads();
+    float dot[kMaxGroup] = {};
+    for (int t0 = 0; t0 < G; t0 += 32) {
+      const long long t = static_cast<long long>(blk) * G + t0;
+      std::uint32_t w[Bits];
+      const std::uint32_t* chunk = codes + ((t / 32) * D + c) * Bits;
+#pragma unroll
+      for (int k = 0; k < Bits; ++k) w[k] = __ldg(chunk + k);
+      const int first = static_cast<int>(t % 32), count = min(32, G);
+#pragma unroll 16
+      for (int i = 0; i < count; ++i) {
+        const float f = static_cast<float>(packed::get_code(w, Bits, first + i));
+        for (int h = 0; h < p.group; ++h) dot[h] += f * p_s[h][t0 + i];
+      }
+    }
+    for (int h = 0; h < p.group; ++h) acc[h] += scale * dot[h] + zero_eff * psum_s[h];
+  }
+  for (int h = 0; h < p.group; ++h)
+    p.partial[((static_cast<long long>(split) * gridDim.y + r) * p.group + h) * D + c] = acc[h];
+}
+
+__global__ void sum_splits(const float* partial, int splits, long long n, float* out) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  float sum = 0.0f;
+  for (int s = 0; s < splits; ++s) sum += partial[s * n + i];
+  out[i] = sum;
+}
+
+template <int D>
+__global__ void __launch_bounds__(128) scores_half(Fp16Params p) {
+  const int r = blockIdx.y, t = blockIdx.x * blockDim.x + threadIdx.x;
+  __shared__ float q_s[kMaxGroup][D];
+  for (int i = threadIdx.x; i < p.group * D; i += blockDim.x) q_s[i / D][i % D] = p.vectors[static_cast<long long>(r) * p.group * D + i];
+  __syncthreads();
+  if (t >= p.tokens) return;
+  const uint4* row = reinterpret_cast<const uint4*>(p.cache + (static_cast<long long>(r) * p.tokens + t) * D);
+  float score[kMaxGroup] = {};
+#pragma unroll
+  for (int v = 0; v < D / 8; ++v) {
+    const uint4 raw = __ldg(row + v);
+    const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 f = __half22float2(h2[k]);
+      for (int h = 0; h < p.group; ++h) score[h] += f.x * q_s[h][v * 8 + 2 * k] + f.y * q_s[h][v * 8 + 2 * k + 1];
+    }
+  }
+  for (int h = 0; h < p.group; ++h) p.out[(static_cast<long long>(r) * p.group + h) * p.tokens + t] = score[h];
+}
+
+template <int D>
+__global__ void __launch_bounds__(D) outputs_half(Fp16Params p) {
+  const int split = blockIdx.x, r = blockIdx.y, c = threadIdx.x;
+  const int per_split = (p.tokens + p.splits - 1) / p.splits;
+  const int t0 = split * per_split, t1 = min(p.tokens, t0 + per_split);
+  float acc[kMaxGroup] = {};
+  for (int t = t0; t < t1; ++t) {
+    const float v = __half2float(p.cache[(static_cast<long long>(r) * p.tokens + t) * D + c]);
+    for (int h = 0; h < p.group; ++h) acc[h] += v * __ldg(p.vectors + (static_cast<long long>(r) * p.group + h) * p.tokens + t);
+  }
+  for (int h = 0; h < p.group; ++h) p.partial[((static_cast<long long>(split) * gridDim.y + r) * p.group + h) * D + c] = acc[h];
+}
+
+// One DISPATCH per template axis, each with an explicit error for unsupported values.
+#define KVQ_DISPATCH_HEAD_DIM(d, D, ...)      \
+  switch (d) {                               \
+    case 64: { constexpr int D = 64; __VA_ARGS__ break; } \
+    case 128: { constexpr int D = 128; __VA_ARGS__ break; } \
+    default: return cudaErrorInvalidValue;   \
+  }
+#define KVQ_DISPATCH_BITS(b, B, ...)          \
+  switch (b) {                               \
+    case 2: { constexpr int B = 2; __VA_ARGS__ break; } \
+    case 3: { constexpr int B = 3; __VA_ARGS__ break; } \
+    case 4: { constexpr int B = 4; __VA_ARGS__ break; } \
+    case 8: { constexpr int B = 8; __VA_ARGS__ break; } \
+    default: return cudaErrorInvalidValue;   \
+  }
+
+bool supported(const RegionShape& s, int group) {
+  const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
+  const bool dims = s.head_dim == 64 || s.head_dim == 128;
+  const bool groups = s.group_size == 16 || s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
+  return bits && dims && groups && group >= 1 && group <= kMaxGroup && s.tokens >= 0;
+}
+
+}  // namespace
+
+int output_splits(int regions, int tokens, int multiprocessors) {
+  // About 4 blocks per multiprocessor, never more splits than 128-token pieces.
+  const int want = (4 * multiprocessors + regions - 1) / regions;
+  return std::max(1, std::min(want, std::max(1, tokens / 128)));
+}
+
+cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
+  const RegionShape& s = p.keys.shape;
+  if (!supported(s, p.group) || !s.channel_axis || s.head_dim % s.group_size != 0) return cudaErrorInvalidValue;
+  if (s.tokens == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((s.tokens + 127) / 128), static_cast<unsigned>(p.keys.regions));
+  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, scores_channel<B, D><<<grid, 128, 0, stream>>>(p);))
+  return cudaGetLastError();
+}
+
+cudaError_t outputs_inner(const OutputsParams& p, cudaStream_t stream) {
+  const RegionShape& s = p.values.shape;
+  if (!supported(s, p.group) || s.channel_axis || s.tokens % s.group_size != 0 || p.splits < 1) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.values.regions));
+  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, outputs_token<B, D><<<grid, D, 0, stream>>>(p);))
+  KVQ_CUDA_TRY(cudaGetLastError());
+  const long long n = static_cast<long long>(p.values.regions) * p.group * s.head_dim;
+  sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, p.splits, n, p.outputs);
+  return cudaGetLastError();
+}
+
+cudaError_t scores_fp16(const Fp16Params& p, cudaStream_t stream) {
+  if (p.group < 1 || p.group > kMaxGroup || (p.head_dim != 64 && p.head_dim != 128) || p.tokens < 0) return cudaErrorInvalidValue;
+  if (p.tokens == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((p.tokens + 127) / 128), static_cast<unsigned>(p.regions));
+  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, scores_half<D><<<grid, 128, 0, stream>>>(p);)
+  return cudaGetLastError();
+}
+
+cudaError_t outputs_fp16(const Fp16Params& p, cudaStream_t stream) {
+  if (p.group < 1 || p.group > kMaxGroup || p.splits < 1 || (p.head_dim != 64 && p.head_dim != 128)) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.regions));
+  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, outputs_half<D><<<grid, D, 0, stream>>>(p);)
+  KVQ_CUDA_TRY(cudaGetLastError());
+  const long long n = static_cast<long long>(p.regions) * p.group * p.head_dim;
+  sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, p.splits, n, p.out);
+  return cudaGetLastError();
+}
+
+}  // namespace kvq::gpu

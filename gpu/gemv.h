@@ -1,0 +1,56 @@
+#pragma once
+// Fused dequantize + GEMV on the inner layouts, and fp16 baselines in the same harness.
+// Inner grouping puts each group along the reduction axis, so a group costs one multiply
+// by its scale: |s| * sum(f_i * w_i) + z_eff * sum(w_i) (core/packed.h). Query heads that
+// share a kv head (GQA) are computed from one read of its codes.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "gpu/region.h"
+
+namespace kvq::gpu {
+
+struct ScoresParams {
+  // Keys, channel-axis groups: `regions` regions of `shape.tokens` tokens.
+  DeviceRegions keys;
+  // queries: [regions][group][head_dim] fp32 (key normalization already folded in), device.
+  const float* queries = nullptr;
+  int group = 1;  // query heads per kv head (1..8)
+  // scores: [regions][group][tokens] fp32 = q . k^ (no 1/sqrt(d)), device.
+  float* scores = nullptr;
+};
+
+struct OutputsParams {
+  // Values, token-axis groups.
+  DeviceRegions values;
+  // probs: [regions][group][tokens] fp32, device.
+  const float* probs = nullptr;
+  int group = 1;
+  // outputs: [regions][group][head_dim] fp32 = p . v^, device.
+  float* outputs = nullptr;
+  // Scratch for the split-sequence partial sums: [splits][regions][group][head_dim] floats.
+  float* partial = nullptr;
+  int splits = 1;  // sequence splits, summed in order by a second pass (deterministic)
+};
+
+// fp16 baselines: keys/values [regions][tokens][head_dim] half.
+struct Fp16Params {
+  const __half* cache = nullptr;
+  int regions = 1, tokens = 0, head_dim = 128, group = 1;
+  const float* vectors = nullptr;  // queries [regions][group][head_dim] or probs [regions][group][tokens]
+  float* out = nullptr;            // scores [regions][group][tokens] or outputs [regions][group][head_dim]
+  float* partial = nullptr;        // outputs: [splits][regions][group][head_dim]
+  int splits = 1;
+};
+
+// Each returns the first CUDA error, or cudaErrorInvalidValue for an unsupported shape
+// (head_dim 64 or 128; bits 2, 3, 4, 8; group 1..8; channel axis for scores, token axis for outputs).
+cudaError_t scores_inner(const ScoresParams& params, cudaStream_t stream = nullptr);
+cudaError_t outputs_inner(const OutputsParams& params, cudaStream_t stream = nullptr);
+cudaError_t scores_fp16(const Fp16Params& params, cudaStream_t stream = nullptr);
+cudaError_t outputs_fp16(const Fp16Params& params, cudaStream_t stream = nullptr);
+
+// Splits for outputs_inner/outputs_fp16 that fill the device about `waves` times.
+int output_splits(int regions, int tokens, int device_multiprocessors);
+
+}  // namespace kvq::gpu

@@ -1,0 +1,134 @@
+#include <cub/device/device_scan.cuh>
+
+#include "core/packed.h"
+#include "core/quant_math.h"
+#include "gpu/cuda_check.h"
+#include "gpu/pack.h"
+
+namespace kvq::gpu {
+namespace {
+
+__device__ std::uint32_t meta_bits(float value, bool fp16, bool sign) {
+  if (fp16) {
+    std::uint16_t h = __half_as_ushort(__float2half_rn(value));
+    return sign ? (h | packed::kHalfSignBit) : h;
+  }
+  const std::uint32_t f = __float_as_uint(value);
+  return sign ? (f | packed::kFloatSignBit) : f;
+}
+
+__device__ void store_meta(void* array, long long i, std::uint32_t bits, bool fp16) {
+  if (fp16) {
+    static_cast<std::uint16_t*>(array)[i] = static_cast<std::uint16_t>(bits);
+  } else {
+    static_cast<std::uint32_t*>(array)[i] = bits;
+  }
+}
+
+// One thread per group: quantize with core/quant_math.h, OR the codes in, store the scale; asym
+// groups store their zero point (hybrid: into a per-group scratch slot, compacted afterwards).
+__global__ void pack_groups(const float* rows, DeviceRegions out, std::uint32_t* asym_flag, std::uint32_t* zero_scratch) {
+  const RegionShape s = out.shape;
+  const long long groups = s.groups();
+  const long long g = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  const int r = blockIdx.y;
+  if (g >= groups) return;
+  const int d = s.head_dim, G = s.group_size;
+  const float* region_rows = rows + static_cast<long long>(r) * s.tokens * d;
+  std::uint32_t* codes = out.codes + r * s.code_words();
+  qmath::GroupParams p;
+  p.mode = static_cast<qmath::GroupMode>(static_cast<int>(s.mode));
+  p.bits = s.bits;
+  p.twos = s.twos;
+  p.hybrid_asym_bits = s.hybrid_asym_bits;
+  p.meta_fp16 = s.meta_fp16;
+  std::uint8_t fields[128];
+  qmath::GroupQuant q;
+  if (s.channel_axis) {
+    const long long t = g / (d / G);
+    const int c0 = static_cast<int>(g % (d / G)) * G;
+    q = qmath::quantize_group(region_rows + t * d + c0, 1, G, p, fields);
+    for (int i = 0; i < G; ++i) {
+      const int c = c0 + i;
+      const packed::CodePlacement pl = packed::place_code(s.bits, c % 32, fields[i]);
+      std::uint32_t* chunk = codes + (t * (d / 32) + c / 32) * s.bits;
+      for (int k = 0; k < pl.count; ++k) atomicOr(chunk + pl.word[k], pl.bits[k]);
+    }
+  } else {
+    const long long blk = g / d;
+    const int c = static_cast<int>(g % d);
+    q = qmath::quantize_group(region_rows + blk * G * d + c, d, G, p, fields);
+    for (int i = 0; i < G; ++i) {
+      const long long t = blk * G + i;
+      const packed::CodePlacement pl = packed::place_code(s.bits, static_cast<int>(t % 32), fields[i]);
+      std::uint32_t* chunk = codes + ((t / 32) * d + c) * s.bits;
+      for (int k = 0; k < pl.count; ++k) atomicOr(chunk + pl.word[k], pl.bits[k]);
+    }
+  }
+  const long long index = static_cast<long long>(r) * groups + g;
+  const bool hybrid = s.mode == GroupMode::hybrid;
+  store_meta(out.scales, index, meta_bits(q.scale, s.meta_fp16, hybrid && q.asym), s.meta_fp16);
+  if (s.mode == GroupMode::asym) store_meta(out.zeros, index, meta_bits(q.zero, s.meta_fp16, false), s.meta_fp16);
+  if (hybrid) {
+    asym_flag[index] = q.asym ? 1u : 0u;
+    zero_scratch[index] = meta_bits(q.zero, s.meta_fp16, false);
+  }
+}
+
+// Hybrid: scatter each asymmetric group's zero point to its compact slot, and record each region's
+// first zero and each zero-block's base (relative to its region).
+__global__ void place_zeros(DeviceRegions out, const std::uint32_t* asym_flag, const std::uint32_t* position,
+                            const std::uint32_t* zero_scratch, long long total) {
+  const RegionShape s = out.shape;
+  const long long groups = s.groups();
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= total) return;
+  const long long r = i / groups, g = i % groups;
+  if (asym_flag[i]) store_meta(out.zeros, position[i], zero_scratch[i], s.meta_fp16);
+  if (g == 0) out.zero_offset[r] = position[i];
+  const long long groups_per_block = static_cast<long long>(s.zero_block_tokens()) * s.head_dim / s.group_size;
+  if (g % groups_per_block == 0) out.zero_base[r * s.zero_blocks() + g / groups_per_block] = position[i] - position[r * groups];
+}
+
+}  // namespace
+
+cudaError_t pack(const PackParams& params, cudaStream_t stream) {
+  const RegionShape& s = params.out.shape;
+  const bool bits_ok = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
+  const bool group_ok = s.group_size == 16 || s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
+  if (!bits_ok || !group_ok || s.head_dim % 32 != 0 || s.tokens < 0 || params.out.regions < 1 ||
+      (s.channel_axis && s.head_dim % s.group_size != 0) || (!s.channel_axis && s.tokens % s.group_size != 0)) {
+    return cudaErrorInvalidValue;
+  }
+  if (s.tokens == 0) return cudaSuccess;
+  const DeviceRegions& out = params.out;
+  KVQ_CUDA_TRY(cudaMemsetAsync(out.codes, 0, sizeof(std::uint32_t) * out.regions * s.code_words(), stream));
+  const long long total = static_cast<long long>(out.regions) * s.groups();
+  std::uint32_t *flag = nullptr, *position = nullptr, *scratch = nullptr;
+  void* temp = nullptr;
+  std::size_t temp_bytes = 0;
+  if (s.mode == GroupMode::hybrid) {
+    KVQ_CUDA_TRY(cudaMallocAsync(&flag, sizeof(std::uint32_t) * total, stream));
+    KVQ_CUDA_TRY(cudaMallocAsync(&position, sizeof(std::uint32_t) * total, stream));
+    KVQ_CUDA_TRY(cudaMallocAsync(&scratch, sizeof(std::uint32_t) * total, stream));
+  }
+  const dim3 block(128);
+  const dim3 grid(static_cast<unsigned>((s.groups() + 127) / 128), static_cast<unsigned>(out.regions));
+  pack_groups<<<grid, block, 0, stream>>>(params.rows, out, flag, scratch);
+  KVQ_CUDA_TRY(cudaGetLastError());
+  if (s.mode == GroupMode::hybrid) {
+    // Compact zero points: an exclusive scan of the asym flags over every region's groups in order.
+    KVQ_CUDA_TRY(cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, flag, position, total, stream));
+    KVQ_CUDA_TRY(cudaMallocAsync(&temp, temp_bytes, stream));
+    KVQ_CUDA_TRY(cub::DeviceScan::ExclusiveSum(temp, temp_bytes, flag, position, total, stream));
+    place_zeros<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(out, flag, position, scratch, total);
+    KVQ_CUDA_TRY(cudaGetLastError());
+    KVQ_CUDA_TRY(cudaFreeAsync(temp, stream));
+    KVQ_CUDA_TRY(cudaFreeAsync(flag, stream));
+    KVQ_CUDA_TRY(cudaFreeAsync(position, stream));
+    KVQ_CUDA_TRY(cudaFreeAsync(scratch, stream));
+  }
+  return cudaSuccess;
+}
+
+}  // namespace kvq::gpu
