@@ -1,8 +1,8 @@
 #pragma once
 // Fast CPU reads of packed code chunks (core/packed.h layouts): per bit width,
-// fixed-length loops over 16-code halves that the compiler vectorizes, reduced in
-// a fixed order so results do not depend on the machine's vector width. Inline,
-// since they run once per group on the hot path.
+// fixed-length loops over 16-code halves that the compiler vectorizes, summed in a
+// fixed order so results do not depend on the machine's vector width. Inline, since
+// they run once per group on the hot path.
 #include <cstdint>
 
 namespace kvq::cpu {
@@ -23,25 +23,9 @@ template <int Bits>
   }
 }
 
-// sum_i w[i] * f_i over one half-chunk, reduced in a fixed pairwise order.
-template <int Bits>
-[[gnu::always_inline]] inline float half_dot(const std::uint32_t* chunk, int half, const float* w) {
-  float acc[16];
-  for (int i = 0; i < 16; ++i) acc[i] = w[i] * static_cast<float>(field<Bits>(chunk, half, i));
-  for (int i = 0; i < 8; ++i) acc[i] += acc[i + 8];
-  for (int i = 0; i < 4; ++i) acc[i] += acc[i + 4];
-  return (acc[0] + acc[2]) + (acc[1] + acc[3]);
-}
-
 template <int Bits>
 [[gnu::always_inline]] inline void half_decode(const std::uint32_t* chunk, int half, float* out) {
   for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(field<Bits>(chunk, half, i));
-}
-
-template <int Bits>
-[[gnu::always_inline]] inline float dot(const std::uint32_t* chunk, int first, int count, const float* w) {
-  if (count == 16) return half_dot<Bits>(chunk, first / 16, w);
-  return half_dot<Bits>(chunk, 0, w) + half_dot<Bits>(chunk, 1, w + 16);
 }
 
 // Eight channels at once (token-axis layout: their chunks are `Bits` words apart):
@@ -90,23 +74,13 @@ inline void chunk_dot8(const std::uint32_t* chunk0, int bits, int first, int cou
   }
 }
 
-// decode_chunk: all 32 codes of a chunk as floats.
-// chunk_dot: sum_{i in [first, first+count)} w[i - first] * f_i; first is 0 or 16, count 16 or 32.
+// All 32 codes of a chunk as floats.
 inline void decode_chunk(const std::uint32_t* chunk, int bits, float* out) {
   switch (bits) {
     case 2: codes_detail::half_decode<2>(chunk, 0, out), codes_detail::half_decode<2>(chunk, 1, out + 16); return;
     case 3: codes_detail::half_decode<3>(chunk, 0, out), codes_detail::half_decode<3>(chunk, 1, out + 16); return;
     case 4: codes_detail::half_decode<4>(chunk, 0, out), codes_detail::half_decode<4>(chunk, 1, out + 16); return;
     default: codes_detail::half_decode<8>(chunk, 0, out), codes_detail::half_decode<8>(chunk, 1, out + 16); return;
-  }
-}
-
-inline float chunk_dot(const std::uint32_t* chunk, int bits, int first, int count, const float* w) {
-  switch (bits) {
-    case 2: return codes_detail::dot<2>(chunk, first, count, w);
-    case 3: return codes_detail::dot<3>(chunk, first, count, w);
-    case 4: return codes_detail::dot<4>(chunk, first, count, w);
-    default: return codes_detail::dot<8>(chunk, first, count, w);
   }
 }
 

@@ -26,6 +26,7 @@ class TensorCache {
   // Fixed token blocks for products: partial results are combined in block order, so the
   // result is the same whatever the number of OpenMP threads.
   static constexpr int kBlockTokens = 1024;
+  static_assert(kBlockTokens % PackedRegion::kRangeAlign == 0, "product blocks must start where packed ranges may");
 
   TensorCache(const TensorSpec& spec, int head_dim, int sink, int recent, bool key_norm);
 
