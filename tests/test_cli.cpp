@@ -91,6 +91,18 @@ TEST(Cli, BadInputExitsTwoWithOneLineAndNoOutput) {
   std::remove(bad.c_str());
 }
 
+TEST(Cli, VersionNamesTheCommitTheBinaryWasBuiltFrom) {
+  const std::string head_file = test::temp_path("head");
+  if (std::system(("git -C " KVQ_SOURCE_DIR " rev-parse --short=12 HEAD > " + head_file + " 2>/dev/null").c_str()) != 0) {
+    GTEST_SKIP() << "no git checkout to compare with";
+  }
+  std::string head;
+  std::ifstream(head_file) >> head;
+  const CliResult r = run("--version");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.out.find("(" + head), std::string::npos) << r.out << " vs HEAD " << head;
+}
+
 TEST(Cli, BadModelOrTextExitsTwo) {
   const std::string bad = test::temp_path("bad.gguf"), out = test::temp_path("never.h5");
   std::ofstream(bad) << "GGUF but not really";
