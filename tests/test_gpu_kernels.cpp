@@ -209,6 +209,8 @@ std::string name(const Case& k) {
   return std::string(mode) + std::to_string(k.bits) + (k.channel ? "_channel" : "_token") + "_g" + std::to_string(k.group) +
          "_d" + std::to_string(k.head_dim) + (k.fp16 ? "_fp16" : "_fp32") + (k.twos ? "_twos_hb" : "_signmag_hb1");
 }
+void PrintTo(const Case& k, std::ostream* os) { *os << name(k); }
+
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuKernels, ::testing::ValuesIn(cases()), [](const auto& info) { return name(info.param); });
 
 TEST(GpuFp16, BaselinesMatchDouble) {

@@ -30,6 +30,8 @@ std::string case_name(const Case& c) {
                      to_string(c.levels), c.hybrid_bits == HybridAsymBits::b ? "hb" : "hb1");
 }
 
+void PrintTo(const Case& c, std::ostream* os) { *os << case_name(c); }
+
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid})
