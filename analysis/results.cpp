@@ -32,6 +32,8 @@ const std::vector<MetricColumn>& metric_columns() {
       {"top8", [](const E& e) { return e.top8.mean(); }, false},
       {"top32", [](const E& e) { return e.top32.mean(); }, false},
       {"out_rel", [](const E& e) { return e.out_rel.mean(); }},
+      {"tv_bound", [](const E& e) { return e.tv_bound.mean(); }},
+      {"bound_ratio", [](const E& e) { return e.bound_ratio.mean(); }},
       {"queries", [](const E& e) { return static_cast<double>(e.positions); }, false},
   };
   return columns;

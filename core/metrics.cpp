@@ -53,6 +53,7 @@ AttentionMetrics attention_metrics(const std::vector<double>& ref_scores, const 
   for (std::size_t j = 0; j < n; ++j) {
     const double e = ref_scores[j] - scores[j];
     abs_sum += std::fabs(e);
+    m.score_max = std::max(m.score_max, std::fabs(e));
     diff2 += e * e;
     ref2 += ref_scores[j] * ref_scores[j];
     const double p = ref_probs[j];
@@ -64,6 +65,7 @@ AttentionMetrics attention_metrics(const std::vector<double>& ref_scores, const 
   }
   m.kl = std::max(m.kl, 0.0);  // rounding can make an exact match read as -1e-17
   m.score_abs = n ? abs_sum / static_cast<double>(n) : 0.0;
+  m.tv_bound = 0.5 * std::expm1(2.0 * m.score_max);
   m.score_rel = ref2 > 0 ? std::sqrt(diff2 / ref2) : 0.0;
   m.top8 = topk_overlap(ref_probs, probs, 8);
   m.top32 = topk_overlap(ref_probs, probs, 32);

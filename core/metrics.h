@@ -24,6 +24,10 @@ struct AttentionMetrics {
   double top8 = 0;       // |top8(p) & top8(p^)| / min(8, n)
   double top32 = 0;      // same for 32
   double out_rel = 0;    // ||o - o^||_2 / ||o||_2
+  double score_max = 0;  // eps = max_j |s_j - s^_j|
+  // Certified bound on the softmax's movement from the worst score error (ALGORITHMS.md):
+  // ||p - p^||_1 <= e^(2 eps) - 1, so TV = ||p - p^||_1 / 2 <= (e^(2 eps) - 1) / 2.
+  double tv_bound = 0;
 };
 
 // Reference quantities in double, the quantized ones as computed (fp32).

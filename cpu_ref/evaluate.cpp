@@ -36,6 +36,8 @@ HeadEval evaluate_head(const CacheSpec& spec, const HeadData& data, const EvalWi
       out.top8.add(m.top8);
       out.top32.add(m.top32);
       out.out_rel.add(m.out_rel);
+      out.tv_bound.add(m.tv_bound);
+      if (m.tv > 0) out.bound_ratio.add(m.tv_bound / m.tv);
       ++out.positions;
     }
   }

@@ -29,6 +29,8 @@ struct HeadEval {
   int positions = 0;                    // evaluated query positions (x query heads)
   // Each attention metric over positions and query heads.
   Stat score_abs, score_rel, kl, tv, top8, top32, out_rel;
+  Stat tv_bound;        // the certified bound on TV from the worst score error
+  Stat bound_ratio;     // tv_bound / tv, over queries whose TV is not zero: how loose the bound is
 };
 
 HeadEval evaluate_head(const CacheSpec& spec, const HeadData& data, const EvalWindow& window);
