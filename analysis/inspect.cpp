@@ -94,10 +94,8 @@ std::string inspect_text(const data::DumpReader& dump, const std::vector<LayerSt
                                 info.num_kv_heads, info.head_dim, info.seq_len);
   if (info.rope_theta) out += fmt::format("  rope_theta {}", *info.rope_theta);
   out += "\n";
-  for (auto d : {data::Dataset::keys, data::Dataset::values, data::Dataset::queries, data::Dataset::keys_pre_rope}) {
-    if ((d == data::Dataset::queries && !info.has_queries) ||
-        (d == data::Dataset::keys_pre_rope && !info.has_keys_pre_rope))
-      continue;
+  for (auto d : data::kAllDatasets) {
+    if (!info.has(d)) continue;
     const auto layout = dump.layout(d);
     out += fmt::format("  {:<14} {:<8} chunks {:<14} compression {}\n", data::dataset_name(d), layout.dtype,
                        chunk_text(layout), layout.compression);
@@ -130,10 +128,8 @@ nlohmann::json inspect_json(const data::DumpReader& dump, const std::vector<Laye
                       {"has_queries", info.has_queries},
                       {"has_keys_pre_rope", info.has_keys_pre_rope}};
   if (info.rope_theta) j["rope_theta"] = *info.rope_theta;
-  for (auto d : {data::Dataset::keys, data::Dataset::values, data::Dataset::queries, data::Dataset::keys_pre_rope}) {
-    if ((d == data::Dataset::queries && !info.has_queries) ||
-        (d == data::Dataset::keys_pre_rope && !info.has_keys_pre_rope))
-      continue;
+  for (auto d : data::kAllDatasets) {
+    if (!info.has(d)) continue;
     const auto layout = dump.layout(d);
     j["datasets"][data::dataset_name(d)] = {{"dtype", layout.dtype}, {"chunk", layout.chunk},
                                             {"compression", layout.compression}};

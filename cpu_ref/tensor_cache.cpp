@@ -165,10 +165,7 @@ void TensorCache::weighted_sum(const float* p, float* out) const {
   }
   for (int blk = 0; blk < blocks; ++blk)
     for (int c = 0; c < d_; ++c) out[c] += partial[static_cast<std::size_t>(blk) * d_ + c];
-  const float* pr = p + sink_count_ + nq;
-  for (int t = 0; t < recent_count_; ++t)
-    for (int c = 0; c < d_; ++c)
-      out[c] += pr[t] * half_bits_to_float(recent_rows_[static_cast<std::size_t>(t) * d_ + c]);
+  dense(recent_rows_.data(), recent_count_, p + sink_count_ + nq);
 }
 
 void TensorCache::dequantize(float* out) const {

@@ -168,8 +168,7 @@ void DumpReader::read_slab(Dataset dataset, int layer, int head, std::vector<flo
   const char* name = dataset_name(dataset);
   const hsize_t T = static_cast<hsize_t>(info_.seq_len);
   const hsize_t d = static_cast<hsize_t>(info_.head_dim);
-  if ((dataset == Dataset::queries && !info_.has_queries) ||
-      (dataset == Dataset::keys_pre_rope && !info_.has_keys_pre_rope)) {
+  if (!info_.has(dataset)) {
     fail("{}: no dataset '{}' in this dump", path_, name);
   }
   Hid set(H5Dopen2(file_.get(), name, H5P_DEFAULT), H5Dclose);
@@ -211,10 +210,8 @@ std::vector<std::int64_t> DumpReader::positions() const {
 
 void DumpReader::check_finite() const {
   std::vector<float> slab;
-  for (Dataset d : {Dataset::keys, Dataset::values, Dataset::queries, Dataset::keys_pre_rope}) {
-    if ((d == Dataset::queries && !info_.has_queries) || (d == Dataset::keys_pre_rope && !info_.has_keys_pre_rope)) {
-      continue;
-    }
+  for (Dataset d : kAllDatasets) {
+    if (!info_.has(d)) continue;
     std::size_t bad = 0;
     std::string first;
     for (int l = 0; l < info_.num_layers; ++l) {
@@ -257,10 +254,8 @@ DumpWriter::DumpWriter(const std::string& path, const DumpInfo& info, const Writ
   if (info.text_sha256) write_string_attribute(root, "text_sha256", *info.text_sha256);
 
   Hid f16 = half_type();
-  for (Dataset d : {Dataset::keys, Dataset::values, Dataset::queries, Dataset::keys_pre_rope}) {
-    if ((d == Dataset::queries && !info.has_queries) || (d == Dataset::keys_pre_rope && !info.has_keys_pre_rope)) {
-      continue;
-    }
+  for (Dataset d : kAllDatasets) {
+    if (!info.has(d)) continue;
     const hsize_t dims[4] = {static_cast<hsize_t>(info.num_layers), static_cast<hsize_t>(info.heads_of(d)),
                              static_cast<hsize_t>(info.seq_len), static_cast<hsize_t>(info.head_dim)};
     const hsize_t chunk[4] = {1, 1, dims[2], dims[3]};

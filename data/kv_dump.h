@@ -20,6 +20,7 @@ inline constexpr const char* kFormatName = "kvq-kv-dump";
 inline constexpr int kFormatVersion = 1;
 
 enum class Dataset { keys, values, queries, keys_pre_rope };
+inline constexpr Dataset kAllDatasets[] = {Dataset::keys, Dataset::values, Dataset::queries, Dataset::keys_pre_rope};
 const char* dataset_name(Dataset dataset);
 
 struct DumpInfo {
@@ -37,6 +38,10 @@ struct DumpInfo {
   bool has_positions = false;
 
   int heads_of(Dataset dataset) const { return dataset == Dataset::queries ? num_heads : num_kv_heads; }
+  // Whether the dump holds this dataset (keys and values always; queries and keys_pre_rope optionally).
+  bool has(Dataset dataset) const {
+    return dataset == Dataset::queries ? has_queries : dataset == Dataset::keys_pre_rope ? has_keys_pre_rope : true;
+  }
   int group_size() const { return num_heads / num_kv_heads; }  // query heads per kv head
 };
 
