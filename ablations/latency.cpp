@@ -117,10 +117,11 @@ void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const st
         for (int i = 0; i < caches; ++i) {
           for (auto& x : rows_k) x = round_to_half(normal(rng));
           for (auto& x : rows_v) x = round_to_half(normal(rng));
-          keys.emplace_back(spec.k, d, spec.sink, spec.recent, spec.key_norm);
-          values.emplace_back(spec.v, d, spec.sink, spec.recent, false);
-          keys.back().prefill(rows_k.data(), N);
-          values.back().prefill(rows_v.data(), N);
+          keys.push_back(cpu::make_cache(spec, TensorKind::key, d));
+          values.push_back(cpu::make_cache(spec, TensorKind::value, d));
+          // Timing does not depend on the scales' values: each cache stands for a one-head layer.
+          keys.back().prefill(rows_k.data(), N, cpu::omni_token_scale({rows_k.data()}, N, d).data());
+          values.back().prefill(rows_v.data(), N, cpu::omni_token_scale({rows_v.data()}, N, d).data());
         }
         std::vector<float> q(static_cast<std::size_t>(shape.batch) * shape.heads * d), p(static_cast<std::size_t>(N));
         for (auto& x : q) x = normal(rng);

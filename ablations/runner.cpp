@@ -4,9 +4,11 @@
 #include <chrono>
 #include <cstdio>
 #include <mutex>
+#include <tuple>
 
 #include "core/error.h"
 #include "cpu_ref/evaluate.h"
+#include "cpu_ref/tensor_cache.h"
 
 namespace kvq::ablations {
 
@@ -34,6 +36,23 @@ std::vector<cpu::HeadEval> evaluate_slab(const data::DumpReader& dump, int layer
   data.keys = keys.data();
   data.values = values.data();
   for (const auto& q : queries) data.queries.push_back(q.data());
+  // Omni-token scales need every kv head of the layer: read them only when a spec asks.
+  std::vector<float> key_scale, value_scale;
+  for (auto [dataset, member, out] : {std::tuple{data::Dataset::keys, &CacheSpec::k, &key_scale},
+                                      std::tuple{data::Dataset::values, &CacheSpec::v, &value_scale}}) {
+    bool wanted = false;
+    for (const auto& spec : specs) wanted |= (spec.*member).token_scale == TokenScale::omni;
+    if (!wanted) continue;
+    std::vector<std::vector<float>> heads(static_cast<std::size_t>(info.num_kv_heads));
+    std::vector<const float*> rows;
+    for (int h = 0; h < info.num_kv_heads; ++h) {
+      dump.read_slab(dataset, layer, h, heads[h]);
+      rows.push_back(heads[h].data());
+    }
+    *out = cpu::omni_token_scale(rows, info.seq_len, info.head_dim);
+  }
+  if (!key_scale.empty()) data.key_scale = key_scale.data();
+  if (!value_scale.empty()) data.value_scale = value_scale.data();
   std::vector<cpu::HeadEval> out;
   for (const auto& spec : specs) out.push_back(cpu::evaluate_head(spec, data, window));
   return out;

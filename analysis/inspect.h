@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/spec.h"
 #include "data/kv_dump.h"
 
 namespace kvq::analysis {
@@ -21,17 +22,24 @@ struct LayerStats {
   double outlier_ratio = 0;   // largest per-channel max |K| / median per-channel max |K|
   double imbalance_mean = 0;  // token-norm imbalance (max/min key L2 norm in each 32-token group), mean
   double imbalance_max = 0;   // and worst group
+  // The same three after the keys are divided by their token scale and rotated (InspectOptions).
+  double outlier_ratio_after = 0, imbalance_mean_after = 0, imbalance_max_after = 0;
   double value_mean = 0, value_std = 0, value_max_abs = 0;
 };
 
 inline constexpr int kImbalanceGroup = 32;
 
-std::vector<LayerStats> inspect_dump(const data::DumpReader& dump);
-std::string inspect_text(const data::DumpReader& dump, const std::vector<LayerStats>& stats);
-nlohmann::json inspect_json(const data::DumpReader& dump, const std::vector<LayerStats>& stats);
+// The key transform whose effect `kvq inspect` reports (OScaR's by default).
+struct InspectOptions {
+  Rotation rotation = Rotation::hadamard;
+  TokenScale token_scale = TokenScale::omni;
+  int rotation_seed = 0;
+};
 
-// Token-norm imbalance of one slab (T x d): max/min L2 norm of the keys inside each
-// group of `group` consecutive tokens (a last partial group counts when it has 2+ tokens).
-std::vector<double> token_norm_imbalance(const std::vector<float>& keys, int seq_len, int head_dim, int group);
+std::vector<LayerStats> inspect_dump(const data::DumpReader& dump, const InspectOptions& options = {});
+std::string inspect_text(const data::DumpReader& dump, const std::vector<LayerStats>& stats,
+                         const InspectOptions& options = {});
+nlohmann::json inspect_json(const data::DumpReader& dump, const std::vector<LayerStats>& stats,
+                            const InspectOptions& options = {});
 
 }  // namespace kvq::analysis

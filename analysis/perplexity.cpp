@@ -21,6 +21,23 @@ data::Matrix forward_with_cache(const data::LlamaModel& model, const std::vector
 #pragma omp parallel for schedule(dynamic) collapse(2)
     for (int h = 0; h < cfg.heads; ++h)
       for (int t = 0; t < prefill; ++t) model.attend(q.row(t).data() + h * d, k, v, h / group, t + 1, out.row(t).data() + h * d);
+    // Omni-token scales (OScaR) span every kv head of a token.
+    std::vector<float> key_scale, value_scale;
+    auto omni = [&](const data::Matrix& m, std::vector<float>& out) {
+      std::vector<std::vector<float>> heads(static_cast<std::size_t>(cfg.kv_heads));
+      std::vector<const float*> rows;
+      for (int h = 0; h < cfg.kv_heads; ++h) {
+        heads[h].resize(static_cast<std::size_t>(T) * d);
+        for (int t = 0; t < T; ++t)
+          for (int c = 0; c < d; ++c) heads[h][static_cast<std::size_t>(t) * d + c] = m(t, h * d + c);
+        rows.push_back(heads[h].data());
+      }
+      out = cpu::omni_token_scale(rows, T, d);
+    };
+    if (spec.k.token_scale == TokenScale::omni) omni(k, key_scale);
+    if (spec.v.token_scale == TokenScale::omni) omni(v, value_scale);
+    const float* ks = key_scale.empty() ? nullptr : key_scale.data();
+    const float* vs = value_scale.empty() ? nullptr : value_scale.data();
     // Decode positions: append the token, then attend over the quantized cache.
 #pragma omp parallel for schedule(dynamic)
     for (int kvh = 0; kvh < cfg.kv_heads; ++kvh) {
@@ -30,14 +47,14 @@ data::Matrix forward_with_cache(const data::LlamaModel& model, const std::vector
           k_rows[static_cast<std::size_t>(t) * d + c] = k(t, kvh * d + c);
           v_rows[static_cast<std::size_t>(t) * d + c] = v(t, kvh * d + c);
         }
-      cpu::TensorCache keys(spec.k, d, spec.sink, spec.recent, spec.key_norm);
-      cpu::TensorCache values(spec.v, d, spec.sink, spec.recent, false);
-      keys.prefill(k_rows.data(), prefill);
-      values.prefill(v_rows.data(), prefill);
+      cpu::TensorCache keys = cpu::make_cache(spec, TensorKind::key, d);
+      cpu::TensorCache values = cpu::make_cache(spec, TensorKind::value, d);
+      keys.prefill(k_rows.data(), prefill, ks);
+      values.prefill(v_rows.data(), prefill, vs);
       cpu::AttentionResult result;
       for (int t = prefill; t < T; ++t) {
-        keys.append(&k_rows[static_cast<std::size_t>(t) * d]);
-        values.append(&v_rows[static_cast<std::size_t>(t) * d]);
+        keys.append(&k_rows[static_cast<std::size_t>(t) * d], ks ? ks[t] : 0.0f);
+        values.append(&v_rows[static_cast<std::size_t>(t) * d], vs ? vs[t] : 0.0f);
         for (int g = 0; g < group; ++g) {
           const int h = kvh * group + g;
           cpu::quantized_attention(keys, values, q.row(t).data() + h * d, result);

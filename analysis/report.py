@@ -24,10 +24,12 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 SPEC_KEYS = ["k.mode", "k.bits", "k.group_axis", "k.group_size", "k.sym_levels", "k.hybrid_asym_bits", "k.meta",
-             "k.flush", "v.mode", "v.bits", "v.group_axis", "v.group_size", "v.sym_levels", "v.hybrid_asym_bits",
-             "v.meta", "v.flush", "sink", "recent", "key_norm"]
+             "k.flush", "k.rotation", "k.token_scale", "v.mode", "v.bits", "v.group_axis", "v.group_size",
+             "v.sym_levels", "v.hybrid_asym_bits", "v.meta", "v.flush", "v.rotation", "v.token_scale", "sink",
+             "recent", "key_norm", "rotation_seed"]
 TABLE = [("k_bits", "K bits", 2), ("v_bits", "V bits", 2), ("k_rel_fro", "K rel err", 4), ("v_rel_fro", "V rel err", 4),
-         ("kl", "KL", 5), ("tv", "TV", 4), ("top8", "top-8", 3), ("out_rel", "out rel err", 4)]
+         ("kl", "KL", 5), ("tv", "TV", 4), ("top8", "top-8", 3), ("out_rel", "out rel err", 4),
+         ("k_imbalance", "K imbalance", 2), ("k_outlier", "K outlier", 1)]
 PROXIES = ["kl", "tv", "out_rel", "score_rel", "k_rel_fro", "v_rel_fro"]
 
 
@@ -39,7 +41,8 @@ def fmt(v, digits):
 
 def config_id(frame):
     """One string per configuration: its preset label and every spec key."""
-    return frame["preset"].astype(str) + "|" + frame[SPEC_KEYS].astype(str).agg("|".join, axis=1)
+    keys = [k for k in SPEC_KEYS if k in frame.columns]  # results from before a key existed still report
+    return frame["preset"].astype(str) + "|" + frame[keys].astype(str).agg("|".join, axis=1)
 
 
 def png(fig):

@@ -34,6 +34,10 @@ const std::vector<MetricColumn>& metric_columns() {
       {"out_rel", [](const E& e) { return e.out_rel.mean(); }},
       {"tv_bound", [](const E& e) { return e.tv_bound.mean(); }},
       {"bound_ratio", [](const E& e) { return e.bound_ratio.mean(); }},
+      {"k_imbalance_in", [](const E& e) { return e.key_imbalance_in; }},
+      {"k_imbalance", [](const E& e) { return e.key_imbalance; }},
+      {"k_outlier_in", [](const E& e) { return e.key_outlier_in; }},
+      {"k_outlier", [](const E& e) { return e.key_outlier; }},
       {"queries", [](const E& e) { return static_cast<double>(e.positions); }, false},
   };
   return columns;

@@ -38,6 +38,9 @@ void write_packed(hid_t file, const std::string& tensor, int layer, int head, co
   if (!cache.norm_factor().empty()) {
     write_array(group.get(), "norm_factor", half.get(), {cache.norm_factor().size()}, cache.norm_factor().data());
   }
+  if (!cache.token_scales().empty()) {
+    write_array(group.get(), "token_scale", H5T_NATIVE_FLOAT, {cache.token_scales().size()}, cache.token_scales().data());
+  }
 }
 
 }  // namespace
@@ -78,9 +81,20 @@ void add_quantize(CLI::App& app) {
       for (auto [dataset, tspec, name] : {std::tuple{data::Dataset::keys, spec.k, "keys"},
                                           std::tuple{data::Dataset::values, spec.v, "values"}}) {
         dump.read_slab(dataset, layer, head, rows);
-        cpu::TensorCache cache(tspec, info.head_dim, spec.sink, spec.recent,
-                               dataset == data::Dataset::keys && spec.key_norm);
-        cache.prefill(rows.data(), info.seq_len);
+        std::vector<float> scale;
+        if (tspec.token_scale == TokenScale::omni) {
+          // The omni-token scale spans every kv head of the layer.
+          std::vector<std::vector<float>> heads(static_cast<std::size_t>(info.num_kv_heads));
+          std::vector<const float*> all;
+          for (int h = 0; h < info.num_kv_heads; ++h) {
+            dump.read_slab(dataset, layer, h, heads[h]);
+            all.push_back(heads[h].data());
+          }
+          scale = cpu::omni_token_scale(all, info.seq_len, info.head_dim);
+        }
+        cpu::TensorCache cache =
+            cpu::make_cache(spec, dataset == data::Dataset::keys ? TensorKind::key : TensorKind::value, info.head_dim);
+        cache.prefill(rows.data(), info.seq_len, scale.empty() ? nullptr : scale.data());
         cache.dequantize(dequantized.data());
         writer.write_slab(dataset, layer, head, dequantized.data());
         std::lock_guard<std::recursive_mutex> lock(data::h5_lock());

@@ -48,10 +48,13 @@ void quantize_pack(benchmark::State& state, kvq::TensorSpec spec) {
 void attention(benchmark::State& state, const std::string& preset) {
   const kvq::CacheSpec spec = kvq::preset(preset);
   const auto k = rows(kTokens, 2), v = rows(kTokens, 3), q = rows(1, 4);
-  kvq::cpu::TensorCache keys(spec.k, kHeadDim, spec.sink, spec.recent, spec.key_norm);
-  kvq::cpu::TensorCache values(spec.v, kHeadDim, spec.sink, spec.recent, false);
-  keys.prefill(k.data(), kTokens);
-  values.prefill(v.data(), kTokens);
+  kvq::cpu::TensorCache keys = kvq::cpu::make_cache(spec, kvq::TensorKind::key, kHeadDim);
+  kvq::cpu::TensorCache values = kvq::cpu::make_cache(spec, kvq::TensorKind::value, kHeadDim);
+  // One head stands for the layer: its own RMS is the omni-token scale of a one-head layer.
+  const auto ks = kvq::cpu::omni_token_scale({k.data()}, kTokens, kHeadDim);
+  const auto vs = kvq::cpu::omni_token_scale({v.data()}, kTokens, kHeadDim);
+  keys.prefill(k.data(), kTokens, ks.data());
+  values.prefill(v.data(), kTokens, vs.data());
   kvq::cpu::AttentionResult out;
   for (auto _ : state) {
     kvq::cpu::quantized_attention(keys, values, q.data(), out);

@@ -14,6 +14,7 @@
 #include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/pack.h"
+#include "gpu/rotate.h"
 
 namespace {
 
@@ -52,7 +53,37 @@ double measure_copy_bandwidth() {
   return 2.0 * n / (ms[ms.size() / 2] * 1e-3);
 }
 
-enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs };
+// innerq_scores_scaled: the rotation family's scores, with a token scale per key (q rotated beforehand).
+// CUDA events around each call of launch(copy), copies taken in turn; sets the manual time and the
+// GB/s and roofline_% counters from the bytes one call moves.
+template <typename Launch>
+void time_calls(benchmark::State& state, Launch launch, int copies, double bytes) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  int c = 0;
+  for (auto _ : state) {
+    cudaEventRecord(start);
+    const cudaError_t e = launch(c);
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    if (e != cudaSuccess) {
+      state.SkipWithError(cudaGetErrorString(e));
+      break;
+    }
+    float ms;
+    cudaEventElapsedTime(&ms, start, stop);
+    state.SetIterationTime(ms * 1e-3);
+    c = (c + 1) % copies;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  // Time (the benchmark's own column) is µs per call; these are per-call rates from the manual times.
+  state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["roofline_%"] = benchmark::Counter(100.0 * bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs, innerq_scores_scaled };
 
 struct Shape {
   int regions, group;
@@ -66,8 +97,9 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
     state.SkipWithError("no CUDA device");
     return;
   }
-  const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores;
-  const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs;
+  const bool scaled = kernel == Kernel::innerq_scores_scaled;
+  const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores || scaled;
+  const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs || scaled;
   kvq::gpu::RegionShape s;
   s.tokens = n;
   s.head_dim = d;
@@ -77,7 +109,9 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   s.mode = keys ? kvq::gpu::GroupMode::sym : kvq::gpu::GroupMode::hybrid;
   s.hybrid_asym_bits = 1;
   const std::size_t fp16_bytes = static_cast<std::size_t>(regions) * n * d * 2;
-  const std::size_t bytes = quantized ? regions * (s.code_words() * 4 + s.groups() * 2 + (keys ? 0 : s.groups() * 2 / 4 + s.zero_blocks() * 4))
+  // Hybrid values: about a quarter of the groups store a zero point (random data).
+  const std::size_t bytes = quantized ? regions * (s.code_words() * 4 + s.groups() * 2 + (keys ? 0 : s.groups() * 2 / 4 + s.zero_blocks() * 4) +
+                                                   (scaled ? static_cast<std::size_t>(n) * 4 : 0))
                                       : fp16_bytes;
   // Buffers rotated so that the set exceeds 4x the L2.
   const int copies = static_cast<int>(std::max<std::size_t>(1, (4 * g_device.l2_bytes + bytes - 1) / bytes));
@@ -114,6 +148,11 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
     }
   }
   const int splits = kvq::gpu::output_splits(regions, n, g_device.multiprocessors);
+  float* token_scale = nullptr;
+  if (scaled) {
+    BENCH_CUDA(cudaMalloc(&token_scale, static_cast<std::size_t>(regions) * n * sizeof(float)));
+    BENCH_CUDA(cudaMemcpy(token_scale, source.data(), static_cast<std::size_t>(regions) * n * sizeof(float), cudaMemcpyHostToDevice));
+  }
   float *vectors, *out, *partial;
   const std::size_t vec = static_cast<std::size_t>(regions) * group * (keys ? d : n);
   BENCH_CUDA(cudaMalloc(&vectors, vec * sizeof(float)));
@@ -124,6 +163,7 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   BENCH_CUDA(cudaMalloc(&partial, static_cast<std::size_t>(splits) * regions * group * d * sizeof(float)));
   auto launch = [&](int c) {
     if (kernel == Kernel::innerq_scores) return kvq::gpu::scores_inner({packed[c], vectors, group, out});
+    if (scaled) return kvq::gpu::scores_inner({packed[c], vectors, group, out, token_scale});
     if (kernel == Kernel::innerq_outputs) {
       kvq::gpu::OutputsParams p;
       p.values = packed[c];
@@ -139,37 +179,45 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   };
   for (int c = 0; c < copies; ++c) BENCH_CUDA(launch(c));  // warm-up
   BENCH_CUDA(cudaDeviceSynchronize());
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  int c = 0;
-  for (auto _ : state) {
-    cudaEventRecord(start);
-    const cudaError_t e = launch(c);
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    if (e != cudaSuccess) {
-      state.SkipWithError(cudaGetErrorString(e));
-      break;
-    }
-    float ms;
-    cudaEventElapsedTime(&ms, start, stop);
-    state.SetIterationTime(ms * 1e-3);
-    c = (c + 1) % copies;
-  }
-  // Time (the benchmark's own column) is µs per call; these are per-call rates from the manual times.
-  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["roofline_%"] = benchmark::Counter(100.0 * static_cast<double>(bytes) / g_copy_bandwidth,
-                                                    benchmark::Counter::kIsIterationInvariantRate);
+  time_calls(state, launch, copies, static_cast<double>(bytes));
   state.counters["MB"] = static_cast<double>(bytes) / 1e6;
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   for (auto& r : packed) cudaFree(r.codes), cudaFree(r.scales), cudaFree(r.zeros), cudaFree(r.zero_offset), cudaFree(r.zero_base);
   for (auto* h : halves) cudaFree(h);
   cudaFree(rows);
   cudaFree(vectors);
   cudaFree(out);
   cudaFree(partial);
+  cudaFree(token_scale);
+}
+
+// The fast Walsh-Hadamard transform with per-token scaling of every key row at pack time
+// (rotation family): reads and writes regions x n x 128 fp32.
+void rotate_keys(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0)), d = 128, regions = 32;
+  if (kvq::gpu::device_count() == 0) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const std::size_t count = static_cast<std::size_t>(regions) * n;
+  float *rows, *signs, *sigma;
+  BENCH_CUDA(cudaMalloc(&rows, count * d * sizeof(float)));
+  BENCH_CUDA(cudaMemset(rows, 0, count * d * sizeof(float)));
+  BENCH_CUDA(cudaMalloc(&signs, d * sizeof(float)));
+  std::vector<float> ones(d, 1.0f);
+  BENCH_CUDA(cudaMemcpy(signs, ones.data(), d * sizeof(float), cudaMemcpyHostToDevice));
+  BENCH_CUDA(cudaMalloc(&sigma, count * sizeof(float)));
+  kvq::gpu::RotateParams p;
+  p.rows = rows;
+  p.count = static_cast<long long>(count);
+  p.head_dim = d;
+  p.signs = signs;
+  p.scale = kvq::gpu::TokenScaleMode::head;
+  p.token_scale = sigma;
+  BENCH_CUDA(kvq::gpu::rotate_rows(p));
+  time_calls(state, [&](int) { return kvq::gpu::rotate_rows(p); }, 1, 2.0 * count * d * sizeof(float));
+  cudaFree(rows);
+  cudaFree(signs);
+  cudaFree(sigma);
 }
 
 const Shape kPaper{32, 1};
@@ -188,6 +236,8 @@ BENCHMARK_CAPTURE(run, paper_fp16_qk, Kernel::fp16_scores, kPaper)->Apply(paper_
 BENCHMARK_CAPTURE(run, paper_innerq_k3sym_qk, Kernel::innerq_scores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_fp16_pv, Kernel::fp16_outputs, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_pv, Kernel::innerq_outputs, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(run, paper_rotated_k3sym_scaled_qk, Kernel::innerq_scores_scaled, kPaper)->Apply(paper_args);
+BENCHMARK(rotate_keys)->Arg(4096)->Arg(32768)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(run, serving_fp16_qk, Kernel::fp16_scores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_innerq_k3sym_qk, Kernel::innerq_scores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_fp16_pv, Kernel::fp16_outputs, kServing)->Apply(serving_args);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace kvq {
@@ -77,6 +78,42 @@ AttentionMetrics attention_metrics(const std::vector<double>& ref_scores, const 
   }
   m.out_rel = or2 > 0 ? std::sqrt(od2 / or2) : 0.0;
   return m;
+}
+
+std::vector<double> token_norm_imbalance(const float* rows, int tokens, int head_dim, int group) {
+  std::vector<double> ratios;
+  for (int t0 = 0; t0 < tokens; t0 += group) {
+    const int t1 = std::min(tokens, t0 + group);
+    if (t1 - t0 < 2) break;
+    double lo = std::numeric_limits<double>::infinity(), hi = 0;
+    for (int t = t0; t < t1; ++t) {
+      double n2 = 0;
+      for (int c = 0; c < head_dim; ++c) {
+        const double x = rows[static_cast<std::size_t>(t) * head_dim + c];
+        n2 += x * x;
+      }
+      lo = std::min(lo, std::sqrt(n2));
+      hi = std::max(hi, std::sqrt(n2));
+    }
+    ratios.push_back(lo > 0 ? hi / lo : std::numeric_limits<double>::infinity());
+  }
+  return ratios;
+}
+
+std::vector<double> channel_max_abs(const float* rows, int tokens, int head_dim) {
+  std::vector<double> maxima(static_cast<std::size_t>(head_dim), 0.0);
+  for (int t = 0; t < tokens; ++t)
+    for (int c = 0; c < head_dim; ++c)
+      maxima[c] = std::max(maxima[c], std::fabs(static_cast<double>(rows[static_cast<std::size_t>(t) * head_dim + c])));
+  return maxima;
+}
+
+double channel_outlier_ratio(std::vector<double> channel_max) {
+  if (channel_max.empty()) return 0.0;
+  const double top = *std::max_element(channel_max.begin(), channel_max.end());
+  const auto mid = channel_max.begin() + static_cast<std::ptrdiff_t>(channel_max.size() / 2);
+  std::nth_element(channel_max.begin(), mid, channel_max.end());
+  return *mid > 0 ? top / *mid : 0.0;
 }
 
 }  // namespace kvq

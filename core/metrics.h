@@ -38,6 +38,17 @@ AttentionMetrics attention_metrics(const std::vector<double>& ref_scores, const 
 // Fraction of the k largest entries of a that are among the k largest of b (ties broken by index).
 double topk_overlap(const std::vector<double>& a, const std::vector<float>& b, std::size_t k);
 
+// Token-norm imbalance (ALGORITHMS.md, "OScaR"): for each group of `group` consecutive tokens of
+// one head's rows (T x d), max/min token L2 norm; a last partial group counts when it has 2+
+// tokens; a group with a zero-norm token gives +inf.
+std::vector<double> token_norm_imbalance(const float* rows, int tokens, int head_dim, int group);
+// max_t |x[t, c]| for each channel c of one head's rows (T x d).
+std::vector<double> channel_max_abs(const float* rows, int tokens, int head_dim);
+// Channel outliers: the largest per-channel max |x| over the median channel's (0 when the median
+// is 0), over the channels given (one head's, or a layer's pooled). A rotation spreads outlier
+// channels, which lowers it.
+double channel_outlier_ratio(std::vector<double> channel_max);
+
 // Running mean and maximum of one metric.
 struct Stat {
   double sum = 0;

@@ -19,7 +19,9 @@
 //   sym, twos:     x^ = (f - 2^(b-1)) * s         levels -2^(b-1) .. 2^(b-1)-1
 //   hybrid:        the sign bit of the stored scale is the group's mode bit: set means
 //                  asymmetric (x^ = f * |s| + z), clear means symmetric. It costs no bytes.
-// So every group reads as x^ = f * |s| + z_eff with z_eff = z (asym) or -offset * s (sym):
+//   codebook:      x^ = levels[f] (core/codebook.h), no scale or zero point stored; channel
+//                  axis only. Token scales (fp32 per token) live beside the region, not in it.
+// So every integer group reads as x^ = f * |s| + z_eff with z_eff = z (asym) or -offset * s (sym):
 // a dot product over a group is |s| * sum(f_i * w_i) + z_eff * sum(w_i).
 //
 // Layouts of the quantized region of one (layer, kv head) tensor: Q tokens, d channels

@@ -15,6 +15,7 @@ const char* to_string(Mode mode) {
     case Mode::sym: return "sym";
     case Mode::asym: return "asym";
     case Mode::hybrid: return "hybrid";
+    case Mode::codebook: return "codebook";
   }
   return "?";
 }
@@ -22,6 +23,12 @@ const char* to_string(GroupAxis axis) { return axis == GroupAxis::channel ? "cha
 const char* to_string(SymLevels levels) { return levels == SymLevels::signmag ? "signmag" : "twos"; }
 const char* to_string(HybridAsymBits bits) { return bits == HybridAsymBits::b_minus_1 ? "b-1" : "b"; }
 const char* to_string(MetaPrecision meta) { return meta == MetaPrecision::fp16 ? "fp16" : "fp32"; }
+const char* to_string(Rotation rotation) {
+  return rotation == Rotation::none ? "none" : rotation == Rotation::hadamard ? "hadamard" : "random";
+}
+const char* to_string(TokenScale scale) {
+  return scale == TokenScale::none ? "none" : scale == TokenScale::head ? "head" : "omni";
+}
 
 namespace {
 
@@ -82,7 +89,8 @@ void add_tensor_fields(std::vector<Field>& fields, const std::string& prefix, Te
                                                            {"fp16", Mode::fp16},
                                                            {"sym", Mode::sym},
                                                            {"asym", Mode::asym},
-                                                           {"hybrid", Mode::hybrid}});
+                                                           {"hybrid", Mode::hybrid},
+                                                           {"codebook", Mode::codebook}});
                     }});
   fields.push_back({prefix + "bits", [=](const CacheSpec& s) { return std::to_string((s.*member).bits); },
                     [=](CacheSpec& s, const std::string& k, const std::string& v) {
@@ -118,6 +126,18 @@ void add_tensor_fields(std::vector<Field>& fields, const std::string& prefix, Te
                     [=](CacheSpec& s, const std::string& k, const std::string& v) {
                       (s.*member).flush = parse_int(k, v);
                     }});
+  fields.push_back({prefix + "rotation",
+                    [=](const CacheSpec& s) { return std::string(to_string((s.*member).rotation)); },
+                    [=](CacheSpec& s, const std::string& k, const std::string& v) {
+                      (s.*member).rotation = parse_enum<Rotation>(
+                          k, v, {{"none", Rotation::none}, {"hadamard", Rotation::hadamard}, {"random", Rotation::random}});
+                    }});
+  fields.push_back({prefix + "token_scale",
+                    [=](const CacheSpec& s) { return std::string(to_string((s.*member).token_scale)); },
+                    [=](CacheSpec& s, const std::string& k, const std::string& v) {
+                      (s.*member).token_scale = parse_enum<TokenScale>(
+                          k, v, {{"none", TokenScale::none}, {"head", TokenScale::head}, {"omni", TokenScale::omni}});
+                    }});
 }
 
 const std::vector<Field>& fields() {
@@ -131,6 +151,8 @@ const std::vector<Field>& fields() {
                  [](CacheSpec& s, const std::string& k, const std::string& v) { s.recent = parse_int(k, v); }});
     f.push_back({"key_norm", [](const CacheSpec& s) { return std::string(s.key_norm ? "true" : "false"); },
                  [](CacheSpec& s, const std::string& k, const std::string& v) { s.key_norm = parse_bool(k, v); }});
+    f.push_back({"rotation_seed", [](const CacheSpec& s) { return std::to_string(s.rotation_seed); },
+                 [](CacheSpec& s, const std::string& k, const std::string& v) { s.rotation_seed = parse_int(k, v); }});
     return f;
   }();
   return all;
@@ -194,6 +216,27 @@ const std::map<std::string, PresetEntry>& presets() {
          "llama.cpp q4_0 cache, as 4-bit two's-complement levels, d = amax/8 (llama.cpp maps the signed max to -8)");
     make("q4_1", quantized(Mode::asym, 4, C, 1), quantized(Mode::asym, 4, C, 1), 0, 0, false,
          "llama.cpp q4_1 cache: d = (max-min)/15, m = min, blocks of 32 along head_dim");
+    // The rotation family (ALGORITHMS.md, "OScaR" and "Other peers").
+    auto rotated = [](TensorSpec t, Rotation r, TokenScale scale) {
+      t.rotation = r;
+      t.token_scale = scale;
+      return t;
+    };
+    make("oscar", rotated(quantized(Mode::asym, 2, T, 32), Rotation::hadamard, TokenScale::omni),
+         quantized(Mode::asym, 2, C, 1), 0, 128, false,
+         "OScaR: Hadamard-rotated keys divided by the omni-token norm, K 2b asym per channel, V 2b asym per token, "
+         "R=128");
+    {
+      CacheSpec k = p.at("kivi").spec;
+      make("kivi_hadamard", rotated(k.k, Rotation::hadamard, TokenScale::none), k.v, k.sink, k.recent, k.key_norm,
+           "KIVI-2 with Hadamard-rotated keys (the rotation alone, no token scaling)");
+      CacheSpec i = p.at("innerq_hybrid").spec;
+      make("innerq_hadamard", rotated(i.k, Rotation::hadamard, TokenScale::none), i.v, i.sink, i.recent, i.key_norm,
+           "InnerQ hybrid with Hadamard-rotated keys");
+    }
+    make("turbo3", rotated(quantized(Mode::codebook, 3, C, 1), Rotation::random, TokenScale::head),
+         rotated(quantized(Mode::codebook, 3, C, 1), Rotation::random, TokenScale::head), 0, 0, false,
+         "TurboQuant-style: random rotation, 3-bit Lloyd-Max codebook per coordinate, fp32 norm per token");
     return p;
   }();
   return all;
@@ -215,6 +258,18 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
 }
 
 void validate_tensor(const TensorSpec& t, const std::string& prefix, int head_dim) {
+  if (head_dim > 0 && t.rotation != Rotation::none && (head_dim & (head_dim - 1)) != 0) {
+    fail("{}rotation: {} needs head_dim a power of two, got {}", prefix, to_string(t.rotation), head_dim);
+  }
+  if (t.mode == Mode::codebook) {
+    if (t.bits != 2 && t.bits != 3 && t.bits != 4) fail("{}bits: got {}, expected 2, 3 or 4 for codebook mode", prefix, t.bits);
+    if (t.token_scale == TokenScale::none) {
+      fail("{}token_scale: codebook mode needs head or omni (its levels assume unit-RMS coordinates)", prefix);
+    }
+    if (t.group_axis != GroupAxis::channel) {
+      fail("{}group_axis: codebook codes are stored per token, expected channel, got token", prefix);
+    }
+  }
   if (!t.quantized()) return;
   if (t.bits != 2 && t.bits != 3 && t.bits != 4 && t.bits != 8) {
     fail("{}bits: got {}, expected one of 2, 3, 4, 8", prefix, t.bits);
@@ -246,9 +301,9 @@ void CacheSpec::validate(int head_dim) const {
 }
 
 const std::vector<std::string>& preset_names() {
-  static const std::vector<std::string> names = {"none",          "fp16",      "kivi", "kivi_sink", "innerq_base",
-                                                 "innerq_small",  "innerq_hybrid", "per_token", "q8_0", "q4_0",
-                                                 "q4_1"};
+  static const std::vector<std::string> names = {
+      "none",      "fp16", "kivi", "kivi_sink", "innerq_base", "innerq_small",  "innerq_hybrid",   "per_token",
+      "q8_0",      "q4_0", "q4_1", "oscar",     "kivi_hadamard", "innerq_hadamard", "turbo3"};
   return names;
 }
 
@@ -341,7 +396,8 @@ std::string describe(const CacheSpec& spec) {
 
 std::size_t storage_bytes(const TensorSpec& spec, int head_dim, const StorageCounts& counts) {
   const std::size_t d = static_cast<std::size_t>(head_dim);
-  const std::size_t norm = counts.norm_factor ? d * 2 : 0;  // fp16 factor per channel
+  // fp16 normalization factor per channel, fp32 scale per token.
+  const std::size_t norm = (counts.norm_factor ? d * 2 : 0) + static_cast<std::size_t>(counts.scaled_tokens) * 4;
   if (spec.mode == Mode::none) return counts.dense_tokens * d * 4 + norm;
   if (spec.mode == Mode::fp16) return counts.dense_tokens * d * 2 + norm;
   const std::size_t Q = static_cast<std::size_t>(counts.quantized_tokens);
@@ -352,6 +408,7 @@ std::size_t storage_bytes(const TensorSpec& spec, int head_dim, const StorageCou
   const std::size_t groups = Q * d / G;
   std::size_t bytes = static_cast<std::size_t>(counts.window_tokens) * d * 2 + norm;
   bytes += spec.group_axis == GroupAxis::channel ? Q * (d / 32) * b * 4 : tiles * d * b * 4;  // codes
+  if (spec.mode == Mode::codebook) return bytes;                                              // no group metadata
   bytes += groups * meta;                                                                     // scales
   if (spec.mode == Mode::asym) bytes += groups * meta;                                        // zero points
   if (spec.mode == Mode::hybrid) {

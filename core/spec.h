@@ -11,8 +11,10 @@
 namespace kvq {
 
 // none: exact fp32, no rounding at all; fp16: stored as fp16, nothing else;
-// sym/asym/hybrid: grouped integer codes (ALGORITHMS.md, "Quantizers").
-enum class Mode { none, fp16, sym, asym, hybrid };
+// sym/asym/hybrid: grouped integer codes (ALGORITHMS.md, "Quantizers");
+// codebook: per-coordinate Lloyd-Max levels for a unit Gaussian, no per-group metadata
+// (TurboQuant-style; needs a token scale so coordinates have unit RMS, core/codebook.h).
+enum class Mode { none, fp16, sym, asym, hybrid, codebook };
 // The axis a group of G consecutive values runs along.
 enum class GroupAxis { channel, token };
 // signmag: levels -(2^(b-1)-1)..(2^(b-1)-1), s = max|x|/(2^(b-1)-1) (InnerQ's Python reference);
@@ -21,6 +23,12 @@ enum class SymLevels { signmag, twos };
 // Bits of hybrid's asymmetric arm: b-1 (Python reference, the code's sign bit is free) or b (CUDA test).
 enum class HybridAsymBits { b_minus_1, b };
 enum class MetaPrecision { fp16, fp32 };
+// Orthogonal rotation along head_dim before quantization, applied to q alike (core/rotation.h):
+// hadamard: H_d / sqrt(d); random: H_d / sqrt(d) times seeded random signs.
+enum class Rotation { none, hadamard, random };
+// Per-token scale before quantization, stored as fp32 per token: each token is divided by its
+// RMS over its own head (head) or over all kv heads of its layer (omni, OScaR's omni-token norm).
+enum class TokenScale { none, head, omni };
 enum class TensorKind { key, value };
 
 struct TensorSpec {
@@ -33,8 +41,13 @@ struct TensorSpec {
   MetaPrecision meta = MetaPrecision::fp16;
   // Tokens quantized at once when the recent window overflows (ALGORITHMS.md, "Windows").
   int flush = 1;
+  Rotation rotation = Rotation::none;
+  TokenScale token_scale = TokenScale::none;
 
-  bool quantized() const { return mode == Mode::sym || mode == Mode::asym || mode == Mode::hybrid; }
+  // Modes stored in a packed region (core/packed.h) behind fp16 windows.
+  bool quantized() const {
+    return mode == Mode::sym || mode == Mode::asym || mode == Mode::hybrid || mode == Mode::codebook;
+  }
 };
 
 struct CacheSpec {
@@ -44,6 +57,7 @@ struct CacheSpec {
   int sink = 0;         // first S tokens of the sequence kept in fp16
   int recent = 0;       // latest R tokens kept in fp16
   bool key_norm = false;  // per-channel sqrt(max|K|) factor, folded into the query
+  int rotation_seed = 0;  // seeds the random signs of rotation=random (K and V draw different signs)
 
   // Throws kvq::Error naming the key and the reason when the combination is invalid.
   // head_dim <= 0 skips the checks that need it.
@@ -80,10 +94,11 @@ struct StorageCounts {
   int quantized_tokens = 0;     // quantized modes: tokens in the packed region
   std::size_t asym_groups = 0;  // hybrid: groups that chose the asymmetric arm
   bool norm_factor = false;     // key normalization factor stored (fp16 per channel)
+  int scaled_tokens = 0;        // tokens with a stored token scale (fp32 each)
 };
 // Exact bytes the core/packed.h layout takes for those counts: codes (whole 32-token tiles
 // for token-axis groups), scales, zero points, hybrid's zero_base, fp16 windows, the norm
-// factor. cpu_ref allocates exactly this much (tested).
+// factor, the token scales. cpu_ref allocates exactly this much (tested).
 std::size_t storage_bytes(const TensorSpec& spec, int head_dim, const StorageCounts& counts);
 
 const char* to_string(Mode mode);
@@ -91,5 +106,7 @@ const char* to_string(GroupAxis axis);
 const char* to_string(SymLevels levels);
 const char* to_string(HybridAsymBits bits);
 const char* to_string(MetaPrecision meta);
+const char* to_string(Rotation rotation);
+const char* to_string(TokenScale scale);
 
 }  // namespace kvq

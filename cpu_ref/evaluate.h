@@ -16,6 +16,10 @@ struct HeadData {
   const float* keys = nullptr;    // seq_len x head_dim
   const float* values = nullptr;  // seq_len x head_dim
   std::vector<const float*> queries;  // one per query head of the group (may be empty)
+  // Omni-token scales over all kv heads of the layer (seq_len each), for specs with
+  // token_scale=omni; null otherwise.
+  const float* key_scale = nullptr;
+  const float* value_scale = nullptr;
 };
 
 struct EvalWindow {
@@ -31,6 +35,10 @@ struct HeadEval {
   Stat score_abs, score_rel, kl, tv, top8, top32, out_rel;
   Stat tv_bound;        // the certified bound on TV from the worst score error
   Stat bound_ratio;     // tv_bound / tv, over queries whose TV is not zero: how loose the bound is
+  // Keys over the whole sequence, as given (_in) and as the key quantizer sees them (after the
+  // token scale and rotation): mean token-norm imbalance over 32-token groups, channel outlier ratio.
+  double key_imbalance_in = 0, key_imbalance = 0;
+  double key_outlier_in = 0, key_outlier = 0;
 };
 
 HeadEval evaluate_head(const CacheSpec& spec, const HeadData& data, const EvalWindow& window);

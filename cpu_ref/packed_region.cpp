@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/codebook.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "core/packed.h"
@@ -37,6 +38,11 @@ PackedRegion::PackedRegion(const TensorSpec& spec, int head_dim)
   params_.twos = spec.sym_levels == SymLevels::twos;
   params_.hybrid_asym_bits = spec.hybrid_asym_bits == HybridAsymBits::b ? spec.bits : spec.bits - 1;
   params_.meta_fp16 = spec.meta == MetaPrecision::fp16;
+  if (spec.mode == Mode::codebook) {
+    if (spec.group_axis != GroupAxis::channel) fail("internal: codebook codes need the channel-axis layout");
+    levels_ = lloyd_max(spec.bits).levels;
+    thresholds_ = lloyd_max(spec.bits).thresholds;
+  }
 }
 
 int PackedRegion::zero_block_tokens() const {
@@ -83,6 +89,12 @@ void PackedRegion::append(const float* rows, int count) {
       std::uint8_t fields[128];
       const float* x = rows + static_cast<std::size_t>(r) * d_;
       std::uint32_t* row = &codes_[base + static_cast<std::size_t>(r) * row_words];
+      if (codebook()) {
+        const int n = static_cast<int>(thresholds_.size());
+        for (int c = 0; c < d_; ++c)
+          packed::put_code(row + static_cast<std::size_t>(c / 32) * b, b, c % 32, codebook_code(x[c], thresholds_.data(), n));
+        continue;
+      }
       for (int g0 = 0; g0 < d_; g0 += G) {
         meta[static_cast<std::size_t>(r) * (d_ / G) + g0 / G] = qmath::quantize_group(x + g0, 1, G, params_, fields);
         for (int i = 0; i < G; ++i) {
@@ -91,7 +103,7 @@ void PackedRegion::append(const float* rows, int count) {
         }
       }
     }
-    for (int r = 0; r < count; ++r) {
+    for (int r = 0; r < count && !codebook(); ++r) {
       if (spec_.mode == Mode::hybrid && (tokens_ + r) % packed::kTileTokens == 0) {
         zero_base_.push_back(static_cast<std::uint32_t>(zeros_.size()));
       }
@@ -158,7 +170,7 @@ inline float table_sum(int n, const float* table, const int* order, const std::u
 PackedRegion::DotPlan PackedRegion::plan_dot(const float* w) const {
   DotPlan plan;
   plan.weights.assign(w, w + d_);
-  if (spec_.group_axis != GroupAxis::channel) return plan;
+  if (spec_.group_axis != GroupAxis::channel || codebook()) return plan;
   const int G = spec_.group_size, b = spec_.bits;
   const int groups_per_row = d_ / G;
   plan.group_sum.assign(static_cast<std::size_t>(groups_per_row), 0.0f);
@@ -198,6 +210,19 @@ void PackedRegion::dot_rows(const DotPlan& plan, int t0, int t1, float* out) con
   const int b = spec_.bits;
   const float* w = plan.weights.data();
   std::size_t zc = zero_cursor_at(t0);
+  if (codebook()) {
+    const std::size_t row_words = static_cast<std::size_t>(d_ / 32) * b;
+    float decoded[32];
+    for (int t = t0; t < t1; ++t) {
+      float score = 0.0f;
+      for (int j = 0; j < d_ / 32; ++j) {
+        decode_chunk(&codes_[static_cast<std::size_t>(t) * row_words + static_cast<std::size_t>(j) * b], b, decoded);
+        for (int i = 0; i < 32; ++i) score += w[j * 32 + i] * levels_[static_cast<std::size_t>(decoded[i])];
+      }
+      out[t - t0] = score;
+    }
+    return;
+  }
   if (spec_.group_axis == GroupAxis::channel) {
     const int groups_per_row = d_ / G;
     const std::size_t row_words = static_cast<std::size_t>(d_ / 32) * b;
@@ -265,6 +290,15 @@ void PackedRegion::weighted_sum(const float* p, int t0, int t1, float* out) cons
   const int groups_per_row = d_ / G;
   const int span = std::min(G, 32);
   const std::size_t row_words = static_cast<std::size_t>(d_ / 32) * b;
+  if (codebook()) {
+    float decoded[32];
+    for (int t = t0; t < t1; ++t)
+      for (int j = 0; j < d_ / 32; ++j) {
+        decode_chunk(&codes_[static_cast<std::size_t>(t) * row_words + static_cast<std::size_t>(j) * b], b, decoded);
+        for (int i = 0; i < 32; ++i) out[j * 32 + i] += p[t - t0] * levels_[static_cast<std::size_t>(decoded[i])];
+      }
+    return;
+  }
   std::vector<float> zero_acc(static_cast<std::size_t>(groups_per_row), 0.0f);
   float decoded[32];
   for (int t = t0; t < t1; ++t) {
@@ -291,6 +325,14 @@ void PackedRegion::dequantize(float* out) const {
   auto value = [&](const GroupMeta& m, std::uint32_t f) {
     return m.asym ? qmath::dequant_asym(f, m.scale, m.zero) : qmath::dequant_sym(f, m.scale, offset_);
   };
+  if (codebook()) {
+    const std::size_t row_words = static_cast<std::size_t>(d_ / 32) * b;
+    for (int t = 0; t < tokens_; ++t)
+      for (int c = 0; c < d_; ++c)
+        out[static_cast<std::size_t>(t) * d_ + c] =
+            levels_[packed::get_code(&codes_[t * row_words + static_cast<std::size_t>(c / 32) * b], b, c % 32)];
+    return;
+  }
   if (spec_.group_axis == GroupAxis::channel) {
     const std::size_t row_words = static_cast<std::size_t>(d_ / 32) * b;
     for (int t = 0; t < tokens_; ++t) {

@@ -1,7 +1,7 @@
 #pragma once
 // The quantized region of one (layer, kv head) tensor, stored exactly in the
 // core/packed.h layout: codes, scales (mode bit in the sign for hybrid), zero
-// points and hybrid's zero_base. Products are computed from the codes directly.
+// points and hybrid's zero_base (codebook mode: codes only). Products are computed from the codes directly.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -107,6 +107,10 @@ class PackedRegion {
   int d_;
   int tokens_ = 0;
   int offset_;  // symmetric level offset
+  // mode codebook: x^ = levels_[f], codes from thresholds_ (core/codebook.h); empty otherwise.
+  std::vector<float> levels_;
+  std::vector<float> thresholds_;
+  bool codebook() const { return !levels_.empty(); }
   std::vector<std::uint32_t> codes_;
   MetaArray scales_;
   MetaArray zeros_;

@@ -24,15 +24,15 @@ __device__ __forceinline__ float zero_value(const void* array, long long i, bool
 
 // Scores over channel-axis keys: one thread per token, reading its row of codes once for the whole
 // GQA group; blockDim 128, so a warp holds 32 consecutive tokens = one hybrid zero-block.
-template <int Bits, int D>
+template <int Bits, int D, int Group>
 __global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
   const RegionShape s = p.keys.shape;
   const int r = blockIdx.y, G = s.group_size, groups_per_row = D / G;
-  __shared__ float q_s[kMaxGroup][D];
-  __shared__ float qsum_s[kMaxGroup][D / 16];
-  for (int i = threadIdx.x; i < p.group * D; i += blockDim.x) q_s[i / D][i % D] = p.queries[(static_cast<long long>(r) * p.group) * D + i];
+  __shared__ float q_s[Group][D];
+  __shared__ float qsum_s[Group][D / 16];
+  for (int i = threadIdx.x; i < Group * D; i += blockDim.x) q_s[i / D][i % D] = p.queries[(static_cast<long long>(r) * Group) * D + i];
   __syncthreads();
-  for (int i = threadIdx.x; i < p.group * groups_per_row; i += blockDim.x) {
+  for (int i = threadIdx.x; i < Group * groups_per_row; i += blockDim.x) {
     float sum = 0.0f;
     for (int c = 0; c < G; ++c) sum += q_s[i / groups_per_row][(i % groups_per_row) * G + c];
     qsum_s[i / groups_per_row][i % groups_per_row] = sum;
@@ -59,8 +59,8 @@ __global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
   }
   if (!live) return;
   const std::uint32_t* row = p.keys.codes + static_cast<long long>(r) * s.code_words() + static_cast<long long>(t) * (D / 32) * Bits;
-  float score[kMaxGroup] = {};
-  float dot[kMaxGroup] = {};
+  float score[Group] = {};
+  float dot[Group] = {};
 #pragma unroll
   for (int ch = 0; ch < D / 32; ++ch) {
     std::uint32_t w[Bits];
@@ -71,7 +71,8 @@ __global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
 #pragma unroll
       for (int i = 0; i < 16; ++i) {
         const float f = static_cast<float>(packed::get_code(w, Bits, half * 16 + i));
-        for (int h = 0; h < p.group; ++h) dot[h] += f * q_s[h][ch * 32 + half * 16 + i];
+#pragma unroll
+        for (int h = 0; h < Group; ++h) dot[h] += f * q_s[h][ch * 32 + half * 16 + i];
       }
       const int end = ch * 32 + half * 16 + 16;  // channels consumed so far
       if (end % G == 0) {
@@ -81,38 +82,50 @@ __global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
         const bool asym = s.mode == GroupMode::asym || (s.mode == GroupMode::hybrid && sign);
         float zero_eff = -static_cast<float>(offset) * scale;
         if (asym) zero_eff = zero_value(p.keys.zeros, s.mode == GroupMode::asym ? group0 + g : zero_index++, s.meta_fp16);
-        for (int h = 0; h < p.group; ++h) {
+#pragma unroll
+        for (int h = 0; h < Group; ++h) {
           score[h] += scale * dot[h] + zero_eff * qsum_s[h][g];
           dot[h] = 0.0f;
         }
       }
     }
   }
-  for (int h = 0; h < p.group; ++h) p.scores[(static_cast<long long>(r) * p.group + h) * s.tokens + t] = score[h];
+  // Token scales (rotation family) multiply the whole score back: s_t = sigma_t * (q' . x'_t).
+  const float sigma = p.token_scale ? p.token_scale[static_cast<long long>(r) * s.tokens + t] : 1.0f;
+#pragma unroll
+  for (int h = 0; h < Group; ++h) {
+    if (p.token_scale) score[h] *= sigma;
+    p.scores[(static_cast<long long>(r) * Group + h) * s.tokens + t] = score[h];
+  }
 }
 
 // Outputs over token-axis values: one thread per channel; block (split, region) covers a contiguous
 // run of G-token blocks; partial sums are added in split order by sum_splits.
-template <int Bits, int D>
+template <int Bits, int D, int Group>
 __global__ void __launch_bounds__(D) outputs_token(OutputsParams p) {
   const RegionShape s = p.values.shape;
   const int split = blockIdx.x, r = blockIdx.y, c = threadIdx.x, G = s.group_size;
   const int blocks = s.tokens / G;
   const int per_split = (blocks + p.splits - 1) / p.splits;
   const int b0 = split * per_split, b1 = min(blocks, b0 + per_split);
-  __shared__ float p_s[kMaxGroup][128];
-  __shared__ float psum_s[kMaxGroup];
+  __shared__ float p_s[Group][128];
+  __shared__ float psum_s[Group];
   __shared__ int warp_asym[D / 32];
   const int offset = packed::sym_offset(Bits, s.twos);
-  float acc[kMaxGroup] = {};
+  float acc[Group] = {};
   const long long region_groups = static_cast<long long>(r) * s.groups();
   const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_words();
   for (int blk = b0; blk < b1; ++blk) {
     __syncthreads();
-    for (int i = c; i < p.group * G; i += D)
-      p_s[i / G][i % G] = p.probs[(static_cast<long long>(r) * p.group + i / G) * s.tokens + static_cast<long long>(blk) * G + i % G];
+    for (int i = c; i < Group * G; i += D) {
+      const long long t = static_cast<long long>(blk) * G + i % G;
+      float pt = p.probs[(static_cast<long long>(r) * Group + i / G) * s.tokens + t];
+      // Token scales (rotation family) fold into the weights: sum_t p_t sigma_t x'_t.
+      if (p.token_scale) pt *= p.token_scale[static_cast<long long>(r) * s.tokens + t];
+      p_s[i / G][i % G] = pt;
+    }
     __syncthreads();
-    if (c < p.group) {
+    if (c < Group) {
       float sum = 0.0f;
       for (int i = 0; i < G; ++i) sum += p_s[c][i];
       psum_s[c] = sum;
@@ -140,7 +153,7 @@ __global__ void __launch_bounds__(D) outputs_token(OutputsParams p) {
       }
     }
     __syncthreads();
-    float dot[kMaxGroup] = {};
+    float dot[Group] = {};
     for (int t0 = 0; t0 < G; t0 += 32) {
       const long long t = static_cast<long long>(blk) * G + t0;
       std::uint32_t w[Bits];
@@ -151,13 +164,16 @@ __global__ void __launch_bounds__(D) outputs_token(OutputsParams p) {
 #pragma unroll 16
       for (int i = 0; i < count; ++i) {
         const float f = static_cast<float>(packed::get_code(w, Bits, first + i));
-        for (int h = 0; h < p.group; ++h) dot[h] += f * p_s[h][t0 + i];
+#pragma unroll
+        for (int h = 0; h < Group; ++h) dot[h] += f * p_s[h][t0 + i];
       }
     }
-    for (int h = 0; h < p.group; ++h) acc[h] += scale * dot[h] + zero_eff * psum_s[h];
+#pragma unroll
+    for (int h = 0; h < Group; ++h) acc[h] += scale * dot[h] + zero_eff * psum_s[h];
   }
-  for (int h = 0; h < p.group; ++h)
-    p.partial[((static_cast<long long>(split) * gridDim.y + r) * p.group + h) * D + c] = acc[h];
+#pragma unroll
+  for (int h = 0; h < Group; ++h)
+    p.partial[((static_cast<long long>(split) * gridDim.y + r) * Group + h) * D + c] = acc[h];
 }
 
 __global__ void sum_splits(const float* partial, int splits, long long n, float* out) {
@@ -168,15 +184,15 @@ __global__ void sum_splits(const float* partial, int splits, long long n, float*
   out[i] = sum;
 }
 
-template <int D>
+template <int D, int Group>
 __global__ void __launch_bounds__(128) scores_half(Fp16Params p) {
   const int r = blockIdx.y, t = blockIdx.x * blockDim.x + threadIdx.x;
-  __shared__ float q_s[kMaxGroup][D];
-  for (int i = threadIdx.x; i < p.group * D; i += blockDim.x) q_s[i / D][i % D] = p.vectors[static_cast<long long>(r) * p.group * D + i];
+  __shared__ float q_s[Group][D];
+  for (int i = threadIdx.x; i < Group * D; i += blockDim.x) q_s[i / D][i % D] = p.vectors[static_cast<long long>(r) * Group * D + i];
   __syncthreads();
   if (t >= p.tokens) return;
   const uint4* row = reinterpret_cast<const uint4*>(p.cache + (static_cast<long long>(r) * p.tokens + t) * D);
-  float score[kMaxGroup] = {};
+  float score[Group] = {};
 #pragma unroll
   for (int v = 0; v < D / 8; ++v) {
     const uint4 raw = __ldg(row + v);
@@ -184,23 +200,27 @@ __global__ void __launch_bounds__(128) scores_half(Fp16Params p) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const float2 f = __half22float2(h2[k]);
-      for (int h = 0; h < p.group; ++h) score[h] += f.x * q_s[h][v * 8 + 2 * k] + f.y * q_s[h][v * 8 + 2 * k + 1];
+#pragma unroll
+      for (int h = 0; h < Group; ++h) score[h] += f.x * q_s[h][v * 8 + 2 * k] + f.y * q_s[h][v * 8 + 2 * k + 1];
     }
   }
-  for (int h = 0; h < p.group; ++h) p.out[(static_cast<long long>(r) * p.group + h) * p.tokens + t] = score[h];
+#pragma unroll
+  for (int h = 0; h < Group; ++h) p.out[(static_cast<long long>(r) * Group + h) * p.tokens + t] = score[h];
 }
 
-template <int D>
+template <int D, int Group>
 __global__ void __launch_bounds__(D) outputs_half(Fp16Params p) {
   const int split = blockIdx.x, r = blockIdx.y, c = threadIdx.x;
   const int per_split = (p.tokens + p.splits - 1) / p.splits;
   const int t0 = split * per_split, t1 = min(p.tokens, t0 + per_split);
-  float acc[kMaxGroup] = {};
+  float acc[Group] = {};
   for (int t = t0; t < t1; ++t) {
     const float v = __half2float(p.cache[(static_cast<long long>(r) * p.tokens + t) * D + c]);
-    for (int h = 0; h < p.group; ++h) acc[h] += v * __ldg(p.vectors + (static_cast<long long>(r) * p.group + h) * p.tokens + t);
+#pragma unroll
+    for (int h = 0; h < Group; ++h) acc[h] += v * __ldg(p.vectors + (static_cast<long long>(r) * Group + h) * p.tokens + t);
   }
-  for (int h = 0; h < p.group; ++h) p.partial[((static_cast<long long>(split) * gridDim.y + r) * p.group + h) * D + c] = acc[h];
+#pragma unroll
+  for (int h = 0; h < Group; ++h) p.partial[((static_cast<long long>(split) * gridDim.y + r) * Group + h) * D + c] = acc[h];
 }
 
 // One DISPATCH per template axis, each with an explicit error for unsupported values.
@@ -216,6 +236,19 @@ __global__ void __launch_bounds__(D) outputs_half(Fp16Params p) {
     case 3: { constexpr int B = 3; __VA_ARGS__ break; } \
     case 4: { constexpr int B = 4; __VA_ARGS__ break; } \
     case 8: { constexpr int B = 8; __VA_ARGS__ break; } \
+    default: return cudaErrorInvalidValue;   \
+  }
+
+#define KVQ_DISPATCH_GROUP(g, GROUP, ...)     \
+  switch (g) {                               \
+    case 1: { constexpr int GROUP = 1; __VA_ARGS__ break; } \
+    case 2: { constexpr int GROUP = 2; __VA_ARGS__ break; } \
+    case 3: { constexpr int GROUP = 3; __VA_ARGS__ break; } \
+    case 4: { constexpr int GROUP = 4; __VA_ARGS__ break; } \
+    case 5: { constexpr int GROUP = 5; __VA_ARGS__ break; } \
+    case 6: { constexpr int GROUP = 6; __VA_ARGS__ break; } \
+    case 7: { constexpr int GROUP = 7; __VA_ARGS__ break; } \
+    case 8: { constexpr int GROUP = 8; __VA_ARGS__ break; } \
     default: return cudaErrorInvalidValue;   \
   }
 
@@ -239,7 +272,8 @@ cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
   if (!supported(s, p.group) || !s.channel_axis || s.head_dim % s.group_size != 0) return cudaErrorInvalidValue;
   if (s.tokens == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((s.tokens + 127) / 128), static_cast<unsigned>(p.keys.regions));
-  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, scores_channel<B, D><<<grid, 128, 0, stream>>>(p);))
+  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H,
+      scores_channel<B, D, H><<<grid, 128, 0, stream>>>(p);)))
   return cudaGetLastError();
 }
 
@@ -247,7 +281,8 @@ cudaError_t outputs_inner(const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
   if (!supported(s, p.group) || s.channel_axis || s.tokens % s.group_size != 0 || p.splits < 1) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.values.regions));
-  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, outputs_token<B, D><<<grid, D, 0, stream>>>(p);))
+  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H,
+      outputs_token<B, D, H><<<grid, D, 0, stream>>>(p);)))
   KVQ_CUDA_TRY(cudaGetLastError());
   const long long n = static_cast<long long>(p.values.regions) * p.group * s.head_dim;
   sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, p.splits, n, p.outputs);
@@ -258,14 +293,14 @@ cudaError_t scores_fp16(const Fp16Params& p, cudaStream_t stream) {
   if (p.group < 1 || p.group > kMaxGroup || (p.head_dim != 64 && p.head_dim != 128) || p.tokens < 0) return cudaErrorInvalidValue;
   if (p.tokens == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((p.tokens + 127) / 128), static_cast<unsigned>(p.regions));
-  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, scores_half<D><<<grid, 128, 0, stream>>>(p);)
+  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, scores_half<D, H><<<grid, 128, 0, stream>>>(p);))
   return cudaGetLastError();
 }
 
 cudaError_t outputs_fp16(const Fp16Params& p, cudaStream_t stream) {
   if (p.group < 1 || p.group > kMaxGroup || p.splits < 1 || (p.head_dim != 64 && p.head_dim != 128)) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.regions));
-  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, outputs_half<D><<<grid, D, 0, stream>>>(p);)
+  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, outputs_half<D, H><<<grid, D, 0, stream>>>(p);))
   KVQ_CUDA_TRY(cudaGetLastError());
   const long long n = static_cast<long long>(p.regions) * p.group * p.head_dim;
   sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, p.splits, n, p.out);

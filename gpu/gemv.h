@@ -18,6 +18,9 @@ struct ScoresParams {
   int group = 1;  // query heads per kv head (1..8)
   // scores: [regions][group][tokens] fp32 = q . k^ (no 1/sqrt(d)), device.
   float* scores = nullptr;
+  // Optional token scales (rotation family): [regions][tokens] fp32, each score multiplied by its
+  // token's scale; null: none. Rotated keys take queries rotated alike (gpu/rotate.h).
+  const float* token_scale = nullptr;
 };
 
 struct OutputsParams {
@@ -31,6 +34,9 @@ struct OutputsParams {
   // Scratch for the split-sequence partial sums: [splits][regions][group][head_dim] floats.
   float* partial = nullptr;
   int splits = 1;  // sequence splits, summed in order by a second pass (deterministic)
+  // Optional token scales: [regions][tokens] fp32, folded into the probabilities; null: none.
+  // Rotated values give rotated outputs: rotate them back with gpu::rotate_rows (inverse).
+  const float* token_scale = nullptr;
 };
 
 // fp16 baselines: keys/values [regions][tokens][head_dim] half.

@@ -257,10 +257,12 @@ TEST(Storage, AccountingEqualsAllocation) {
     for (int n : {1, 33, 257, 1000}) {
       CacheSpec s = preset(name);
       const auto rows = test::random_rows(n, d, 41);
+      // One head stands for its layer: its own RMS is then the omni-token scale.
+      const auto omni = cpu::omni_token_scale({rows.data()}, n, d);
       for (const TensorSpec* t : {&s.k, &s.v}) {
-        cpu::TensorCache cache(*t, d, s.sink, s.recent, t == &s.k && s.key_norm);
-        cache.prefill(rows.data(), n / 2);
-        for (int i = n / 2; i < n; ++i) cache.append(rows.data() + static_cast<std::size_t>(i) * d);
+        cpu::TensorCache cache = cpu::make_cache(s, t == &s.k ? TensorKind::key : TensorKind::value, d);
+        cache.prefill(rows.data(), n / 2, omni.data());
+        for (int i = n / 2; i < n; ++i) cache.append(rows.data() + static_cast<std::size_t>(i) * d, omni[i]);
         StorageCounts counts;
         if (t->quantized()) {
           counts.window_tokens = cache.sink_tokens() + cache.recent_tokens();
@@ -272,6 +274,7 @@ TEST(Storage, AccountingEqualsAllocation) {
           counts.dense_tokens = n;
         }
         counts.norm_factor = !cache.norm_factor().empty();
+        counts.scaled_tokens = static_cast<int>(cache.token_scales().size());
         EXPECT_EQ(cache.bytes(), storage_bytes(*t, d, counts)) << name << " n=" << n;
       }
     }

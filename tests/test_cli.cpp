@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "data/h5.h"
 #include "data/kv_dump.h"
 #include "dump_fixtures.h"
 
@@ -42,6 +43,13 @@ TEST(Cli, SynthInspectQuantizeEvalOnAGoodDump) {
   r = run("inspect " + dump + " --json");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("\"imbalance_mean\""), std::string::npos);
+  EXPECT_NE(r.out.find("\"outlier_ratio_after\""), std::string::npos);
+  r = run("inspect " + dump + " --k-rotation random --k-token-scale head");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("token_scale=head and rotation=random"), std::string::npos) << r.out;
+  r = run("inspect " + dump + " --k-rotation givens");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("k.rotation: got 'givens', expected one of none, hadamard, random"), std::string::npos) << r.err;
   r = run("quantize " + dump + " " + out + " --preset innerq_hybrid");
   ASSERT_EQ(r.status, 0) << r.err;
   data::DumpReader quantized(out);
@@ -59,6 +67,28 @@ TEST(Cli, SynthInspectQuantizeEvalOnAGoodDump) {
   while (std::getline(text, line)) rows += !line.empty() && line[0] != '#';
   EXPECT_EQ(rows, 1u + 8u);
   for (const auto& p : {dump, out, csv, json}) std::remove(p.c_str());
+}
+
+// The rotation family runs through eval (omni scales read across the layer's kv heads) and
+// quantize (the token scales saved beside the codes).
+TEST(Cli, RotationFamilyThroughEvalAndQuantize) {
+  const std::string dump = test::temp_path("cli_rot.h5"), out = test::temp_path("cli_rot_q.h5");
+  const std::string csv = test::temp_path("cli_rot.csv");
+  CliResult r = run("synth " + dump + " --layers 1 --heads 4 --kv-heads 2 --head-dim 64 --seq-len 300 --seed 5");
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = run("eval " + dump + " --preset oscar,kivi_hadamard,innerq_hadamard,turbo3 --prefill 200 --queries 20 --csv " + csv);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::stringstream text;
+  text << std::ifstream(csv).rdbuf();
+  for (const char* column : {"k.rotation", "k.token_scale", "rotation_seed", "k_imbalance_in", "k_imbalance", "k_outlier"})
+    EXPECT_NE(text.str().find(column), std::string::npos) << column;
+  EXPECT_NE(text.str().find("oscar,"), std::string::npos);
+  EXPECT_NE(text.str().find("turbo3,"), std::string::npos);
+  r = run("quantize " + dump + " " + out + " --preset oscar");
+  ASSERT_EQ(r.status, 0) << r.err;
+  data::Hid file(H5Fopen(out.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  EXPECT_GT(H5Lexists(file.get(), "packed/keys/layer0_head1/token_scale", H5P_DEFAULT), 0);
+  for (const auto& p : {dump, out, csv}) std::remove(p.c_str());
 }
 
 TEST(Cli, BadInputExitsTwoWithOneLineAndNoOutput) {

@@ -13,6 +13,8 @@
 #include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/pack.h"
+#include "gpu/rotate.h"
+#include "cpu_ref/tensor_cache.h"
 
 namespace kvq {
 namespace {
@@ -259,6 +261,163 @@ TEST(GpuFp16, BaselinesMatchDouble) {
   }
 }
 
+// Device regions of one shape, freed with the object.
+struct DeviceCache {
+  gpu::DeviceRegions dev;
+  DeviceCache(const gpu::RegionShape& s, int regions) {
+    dev.shape = s;
+    dev.regions = regions;
+    const std::size_t meta = s.meta_fp16 ? 2 : 4;
+    EXPECT_EQ(cudaMalloc(&dev.codes, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.code_words())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.scales, meta * regions * std::max<long long>(1, s.groups())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.zeros, meta * regions * std::max<long long>(1, s.groups())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.zero_offset, sizeof(std::uint32_t) * regions), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.zero_base, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.zero_blocks())), cudaSuccess);
+  }
+  ~DeviceCache() {
+    for (void* p : std::initializer_list<void*>{dev.codes, dev.scales, dev.zeros, dev.zero_offset, dev.zero_base}) cudaFree(p);
+  }
+};
+
+// The rotation family on the device (issue 7): rotate_rows equals cpu::scale_and_rotate bit for bit
+// (token scales included), and the GEMVs with rotated queries and token scales match double
+// precision over the CPU cache's dequantized (untransformed) tensor.
+TEST(GpuRotation, TransformIsBitIdenticalAndFoldsIntoTheGemvs) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const int regions = 2, group = 3;  // two kv heads of one layer, so omni spans both
+  for (int d : {64, 128})
+    for (Rotation kind : {Rotation::hadamard, Rotation::random})
+      for (TokenScale scale : {TokenScale::none, TokenScale::head, TokenScale::omni})
+        for (bool keys : {true, false})
+          for (int n : keys ? std::vector<int>{1, 33, 257} : std::vector<int>{32, 288}) {
+            SCOPED_TRACE(std::string(to_string(kind)) + " " + to_string(scale) + (keys ? " keys" : " values") +
+                         " d=" + std::to_string(d) + " n=" + std::to_string(n));
+            TensorSpec spec;
+            spec.mode = keys ? Mode::sym : Mode::hybrid;
+            spec.bits = keys ? 3 : 2;
+            spec.group_axis = keys ? GroupAxis::channel : GroupAxis::token;
+            spec.flush = keys ? 1 : 32;
+            spec.rotation = kind;
+            spec.token_scale = scale;
+            std::mt19937_64 rng(77 + n + d);
+            std::normal_distribution<float> normal;
+            std::vector<float> rows(static_cast<std::size_t>(regions) * n * d);
+            for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = round_to_half(normal(rng) * ((i % d) == 7 ? 15.0f : 1.0f));
+            const std::vector<float> omni = cpu::omni_token_scale({rows.data(), rows.data() + static_cast<std::size_t>(n) * d}, n, d);
+            std::vector<float> omni_rows(omni);
+            omni_rows.insert(omni_rows.end(), omni.begin(), omni.end());
+            const std::uint64_t stream = rotation_stream(0, keys ? TensorKind::key : TensorKind::value);
+            const Rotator rotator(kind, d, stream);
+
+            float* d_rows = upload(rows);
+            float* d_signs = upload(rotator.signs());
+            float* d_omni = upload(omni_rows);
+            float* d_sigma = nullptr;
+            CUDA_OK(cudaMalloc(&d_sigma, sizeof(float) * regions * n));
+            gpu::RotateParams rp;
+            rp.rows = d_rows;
+            rp.count = static_cast<long long>(regions) * n;
+            rp.head_dim = d;
+            rp.signs = d_signs;
+            rp.scale = static_cast<gpu::TokenScaleMode>(static_cast<int>(scale));
+            rp.omni_scale = d_omni;
+            rp.token_scale = d_sigma;
+            CUDA_OK(gpu::rotate_rows(rp));
+            const auto rotated = download(d_rows, rows.size());
+            const auto sigma = download(d_sigma, static_cast<std::size_t>(regions) * n);
+            std::vector<cpu::TensorCache> caches;
+            for (int r = 0; r < regions; ++r) {
+              std::vector<float> want_sigma;
+              const float* x = rows.data() + static_cast<std::size_t>(r) * n * d;
+              const auto want = cpu::scale_and_rotate(spec, rotator, x, n, d, omni.data(), &want_sigma);
+              ASSERT_EQ(std::memcmp(want.data(), rotated.data() + static_cast<std::size_t>(r) * n * d, want.size() * 4), 0)
+                  << "rotated rows, region " << r;
+              if (scale != TokenScale::none) {
+                ASSERT_EQ(std::memcmp(want_sigma.data(), sigma.data() + static_cast<std::size_t>(r) * n, n * 4), 0) << "scales";
+              }
+              caches.emplace_back(spec, d, 0, 0, false, stream);
+              caches.back().prefill(x, n, omni.data());
+            }
+            // Pack the transformed rows on the device, then the GEMV with the token scales.
+            gpu::RegionShape s;
+            s.tokens = n;
+            s.head_dim = d;
+            s.bits = spec.bits;
+            s.group_size = 32;
+            s.channel_axis = keys;
+            s.mode = keys ? gpu::GroupMode::sym : gpu::GroupMode::hybrid;
+            DeviceCache cache(s, regions);
+            CUDA_OK(gpu::pack({d_rows, cache.dev}));
+            const float* d_scale = scale == TokenScale::none ? nullptr : d_sigma;
+            std::vector<float> w(static_cast<std::size_t>(regions) * group * (keys ? d : n));
+            for (auto& x : w) x = keys ? normal(rng) : std::fabs(normal(rng)) / n;
+            float* d_w = upload(w);
+            std::vector<float> got;
+            if (keys) {
+              // Queries rotated on the device like the keys (no token scale).
+              gpu::RotateParams qp;
+              qp.rows = d_w;
+              qp.count = static_cast<long long>(regions) * group;
+              qp.head_dim = d;
+              qp.signs = d_signs;
+              CUDA_OK(gpu::rotate_rows(qp));
+              float* d_scores = nullptr;
+              CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * group * n));
+              gpu::ScoresParams sp{cache.dev, d_w, group, d_scores, d_scale};
+              CUDA_OK(gpu::scores_inner(sp));
+              got = download(d_scores, static_cast<std::size_t>(regions) * group * n);
+              cudaFree(d_scores);
+            } else {
+              float *d_out = nullptr, *d_partial = nullptr;
+              const int splits = 3;
+              CUDA_OK(cudaMalloc(&d_out, sizeof(float) * regions * group * d));
+              CUDA_OK(cudaMalloc(&d_partial, sizeof(float) * splits * regions * group * d));
+              gpu::OutputsParams op;
+              op.values = cache.dev;
+              op.probs = d_w;
+              op.group = group;
+              op.outputs = d_out;
+              op.partial = d_partial;
+              op.splits = splits;
+              op.token_scale = d_scale;
+              CUDA_OK(gpu::outputs_inner(op));
+              // Outputs of rotated values are rotated: take them back.
+              gpu::RotateParams back;
+              back.rows = d_out;
+              back.count = static_cast<long long>(regions) * group;
+              back.head_dim = d;
+              back.signs = d_signs;
+              back.inverse = true;
+              CUDA_OK(gpu::rotate_rows(back));
+              got = download(d_out, static_cast<std::size_t>(regions) * group * d);
+              cudaFree(d_out);
+              cudaFree(d_partial);
+            }
+            double num = 0, den = 0;
+            for (int r = 0; r < regions; ++r) {
+              std::vector<float> x_hat(static_cast<std::size_t>(n) * d);
+              caches[r].dequantize(x_hat.data());
+              for (int h = 0; h < group; ++h) {
+                const float* wv = w.data() + (static_cast<std::size_t>(r) * group + h) * (keys ? d : n);
+                for (int i = 0; i < (keys ? n : d); ++i) {
+                  double ref = 0;
+                  if (keys) {
+                    for (int c = 0; c < d; ++c) ref += double(wv[c]) * x_hat[static_cast<std::size_t>(i) * d + c];
+                  } else {
+                    for (int t = 0; t < n; ++t) ref += double(wv[t]) * x_hat[static_cast<std::size_t>(t) * d + i];
+                  }
+                  const double e = got[(static_cast<std::size_t>(r) * group + h) * (keys ? n : d) + i] - ref;
+                  num += e * e;
+                  den += ref * ref;
+                }
+              }
+            }
+            // As the GEMV sweep, plus the rotation's fp32 rounding on q and the output (~1e-13).
+            EXPECT_LT(num / std::max(den, 1e-30), 1e-6);
+            for (void* p : std::initializer_list<void*>{d_rows, d_signs, d_omni, d_sigma, d_w}) cudaFree(p);
+          }
+}
+
 TEST(GpuLaunchers, UnsupportedShapesAreErrorsNotCrashes) {
   gpu::ScoresParams sp;
   sp.keys.shape.head_dim = 96;
@@ -270,6 +429,13 @@ TEST(GpuLaunchers, UnsupportedShapesAreErrorsNotCrashes) {
   gpu::OutputsParams op;
   op.values.shape.channel_axis = true;
   EXPECT_EQ(gpu::outputs_inner(op), cudaErrorInvalidValue);
+  gpu::RotateParams rp;
+  rp.count = 4;
+  EXPECT_EQ(gpu::rotate_rows(rp), cudaErrorInvalidValue);  // no rows
+  float dummy = 0;
+  rp.rows = &dummy;
+  rp.head_dim = 96;
+  EXPECT_EQ(gpu::rotate_rows(rp), cudaErrorInvalidValue);
 }
 
 }  // namespace

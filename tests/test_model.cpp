@@ -8,11 +8,16 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <array>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 
 #include "analysis/perplexity.h"
+#include "core/metrics.h"
+#include "cpu_ref/attention.h"
+#include "cpu_ref/tensor_cache.h"
 #include "data/kv_dump.h"
 #include "data/llama.h"
 #include "data/synth.h"
@@ -150,6 +155,61 @@ TEST_F(Model, PplWithoutQuantizationIsExactlyTheForwardPass) {
   EXPECT_EQ(results[1].kl, 0.0);
   EXPECT_LT(std::fabs(results[2].ppl / results[0].ppl - 1), 1e-3);  // fp16 within 0.1%
   EXPECT_GT(results[3].kl, results[2].kl);  // quantization moves the distribution more than fp16 rounding
+}
+
+// The certified softmax bound on the real model's caches: for every query of every query head of
+// three layers, (e^(2 eps) - 1)/2 is never below the measured TV, for each family of methods.
+TEST_F(Model, TvBoundHoldsPerQueryOnRealCaches) {
+  const int T = 96, P = 48;
+  const auto ids = text_tokens(T);
+  const auto& cfg = model_->config();
+  const int d = cfg.head_dim, group = cfg.heads / cfg.kv_heads;
+  std::map<int, std::array<data::Matrix, 3>> captured;  // layer -> q, k, v
+  model_->forward(ids, [&](int layer, const data::Matrix& q, const data::Matrix& k, const data::Matrix& v, data::Matrix& o) {
+    if (layer == 0 || layer == 15 || layer == 29) captured[layer] = {q, k, v};
+    model_->causal_attention(q, k, v, o);
+  });
+  ASSERT_EQ(captured.size(), 3u);
+  int checked = 0;
+  for (const auto& [layer, qkv] : captured) {
+    const auto& [q, k, v] = qkv;
+    // Per kv head rows, and the omni-token scales over all kv heads.
+    std::vector<std::vector<float>> keys(static_cast<std::size_t>(cfg.kv_heads)), values(keys.size());
+    std::vector<const float*> kp, vp;
+    for (int h = 0; h < cfg.kv_heads; ++h) {
+      for (int t = 0; t < T; ++t)
+        for (int c = 0; c < d; ++c) {
+          keys[h].push_back(k(t, h * d + c));
+          values[h].push_back(v(t, h * d + c));
+        }
+      kp.push_back(keys[h].data());
+      vp.push_back(values[h].data());
+    }
+    const auto ks = cpu::omni_token_scale(kp, T, d), vs = cpu::omni_token_scale(vp, T, d);
+    for (const char* name : {"kivi", "innerq_hybrid", "oscar", "turbo3", "q4_0"}) {
+      const CacheSpec spec = preset(name);
+      for (int h = 0; h < cfg.kv_heads; ++h) {
+        auto kc = cpu::make_cache(spec, TensorKind::key, d), vc = cpu::make_cache(spec, TensorKind::value, d);
+        kc.prefill(keys[h].data(), P, ks.data());
+        vc.prefill(values[h].data(), P, vs.data());
+        cpu::AttentionResult got;
+        cpu::ReferenceAttention want;
+        for (int t = P; t < T; ++t) {
+          kc.append(&keys[h][static_cast<std::size_t>(t) * d], ks[t]);
+          vc.append(&values[h][static_cast<std::size_t>(t) * d], vs[t]);
+          for (int g = 0; g < group; ++g) {
+            const float* qt = q.row(t).data() + (h * group + g) * d;
+            cpu::quantized_attention(kc, vc, qt, got);
+            cpu::reference_attention(keys[h].data(), values[h].data(), t + 1, d, qt, want);
+            const AttentionMetrics m = attention_metrics(want.scores, want.probs, want.output, got.scores, got.probs, got.output);
+            ASSERT_GE(m.tv_bound, m.tv) << name << " layer " << layer << " head " << h << " position " << t;
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 3 * 5 * cfg.heads * (T - P));
 }
 
 TEST_F(Model, DumpWritesEveryLayerInTheFormat) {

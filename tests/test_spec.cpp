@@ -76,6 +76,47 @@ TEST(Presets, MatchTheInnerQScriptTable) {
   }
 }
 
+// The rotation family as issue 7 and ALGORITHMS.md ("OScaR", "Other peers") describe it.
+TEST(Presets, RotationFamilyMatchesItsDescription) {
+  const auto C = GroupAxis::channel, T = GroupAxis::token;
+  const CacheSpec oscar = preset("oscar");
+  EXPECT_EQ(oscar.k.rotation, Rotation::hadamard);
+  EXPECT_EQ(oscar.k.token_scale, TokenScale::omni);
+  EXPECT_EQ(oscar.k.mode, Mode::asym);
+  EXPECT_EQ(oscar.k.bits, 2);
+  EXPECT_EQ(oscar.k.group_axis, T);  // per channel: groups of 32 tokens
+  EXPECT_EQ(oscar.v.mode, Mode::asym);
+  EXPECT_EQ(oscar.v.bits, 2);
+  EXPECT_EQ(oscar.v.group_axis, C);  // per token
+  EXPECT_EQ(oscar.v.rotation, Rotation::none);
+  EXPECT_EQ(oscar.k.group_size, 32);
+  EXPECT_EQ(oscar.v.group_size, 32);
+  EXPECT_EQ(oscar.recent, 128);
+  EXPECT_EQ(oscar.sink, 0);
+  // The rotation alone, on top of an unchanged baseline.
+  for (const auto& [name, base] : {std::pair{"kivi_hadamard", "kivi"}, std::pair{"innerq_hadamard", "innerq_hybrid"}}) {
+    CacheSpec s = preset(name);
+    EXPECT_EQ(s.k.rotation, Rotation::hadamard) << name;
+    EXPECT_EQ(s.k.token_scale, TokenScale::none) << name;
+    s.k.rotation = Rotation::none;
+    s.preset = base;
+    EXPECT_EQ(describe(s), describe(preset(base))) << name;
+  }
+  const CacheSpec turbo = preset("turbo3");
+  for (const TensorSpec& t : {turbo.k, turbo.v}) {
+    EXPECT_EQ(t.rotation, Rotation::random);
+    EXPECT_EQ(t.mode, Mode::codebook);
+    EXPECT_EQ(t.bits, 3);
+    EXPECT_EQ(t.token_scale, TokenScale::head);
+  }
+  EXPECT_EQ(turbo.sink + turbo.recent, 0);
+  // Storage: 3-bit codes plus one fp32 scale per token of head_dim 128: 3 + 32/128 bits per value.
+  StorageCounts counts;
+  counts.quantized_tokens = 1024;
+  counts.scaled_tokens = 1024;
+  EXPECT_DOUBLE_EQ(8.0 * storage_bytes(turbo.k, 128, counts) / (1024.0 * 128), 3.25);
+}
+
 TEST(Spec, EffectiveStorageOfThePaper) {
   // 3-bit sym keys 3.5 bits/element, 2-bit sym values 2.5, KIVI 2-bit asym 3.0 (ALGORITHMS.md).
   StorageCounts n;
@@ -102,6 +143,26 @@ TEST(Spec, FieldsRoundTripAndAliases) {
   CacheSpec copy = preset("none");
   for (const auto& [key, value] : spec_fields(s)) set_field(copy, key, value);
   EXPECT_EQ(describe(copy), describe(s));
+}
+
+TEST(Spec, RotationFamilyValuesAreValidated) {
+  CacheSpec s = preset("turbo3");
+  s.k.token_scale = TokenScale::none;
+  expect_error([&] { s.validate(64); }, "k.token_scale: codebook mode needs head or omni");
+  s = preset("turbo3");
+  s.v.bits = 8;
+  expect_error([&] { s.validate(64); }, "v.bits: got 8, expected 2, 3 or 4 for codebook mode");
+  s = preset("turbo3");
+  s.k.group_axis = GroupAxis::token;
+  s.k.flush = 32;
+  expect_error([&] { s.validate(64); }, "k.group_axis: codebook codes are stored per token");
+  s = preset("oscar");
+  expect_error([&] { s.validate(96); }, "k.rotation: hadamard needs head_dim a power of two, got 96");
+  expect_error([&] { set_field(s, "k.rotation", "haddamard"); }, "k.rotation: got 'haddamard', expected one of none, hadamard, random");
+  expect_error([&] { set_field(s, "v.token_scale", "all"); }, "expected one of none, head, omni");
+  set_field(s, "rotation_seed", "12");
+  EXPECT_EQ(s.rotation_seed, 12);
+  EXPECT_EQ(label(s), "oscar+");
 }
 
 TEST(Spec, InvalidValuesAreRejectedWithTheReason) {
