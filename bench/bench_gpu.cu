@@ -83,7 +83,8 @@ void time_calls(benchmark::State& state, Launch launch, int copies, double bytes
   state.counters["roofline_%"] = benchmark::Counter(100.0 * bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs, innerq_scores_scaled };
+// innerq_scores_{tensor,cuda}_cores: the same product on each kernel, for the ratio.
+enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs, innerq_scores_scaled, innerq_scores_tensor_cores, innerq_scores_cuda_cores };
 
 struct Shape {
   int regions, group;
@@ -98,8 +99,9 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
     return;
   }
   const bool scaled = kernel == Kernel::innerq_scores_scaled;
-  const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores || scaled;
-  const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs || scaled;
+  const bool forced = kernel == Kernel::innerq_scores_cuda_cores || kernel == Kernel::innerq_scores_tensor_cores;
+  const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores || scaled || forced;
+  const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs || scaled || forced;
   kvq::gpu::RegionShape s;
   s.tokens = n;
   s.head_dim = d;
@@ -164,6 +166,11 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   auto launch = [&](int c) {
     if (kernel == Kernel::innerq_scores) return kvq::gpu::scores_inner({packed[c], vectors, group, out});
     if (scaled) return kvq::gpu::scores_inner({packed[c], vectors, group, out, token_scale});
+    if (forced) {
+      return kvq::gpu::scores_inner({packed[c], vectors, group, out, nullptr,
+                                     kernel == Kernel::innerq_scores_cuda_cores ? kvq::gpu::ScoresKernel::cuda_cores
+                                                                                : kvq::gpu::ScoresKernel::tensor_cores});
+    }
     if (kernel == Kernel::innerq_outputs) {
       kvq::gpu::OutputsParams p;
       p.values = packed[c];
@@ -234,12 +241,16 @@ void serving_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(run, paper_fp16_qk, Kernel::fp16_scores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_innerq_k3sym_qk, Kernel::innerq_scores, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(run, paper_innerq_k3sym_tensorcores_qk, Kernel::innerq_scores_tensor_cores, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(run, paper_innerq_k3sym_cudacores_qk, Kernel::innerq_scores_cuda_cores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_fp16_pv, Kernel::fp16_outputs, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_pv, Kernel::innerq_outputs, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_rotated_k3sym_scaled_qk, Kernel::innerq_scores_scaled, kPaper)->Apply(paper_args);
 BENCHMARK(rotate_keys)->Arg(4096)->Arg(32768)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(run, serving_fp16_qk, Kernel::fp16_scores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_innerq_k3sym_qk, Kernel::innerq_scores, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(run, serving_innerq_k3sym_tensorcores_qk, Kernel::innerq_scores_tensor_cores, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(run, serving_innerq_k3sym_cudacores_qk, Kernel::innerq_scores_cuda_cores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_fp16_pv, Kernel::fp16_outputs, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_innerq_v2hybrid_pv, Kernel::innerq_outputs, kServing)->Apply(serving_args);
 

@@ -1,26 +1,13 @@
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
 #include "gpu/gemv.h"
+#include "gpu/meta.cuh"
+#include "gpu/scores_mma.h"
 
 namespace kvq::gpu {
 namespace {
 
 constexpr int kMaxGroup = 8;
-
-__device__ __forceinline__ float meta_value(const void* array, long long i, bool fp16, bool& sign) {
-  if (fp16) {
-    const std::uint16_t h = static_cast<const std::uint16_t*>(array)[i];
-    sign = (h & packed::kHalfSignBit) != 0;
-    return __half2float(__ushort_as_half(static_cast<std::uint16_t>(h & 0x7fffu)));
-  }
-  const std::uint32_t f = static_cast<const std::uint32_t*>(array)[i];
-  sign = (f & packed::kFloatSignBit) != 0;
-  return __uint_as_float(f & 0x7fffffffu);
-}
-
-__device__ __forceinline__ float zero_value(const void* array, long long i, bool fp16) {
-  return fp16 ? __half2float(static_cast<const __half*>(array)[i]) : static_cast<const float*>(array)[i];
-}
 
 // Scores over channel-axis keys: one thread per token, reading its row of codes once for the whole
 // GQA group; blockDim 128, so a warp holds 32 consecutive tokens = one hybrid zero-block.
@@ -271,6 +258,9 @@ cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
   if (!supported(s, p.group) || !s.channel_axis || s.head_dim % s.group_size != 0) return cudaErrorInvalidValue;
   if (s.tokens == 0) return cudaSuccess;
+  // One head per kv head leaves 7 of the mma's 8 columns empty: CUDA cores win there (docs/PERF.md).
+  const bool tensor = p.kernel == ScoresKernel::tensor_cores || (p.kernel == ScoresKernel::automatic && p.group >= 2);
+  if (tensor && scores_mma_supported(s, p.group)) return scores_mma(p, stream);  // else CUDA cores below
   const dim3 grid(static_cast<unsigned>((s.tokens + 127) / 128), static_cast<unsigned>(p.keys.regions));
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H,
       scores_channel<B, D, H><<<grid, 128, 0, stream>>>(p);)))

@@ -10,6 +10,8 @@
 
 namespace kvq::gpu {
 
+enum class ScoresKernel { automatic, tensor_cores, cuda_cores };
+
 struct ScoresParams {
   // Keys, channel-axis groups: `regions` regions of `shape.tokens` tokens.
   DeviceRegions keys;
@@ -21,6 +23,10 @@ struct ScoresParams {
   // Optional token scales (rotation family): [regions][tokens] fp32, each score multiplied by its
   // token's scale; null: none. Rotated keys take queries rotated alike (gpu/rotate.h).
   const float* token_scale = nullptr;
+  // Which kernel computes it: automatic picks the tensor-core one (gpu/scores_mma.h) for GQA
+  // groups of 2 or more and the CUDA-core one for single heads, as measured on the H100
+  // (docs/PERF.md); the others force one, for comparison in one benchmark run.
+  ScoresKernel kernel = ScoresKernel::automatic;
 };
 
 struct OutputsParams {

@@ -119,14 +119,17 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
     std::vector<float> q(static_cast<std::size_t>(regions) * group * d), probs(static_cast<std::size_t>(regions) * group * n);
     for (auto& x : q) x = normal(rng);
     for (auto& x : probs) x = std::fabs(normal(rng)) / n;
-    std::vector<float> gpu_out;
+    std::vector<float> gpu_out, cuda_core_out;
     if (k.channel) {
       float* d_q = upload(q);
       float* d_scores = nullptr;
       CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * group * n));
-      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores}));
+      // Both kernels on the same input: tensor cores (CUDA cores where unsupported), CUDA cores.
+      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, nullptr, gpu::ScoresKernel::tensor_cores}));
       CUDA_OK(cudaDeviceSynchronize());
       gpu_out = download(d_scores, static_cast<std::size_t>(regions) * group * n);
+      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, nullptr, gpu::ScoresKernel::cuda_cores}));
+      cuda_core_out = download(d_scores, static_cast<std::size_t>(regions) * group * n);
       cudaFree(d_q);
       cudaFree(d_scores);
     } else {
@@ -174,14 +177,16 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       // GEMV against double precision over the CPU's dequantized region.
       std::vector<float> x_hat(static_cast<std::size_t>(n) * d);
       cpu_region.dequantize(x_hat.data());
-      double num = 0, den = 0;
+      double num = 0, den = 0, num_cc = 0;
       for (int h = 0; h < group; ++h) {
         if (k.channel) {
           for (int t = 0; t < n; ++t) {
             double ref = 0;
             for (int c = 0; c < d; ++c) ref += double(q[(r * group + h) * d + c]) * x_hat[static_cast<std::size_t>(t) * d + c];
             const double got = gpu_out[(static_cast<std::size_t>(r) * group + h) * n + t];
+            const double got_cc = cuda_core_out[(static_cast<std::size_t>(r) * group + h) * n + t];
             num += (got - ref) * (got - ref);
+            num_cc += (got_cc - ref) * (got_cc - ref);
             den += ref * ref;
           }
         } else {
@@ -196,6 +201,7 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       }
       // fp32 accumulation in another order and the zero-point form: ~1e-12 expected; 1e-6 is the bound.
       EXPECT_LT(num / std::max(den, 1e-30), 1e-6) << "region " << r;
+      EXPECT_LT(num_cc / std::max(den, 1e-30), 1e-6) << "CUDA-core kernel, region " << r;
     }
     cudaFree(d_rows);
     cudaFree(dev.codes);

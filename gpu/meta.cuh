@@ -1,0 +1,29 @@
+#pragma once
+// Reading stored metadata on the device (core/packed.h): scales with the hybrid mode bit in
+// their sign, zero points; fp16 bit patterns or fp32 values as the region's shape says.
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "core/packed.h"
+
+namespace kvq::gpu {
+
+// |scale| of entry i, and its sign bit (hybrid: set means the asymmetric arm).
+__device__ __forceinline__ float meta_value(const void* array, long long i, bool fp16, bool& sign) {
+  if (fp16) {
+    const std::uint16_t h = static_cast<const std::uint16_t*>(array)[i];
+    sign = (h & packed::kHalfSignBit) != 0;
+    return __half2float(__ushort_as_half(static_cast<std::uint16_t>(h & 0x7fffu)));
+  }
+  const std::uint32_t f = static_cast<const std::uint32_t*>(array)[i];
+  sign = (f & packed::kFloatSignBit) != 0;
+  return __uint_as_float(f & 0x7fffffffu);
+}
+
+// Zero point i.
+__device__ __forceinline__ float zero_value(const void* array, long long i, bool fp16) {
+  return fp16 ? __half2float(static_cast<const __half*>(array)[i]) : static_cast<const float*>(array)[i];
+}
+
+}  // namespace kvq::gpu
