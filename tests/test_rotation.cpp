@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/metrics.h"
 #include "core/rotation.h"
+#include "cpu_ref/attention.h"
 #include "cpu_ref/evaluate.h"
 #include "cpu_ref/tensor_cache.h"
 #include "naive_reference.h"
@@ -266,6 +267,56 @@ TEST(Codebook, Turbo3CacheMatchesTheNaiveReference) {
     }
     // Storage: 3-bit codes and one fp32 scale per token, nothing else.
     EXPECT_EQ(cache.bytes(), static_cast<std::size_t>(n) * (d / 32 * 3 * 4 + 4));
+  }
+}
+
+// Attention over each rotation-family cache, computed from the packed codes (rotated q, token
+// scales, outputs rotated back, fp16 windows), equals double precision over the cache's own
+// dequantized tensor: the transform is undone consistently on every path. Values are rotated and
+// omni-scaled too in one case, to cover that path.
+TEST(Rotation, PackedAttentionMatchesDoubleOnTheDequantizedCache) {
+  const int d = 128, n = 1031 + 64;  // two product blocks, odd
+  const auto k0 = test::random_rows(n, d, 81), k1 = test::random_rows(n, d, 82);
+  const auto v0 = test::random_rows(n, d, 83, 3.0), v1 = test::random_rows(n, d, 84, 3.0);
+  const auto ks = cpu::omni_token_scale({k0.data(), k1.data()}, n, d), vs = cpu::omni_token_scale({v0.data(), v1.data()}, n, d);
+  const auto q = test::random_rows(1, d, 85, 1.0);
+  std::vector<CacheSpec> specs;
+  for (const char* name : {"oscar", "kivi_hadamard", "innerq_hadamard", "turbo3"}) specs.push_back(preset(name));
+  CacheSpec both = preset("oscar");
+  both.v.rotation = Rotation::random;
+  both.v.token_scale = TokenScale::omni;
+  both.rotation_seed = 3;
+  specs.push_back(both);
+  for (const CacheSpec& spec : specs) {
+    SCOPED_TRACE(describe(spec));
+    auto keys = cpu::make_cache(spec, TensorKind::key, d), values = cpu::make_cache(spec, TensorKind::value, d);
+    keys.prefill(k0.data(), n - 40, ks.data());
+    values.prefill(v0.data(), n - 40, vs.data());
+    for (int t = n - 40; t < n; ++t) {
+      keys.append(&k0[static_cast<std::size_t>(t) * d], ks[t]);
+      values.append(&v0[static_cast<std::size_t>(t) * d], vs[t]);
+    }
+    ASSERT_GT(keys.quantized_tokens(), 900);
+    std::vector<float> k_hat(static_cast<std::size_t>(n) * d), v_hat(k_hat.size());
+    keys.dequantize(k_hat.data());
+    values.dequantize(v_hat.data());
+    cpu::AttentionResult got;
+    cpu::quantized_attention(keys, values, q.data(), got);
+    cpu::ReferenceAttention want;
+    cpu::reference_attention(k_hat.data(), v_hat.data(), n, d, q.data(), want);
+    double num = 0, den = 0;
+    for (int i = 0; i < n; ++i) {
+      num += (got.scores[i] - want.scores[i]) * (got.scores[i] - want.scores[i]);
+      den += want.scores[i] * want.scores[i];
+    }
+    // fp32 products in another order, plus the rotation's rounding of q and of the dequantized rows.
+    EXPECT_LT(num / den, 1e-10);
+    num = den = 0;
+    for (int i = 0; i < d; ++i) {
+      num += (got.output[i] - want.output[i]) * (got.output[i] - want.output[i]);
+      den += want.output[i] * want.output[i];
+    }
+    EXPECT_LT(num / den, 2e-8);  // as the unrotated layouts' test (test_cache): zero-point cancellation
   }
 }
 
