@@ -91,4 +91,14 @@ inline std::vector<float> random_rows(int tokens, int d, std::uint64_t seed, dou
   return rows;
 }
 
+// Normalized MSE of a result against its double-precision reference: sum (got - want)^2 / sum want^2.
+inline double nmse(const std::vector<float>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return num / den;
+}
+
 }  // namespace kvq::test

@@ -192,20 +192,10 @@ TEST(Attention, PackedProductsMatchDoubleOnTheDequantizedCache) {
     cpu::quantized_attention(keys, values, q.data(), got);
     cpu::ReferenceAttention want;
     cpu::reference_attention(k_hat.data(), v_hat.data(), n, d, q.data(), want);
-    double num = 0, den = 0;
-    for (int i = 0; i < n; ++i) {
-      num += (got.scores[i] - want.scores[i]) * (got.scores[i] - want.scores[i]);
-      den += want.scores[i] * want.scores[i];
-    }
-    EXPECT_LT(num / den, 1e-10);  // normalized MSE of the logits
-    num = den = 0;
-    for (int i = 0; i < d; ++i) {
-      num += (got.output[i] - want.output[i]) * (got.output[i] - want.output[i]);
-      den += want.output[i] * want.output[i];
-    }
+    EXPECT_LT(test::nmse(got.scores, want.scores), 1e-10);  // normalized MSE of the logits
     // The output sums ~1000 terms in fp32 in the zero-point form |s|*sum(p*f) + z_eff*sum(p), whose two parts
     // cancel (by up to 2^(b-1) times the result): a normalized MSE near 4e-9 is measured at 4 bits, G=128.
-    EXPECT_LT(num / den, 2e-8);
+    EXPECT_LT(test::nmse(got.output, want.output), 2e-8);
   }
 }
 

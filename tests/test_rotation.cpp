@@ -304,19 +304,9 @@ TEST(Rotation, PackedAttentionMatchesDoubleOnTheDequantizedCache) {
     cpu::quantized_attention(keys, values, q.data(), got);
     cpu::ReferenceAttention want;
     cpu::reference_attention(k_hat.data(), v_hat.data(), n, d, q.data(), want);
-    double num = 0, den = 0;
-    for (int i = 0; i < n; ++i) {
-      num += (got.scores[i] - want.scores[i]) * (got.scores[i] - want.scores[i]);
-      den += want.scores[i] * want.scores[i];
-    }
     // fp32 products in another order, plus the rotation's rounding of q and of the dequantized rows.
-    EXPECT_LT(num / den, 1e-10);
-    num = den = 0;
-    for (int i = 0; i < d; ++i) {
-      num += (got.output[i] - want.output[i]) * (got.output[i] - want.output[i]);
-      den += want.output[i] * want.output[i];
-    }
-    EXPECT_LT(num / den, 2e-8);  // as the unrotated layouts' test (test_cache): zero-point cancellation
+    EXPECT_LT(test::nmse(got.scores, want.scores), 1e-10);
+    EXPECT_LT(test::nmse(got.output, want.output), 2e-8);  // as test_cache's: zero-point cancellation
   }
 }
 
