@@ -20,6 +20,17 @@ cpu::EvalWindow eval_window(int seq_len, int prefill, int queries, const std::st
   return {p, seq_len - evaluated};
 }
 
+std::vector<float> layer_omni_scale(const data::DumpReader& dump, data::Dataset dataset, int layer) {
+  const data::DumpInfo& info = dump.info();
+  std::vector<std::vector<float>> heads(static_cast<std::size_t>(info.num_kv_heads));
+  std::vector<const float*> rows;
+  for (int h = 0; h < info.num_kv_heads; ++h) {
+    dump.read_slab(dataset, layer, h, heads[h]);
+    rows.push_back(heads[h].data());
+  }
+  return cpu::omni_token_scale(rows, info.seq_len, info.head_dim);
+}
+
 std::vector<cpu::HeadEval> evaluate_slab(const data::DumpReader& dump, int layer, int kv_head,
                                          const std::vector<CacheSpec>& specs, const cpu::EvalWindow& window) {
   const data::DumpInfo& info = dump.info();
@@ -42,14 +53,7 @@ std::vector<cpu::HeadEval> evaluate_slab(const data::DumpReader& dump, int layer
                                       std::tuple{data::Dataset::values, &CacheSpec::v, &value_scale}}) {
     bool wanted = false;
     for (const auto& spec : specs) wanted |= (spec.*member).token_scale == TokenScale::omni;
-    if (!wanted) continue;
-    std::vector<std::vector<float>> heads(static_cast<std::size_t>(info.num_kv_heads));
-    std::vector<const float*> rows;
-    for (int h = 0; h < info.num_kv_heads; ++h) {
-      dump.read_slab(dataset, layer, h, heads[h]);
-      rows.push_back(heads[h].data());
-    }
-    *out = cpu::omni_token_scale(rows, info.seq_len, info.head_dim);
+    if (wanted) *out = layer_omni_scale(dump, dataset, layer);
   }
   if (!key_scale.empty()) data.key_scale = key_scale.data();
   if (!value_scale.empty()) data.value_scale = value_scale.data();

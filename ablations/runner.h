@@ -22,6 +22,9 @@ struct RunOptions {
 // queries < 0 means every decoded position. Throws kvq::Error for a prefill past the end.
 cpu::EvalWindow eval_window(int seq_len, int prefill, int queries, const std::string& where);
 
+// Omni-token scales (cpu::omni_token_scale) of one layer's keys or values: reads every kv head's slab.
+std::vector<float> layer_omni_scale(const data::DumpReader& dump, data::Dataset dataset, int layer);
+
 // Reads one (layer, kv head) slab (keys, values, the group's queries) once and evaluates every spec on it.
 std::vector<cpu::HeadEval> evaluate_slab(const data::DumpReader& dump, int layer, int kv_head,
                                          const std::vector<CacheSpec>& specs, const cpu::EvalWindow& window);

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "apps/commands.h"
+#include "ablations/runner.h"
 #include "apps/spec_flags.h"
 #include "core/provenance.h"
 #include "cpu_ref/tensor_cache.h"
@@ -81,17 +82,9 @@ void add_quantize(CLI::App& app) {
       for (auto [dataset, tspec, name] : {std::tuple{data::Dataset::keys, spec.k, "keys"},
                                           std::tuple{data::Dataset::values, spec.v, "values"}}) {
         dump.read_slab(dataset, layer, head, rows);
-        std::vector<float> scale;
-        if (tspec.token_scale == TokenScale::omni) {
-          // The omni-token scale spans every kv head of the layer.
-          std::vector<std::vector<float>> heads(static_cast<std::size_t>(info.num_kv_heads));
-          std::vector<const float*> all;
-          for (int h = 0; h < info.num_kv_heads; ++h) {
-            dump.read_slab(dataset, layer, h, heads[h]);
-            all.push_back(heads[h].data());
-          }
-          scale = cpu::omni_token_scale(all, info.seq_len, info.head_dim);
-        }
+        // The omni-token scale spans every kv head of the layer.
+        const std::vector<float> scale =
+            tspec.token_scale == TokenScale::omni ? ablations::layer_omni_scale(dump, dataset, layer) : std::vector<float>{};
         cpu::TensorCache cache =
             cpu::make_cache(spec, dataset == data::Dataset::keys ? TensorKind::key : TensorKind::value, info.head_dim);
         cache.prefill(rows.data(), info.seq_len, scale.empty() ? nullptr : scale.data());

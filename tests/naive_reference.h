@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "core/half.h"
+#include "cpu_ref/attention.h"
+#include "cpu_ref/tensor_cache.h"
 
 namespace kvq::test {
 
@@ -99,6 +101,23 @@ inline double nmse(const std::vector<float>& got, const std::vector<double>& wan
     den += want[i] * want[i];
   }
   return num / den;
+}
+
+// Attention over the caches from their packed codes against double precision over what they
+// dequantize to: the normalized MSE of the logits and of the output.
+struct AttentionNmse {
+  double scores = 0, output = 0;
+};
+inline AttentionNmse packed_vs_dequantized(const cpu::TensorCache& keys, const cpu::TensorCache& values, const float* q) {
+  const int n = keys.size(), d = keys.head_dim();
+  std::vector<float> k_hat(static_cast<std::size_t>(n) * d), v_hat(k_hat.size());
+  keys.dequantize(k_hat.data());
+  values.dequantize(v_hat.data());
+  cpu::AttentionResult got;
+  cpu::quantized_attention(keys, values, q, got);
+  cpu::ReferenceAttention want;
+  cpu::reference_attention(k_hat.data(), v_hat.data(), n, d, q, want);
+  return {nmse(got.scores, want.scores), nmse(got.output, want.output)};
 }
 
 }  // namespace kvq::test

@@ -297,16 +297,10 @@ TEST(Rotation, PackedAttentionMatchesDoubleOnTheDequantizedCache) {
       values.append(&v0[static_cast<std::size_t>(t) * d], vs[t]);
     }
     ASSERT_GT(keys.quantized_tokens(), 900);
-    std::vector<float> k_hat(static_cast<std::size_t>(n) * d), v_hat(k_hat.size());
-    keys.dequantize(k_hat.data());
-    values.dequantize(v_hat.data());
-    cpu::AttentionResult got;
-    cpu::quantized_attention(keys, values, q.data(), got);
-    cpu::ReferenceAttention want;
-    cpu::reference_attention(k_hat.data(), v_hat.data(), n, d, q.data(), want);
+    const test::AttentionNmse e = test::packed_vs_dequantized(keys, values, q.data());
     // fp32 products in another order, plus the rotation's rounding of q and of the dequantized rows.
-    EXPECT_LT(test::nmse(got.scores, want.scores), 1e-10);
-    EXPECT_LT(test::nmse(got.output, want.output), 2e-8);  // as test_cache's: zero-point cancellation
+    EXPECT_LT(e.scores, 1e-10);
+    EXPECT_LT(e.output, 2e-8);  // as test_cache's: zero-point cancellation
   }
 }
 
