@@ -19,6 +19,9 @@
 #include "core/spec.h"
 #include "cpu_ref/attention.h"
 #include "cpu_ref/tensor_cache.h"
+#ifdef KVQ_HAVE_CUDA
+#include "ablations/latency_cuda.h"
+#endif
 
 namespace kvq::ablations {
 namespace {
@@ -44,7 +47,7 @@ double copy_bandwidth() {
 
 }  // namespace
 
-LatencyConfig parse_latency_config(const std::string& text, const std::string& path) {
+LatencyConfig parse_latency_config(const std::string& text, const std::string& path, const std::string& backend) {
   const YamlReader r(path);
   const YAML::Node root = r.load(text);
   r.known_keys(root, {"name", "shapes", "methods", "kernels", "backend", "repeats", "seed", "output"}, "the config");
@@ -83,18 +86,30 @@ LatencyConfig parse_latency_config(const std::string& text, const std::string& p
   for (const auto& k : c.kernels)
     if (k != "qk" && k != "pv" && k != "attention") r.error(root["kernels"], "kernels: got '" + k + "', expected qk, pv, attention");
   if (root["backend"]) c.backend = r.value<std::string>(root["backend"], "backend", "cpu or cuda");
-  if (c.backend == "cuda") r.error(root["backend"], "backend: cuda is not built yet (the CUDA kernels are an open issue); use cpu");
-  if (c.backend != "cpu") r.error(root["backend"], "backend: got '" + c.backend + "', expected cpu or cuda");
+  if (!backend.empty()) c.backend = backend;
+  if (c.backend != "cpu" && c.backend != "cuda") r.error(root["backend"], "backend: got '" + c.backend + "', expected cpu or cuda");
+#ifndef KVQ_HAVE_CUDA
+  if (c.backend == "cuda") r.error(root["backend"], "backend: cuda needs kvq built with KVQ_CUDA=ON (no CUDA compiler was found at build time)");
+#endif
   if (root["repeats"]) c.repeats = r.value<int>(root["repeats"], "repeats", "an integer");
   if (root["seed"]) c.seed = r.value<std::uint64_t>(root["seed"], "seed", "an integer");
   c.output = root["output"] ? r.value<std::string>(root["output"], "output", "a path") : "results/" + c.name + "/bench.csv";
   return c;
 }
 
-LatencyConfig load_latency_config(const std::string& path) { return parse_latency_config(read_config_file(path), path); }
+LatencyConfig load_latency_config(const std::string& path, const std::string& backend) {
+  return parse_latency_config(read_config_file(path), path, backend);
+}
 
 void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const std::string& command) {
+  std::string device = "cpu";
+  const bool cuda = c.backend == "cuda";
+#ifdef KVQ_HAVE_CUDA
+  const double bandwidth = cuda ? cuda_copy_bandwidth(device) : copy_bandwidth();
+#else
   const double bandwidth = copy_bandwidth();
+#endif
+  std::vector<std::string> skipped;
   struct Row {
     std::vector<std::string> cells;
     double us;
@@ -102,6 +117,15 @@ void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const st
     std::string method;
   };
   std::vector<Row> rows;
+  auto add_row = [&](const LatencyShape& shape, int N, const std::string& method, const std::string& kernel, double us, std::size_t bytes) {
+    const double gbs = static_cast<double>(bytes) / (us * 1e-6) / 1e9;
+    const double floor_us = static_cast<double>(bytes) / bandwidth * 1e6;
+    rows.push_back({{shape.name, std::to_string(shape.batch), std::to_string(shape.heads), std::to_string(shape.kv_heads),
+                     std::to_string(shape.head_dim), std::to_string(N), method, kernel, c.backend, analysis::number_text(us),
+                     std::to_string(bytes), analysis::number_text(gbs), analysis::number_text(100.0 * floor_us / us)},
+                    us, fmt::format("{}/{}/{}", shape.name, N, kernel), method});
+    if (progress) std::fprintf(stderr, "bench: %s N=%d %s %s: %.1f us\n", shape.name.c_str(), N, method.c_str(), kernel.c_str(), us);
+  };
   for (const auto& shape : c.shapes) {
     for (int N : shape.tokens) {
       if (max_tokens > 0 && N > max_tokens) continue;
@@ -109,6 +133,22 @@ void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const st
       for (const auto& method : c.methods) {
         const CacheSpec spec = preset(method);
         spec.validate(d);
+#ifdef KVQ_HAVE_CUDA
+        if (cuda) {
+          for (const auto& kernel : c.kernels) {
+            const std::string why = cuda_unsupported(spec, kernel);
+            if (!why.empty()) {
+              const std::string note = fmt::format("{} {}: {}", method, kernel, why);
+              if (std::find(skipped.begin(), skipped.end(), note) == skipped.end()) skipped.push_back(note);
+              if (progress) std::fprintf(stderr, "bench: skipped %s\n", note.c_str());
+              continue;
+            }
+            const CudaTiming t = time_cuda(shape, N, spec, kernel, c.repeats, c.seed + static_cast<std::uint64_t>(N));
+            add_row(shape, N, method, kernel, t.us, t.bytes);
+          }
+          continue;
+        }
+#endif
         // Seeded random keys and values (fp16-representable), one cache pair per (batch, kv head).
         std::vector<cpu::TensorCache> keys, values;
         std::mt19937_64 rng(c.seed + static_cast<std::uint64_t>(N));
@@ -150,14 +190,7 @@ void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const st
           }
           const double us = median(times) * 1e6;
           // Bytes the kernel must read: the cache once (query heads sharing a kv head read it once).
-          const std::size_t bytes = kernel == "qk" ? cache_bytes_k : kernel == "pv" ? cache_bytes_v : cache_bytes_k + cache_bytes_v;
-          const double gbs = static_cast<double>(bytes) / (us * 1e-6) / 1e9;
-          const double floor_us = static_cast<double>(bytes) / bandwidth * 1e6;
-          rows.push_back({{shape.name, std::to_string(shape.batch), std::to_string(shape.heads), std::to_string(shape.kv_heads),
-                           std::to_string(d), std::to_string(N), method, kernel, c.backend, analysis::number_text(us),
-                           std::to_string(bytes), analysis::number_text(gbs), analysis::number_text(100.0 * floor_us / us)},
-                          us, fmt::format("{}/{}/{}", shape.name, N, kernel), method});
-          if (progress) std::fprintf(stderr, "bench: %s N=%d %s %s: %.1f us\n", shape.name.c_str(), N, method.c_str(), kernel.c_str(), us);
+          add_row(shape, N, method, kernel, us, kernel == "qk" ? cache_bytes_k : kernel == "pv" ? cache_bytes_v : cache_bytes_k + cache_bytes_v);
         }
       }
     }
@@ -182,7 +215,8 @@ void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const st
   prov.config = c.path;
   prov.seed = c.seed;
   nlohmann::json manifest = {{"provenance", provenance_json(prov)}, {"config", c.text}, {"backend", c.backend},
-                             {"copy_bandwidth_gb_per_s", bandwidth / 1e9}, {"max_tokens", max_tokens}};
+                             {"copy_bandwidth_gb_per_s", bandwidth / 1e9}, {"max_tokens", max_tokens}, {"device", device},
+                             {"skipped", skipped}};
   write_file_atomically(c.output + ".json", manifest.dump(2) + "\n");
 }
 

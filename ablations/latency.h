@@ -5,7 +5,7 @@
 // after a warm-up, and writes one CSV row with the median time, the bytes of cache the
 // kernel must read, the bandwidth, % of the copy bandwidth measured in the same run, and
 // the speedups over fp16 and over the outer layout (kivi) measured in the same run.
-// Backends: cpu (cpu_ref); cuda comes with the CUDA kernels.
+// Backends: cpu (cpu_ref) and cuda (gpu/, ablations/latency_cuda.h; builds with KVQ_CUDA=ON).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,8 +29,9 @@ struct LatencyConfig {
   std::string output;  // CSV path
 };
 
-LatencyConfig load_latency_config(const std::string& path);
-LatencyConfig parse_latency_config(const std::string& text, const std::string& path);
+// backend, when not empty, replaces the config's (kvq bench --backend); checked like the config key.
+LatencyConfig load_latency_config(const std::string& path, const std::string& backend = "");
+LatencyConfig parse_latency_config(const std::string& text, const std::string& path, const std::string& backend = "");
 
 // Runs the grid (skipping token counts above max_tokens when > 0); writes config.output atomically.
 void run_latency(const LatencyConfig& config, int max_tokens, bool progress, const std::string& command);

@@ -5,12 +5,15 @@
 // 4x the L2; counters: us, GB/s of cache read, % of the device-to-device copy bandwidth
 // measured at start-up. Run: build/bench/bench_gpu --benchmark_repetitions=5.
 #include <benchmark/benchmark.h>
+#include <cublas_v2.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <vector>
 
+#include "gpu/attention.h"
 #include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/pack.h"
@@ -25,6 +28,12 @@ namespace {
       state.SkipWithError(cudaGetErrorString(e));                          \
       return;                                                              \
     }                                                                      \
+  } while (0)
+
+#define KVQ_BENCH_TRY(call)              \
+  do {                                   \
+    const cudaError_t e_ = (call);       \
+    if (e_ != cudaSuccess) return e_;    \
   } while (0)
 
 double g_copy_bandwidth = 0;  // bytes/s, read + write of a device-to-device copy
@@ -83,8 +92,9 @@ void time_calls(benchmark::State& state, Launch launch, int copies, double bytes
   state.counters["roofline_%"] = benchmark::Counter(100.0 * bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// innerq_scores_{tensor,cuda}_cores: the same product on each kernel, for the ratio.
-enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs, innerq_scores_scaled, innerq_scores_tensor_cores, innerq_scores_cuda_cores };
+// *_cuda_cores, *_tensor_cores: the same product on each kernel, for the ratio.
+enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs, innerq_scores_scaled, innerq_scores_tensor_cores, innerq_scores_cuda_cores,
+                    innerq_outputs_cuda_cores };
 
 struct Shape {
   int regions, group;
@@ -101,7 +111,7 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   const bool scaled = kernel == Kernel::innerq_scores_scaled;
   const bool forced = kernel == Kernel::innerq_scores_cuda_cores || kernel == Kernel::innerq_scores_tensor_cores;
   const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores || scaled || forced;
-  const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs || scaled || forced;
+  const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores || scaled || forced;
   kvq::gpu::RegionShape s;
   s.tokens = n;
   s.head_dim = d;
@@ -168,11 +178,12 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
     if (scaled) return kvq::gpu::scores_inner({packed[c], vectors, group, out, token_scale});
     if (forced) {
       return kvq::gpu::scores_inner({packed[c], vectors, group, out, nullptr,
-                                     kernel == Kernel::innerq_scores_cuda_cores ? kvq::gpu::ScoresKernel::cuda_cores
-                                                                                : kvq::gpu::ScoresKernel::tensor_cores});
+                                     kernel == Kernel::innerq_scores_cuda_cores ? kvq::gpu::GemvKernel::cuda_cores
+                                                                                : kvq::gpu::GemvKernel::tensor_cores});
     }
-    if (kernel == Kernel::innerq_outputs) {
+    if (kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores) {
       kvq::gpu::OutputsParams p;
+      if (kernel == Kernel::innerq_outputs_cuda_cores) p.kernel = kvq::gpu::GemvKernel::cuda_cores;
       p.values = packed[c];
       p.probs = vectors;
       p.group = group;
@@ -227,6 +238,213 @@ void rotate_keys(benchmark::State& state) {
   cudaFree(sigma);
 }
 
+// cuBLAS fp16 GEMVs as batched GEMMs (one per kv head, the GQA group as the GEMM's n), fp32 output:
+// scores [regions][group][n] = Q K^T, outputs [regions][group][d] = P V with P in fp16.
+cublasStatus_t cublas_qk(cublasHandle_t h, const __half* keys, const __half* q, float* scores, int regions, int n, int d, int group) {
+  const float one = 1.0f, zero = 0.0f;
+  return cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, group, d, &one, keys, CUDA_R_16F, d, static_cast<long long>(n) * d, q, CUDA_R_16F, d,
+                                    static_cast<long long>(group) * d, &zero, scores, CUDA_R_32F, n, static_cast<long long>(group) * n, regions,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+cublasStatus_t cublas_pv(cublasHandle_t h, const __half* values, const __half* p, float* out, int regions, int n, int d, int group) {
+  const float one = 1.0f, zero = 0.0f;
+  return cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, d, group, n, &one, values, CUDA_R_16F, d, static_cast<long long>(n) * d, p, CUDA_R_16F, n,
+                                    static_cast<long long>(group) * n, &zero, out, CUDA_R_32F, d, static_cast<long long>(group) * d, regions,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+cudaError_t cublas_error(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown; }
+
+// Dense fp16 caches [regions][n][d], `copies` of them rotated over 4x the L2.
+struct Fp16Caches {
+  std::vector<__half*> keys, values;
+  ~Fp16Caches() {
+    for (auto* p : keys) cudaFree(p);
+    for (auto* p : values) cudaFree(p);
+  }
+};
+// Fills dst[count] with a seeded normal pattern of 2^20 values, repeated (timing does not depend on the
+// values, and generating billions of samples on the host would dominate the run).
+template <typename T>
+cudaError_t fill_pattern(T* dst, std::size_t count, std::uint64_t seed) {
+  static std::vector<float> pattern;
+  if (pattern.empty()) {
+    pattern.resize(std::size_t{1} << 20);
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal;
+    for (auto& x : pattern) x = normal(rng);
+  }
+  std::vector<T> host(std::min(count, pattern.size()));
+  for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<T>(pattern[i]);
+  for (std::size_t at = 0; at < count; at += host.size())
+    KVQ_BENCH_TRY(cudaMemcpy(dst + at, host.data(), std::min(host.size(), count - at) * sizeof(T), cudaMemcpyHostToDevice));
+  return cudaSuccess;
+}
+
+cudaError_t make_fp16(Fp16Caches& c, int copies, std::size_t count) {
+  for (int i = 0; i < copies; ++i) {
+    c.keys.push_back(nullptr), c.values.push_back(nullptr);
+    KVQ_BENCH_TRY(cudaMalloc(&c.keys.back(), std::max<std::size_t>(1, count) * sizeof(__half)));
+    KVQ_BENCH_TRY(cudaMalloc(&c.values.back(), std::max<std::size_t>(1, count) * sizeof(__half)));
+    KVQ_BENCH_TRY(fill_pattern(c.keys.back(), count, 11));
+    KVQ_BENCH_TRY(fill_pattern(c.values.back(), count, 11));
+  }
+  return cudaSuccess;
+}
+
+void cublas_gemv(benchmark::State& state, bool keys, Shape shape) {
+  const int n = static_cast<int>(state.range(0)), d = 128, regions = shape.regions, group = shape.group;
+  if (kvq::gpu::device_count() == 0) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const std::size_t count = static_cast<std::size_t>(regions) * n * d, bytes = count * 2;
+  const int copies = static_cast<int>(std::max<std::size_t>(1, (4 * g_device.l2_bytes + bytes - 1) / bytes));
+  Fp16Caches caches;
+  BENCH_CUDA(make_fp16(caches, copies, count));
+  __half* vec = nullptr;
+  float* out = nullptr;
+  BENCH_CUDA(cudaMalloc(&vec, static_cast<std::size_t>(regions) * group * std::max(n, d) * sizeof(__half)));
+  BENCH_CUDA(cudaMemset(vec, 0, static_cast<std::size_t>(regions) * group * std::max(n, d) * sizeof(__half)));
+  BENCH_CUDA(cudaMalloc(&out, static_cast<std::size_t>(regions) * group * std::max(n, d) * sizeof(float)));
+  cublasHandle_t handle;
+  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+    state.SkipWithError("cublasCreate failed");
+    return;
+  }
+  auto launch = [&](int c) {
+    return cublas_error(keys ? cublas_qk(handle, caches.keys[c], vec, out, regions, n, d, group) : cublas_pv(handle, caches.values[c], vec, out, regions, n, d, group));
+  };
+  for (int c = 0; c < copies; ++c) BENCH_CUDA(launch(c));
+  BENCH_CUDA(cudaDeviceSynchronize());
+  time_calls(state, launch, copies, static_cast<double>(bytes));
+  cublasDestroy(handle);
+  cudaFree(vec);
+  cudaFree(out);
+}
+
+// One decode attention step (scores, softmax, outputs) for every query head:
+//   innerq_fused:   gpu::attention_inner over InnerQ's cache (K 3-bit sym channel groups, V 2-bit hybrid
+//                   token groups, group 32) with a 128-token fp16 window (sink 32 + recent 96);
+//   fp16_fused:     gpu::attention_fp16;
+//   fp16_unfused:   our fp16 GEMVs with softmax_rows between them;
+//   cublas_unfused: cuBLAS GEMM q.K^T, softmax_rows to fp16, cuBLAS GEMM p.V.
+enum class Path { innerq_fused, fp16_fused, fp16_unfused, cublas_unfused };
+
+void attention(benchmark::State& state, Path path, Shape shape) {
+  const int n = static_cast<int>(state.range(0)), d = 128, regions = shape.regions, group = shape.group, window = 128;
+  if (kvq::gpu::device_count() == 0) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const int splits = kvq::gpu::attention_splits(regions, n, g_device.multiprocessors);
+  float *q, *scores, *probs, *out, *scratch, *partial;
+  __half *q_half, *p_half;
+  const std::size_t rows = static_cast<std::size_t>(regions) * group;
+  BENCH_CUDA(cudaMalloc(&q, rows * d * sizeof(float)));
+  BENCH_CUDA(cudaMalloc(&q_half, rows * d * sizeof(__half)));
+  BENCH_CUDA(cudaMalloc(&scores, rows * n * sizeof(float)));
+  BENCH_CUDA(cudaMalloc(&probs, rows * n * sizeof(float)));
+  BENCH_CUDA(cudaMalloc(&p_half, rows * n * sizeof(__half)));
+  BENCH_CUDA(cudaMalloc(&out, rows * d * sizeof(float)));
+  BENCH_CUDA(cudaMalloc(&scratch, kvq::gpu::attention_scratch_floats(regions, group, d, splits) * sizeof(float)));
+  BENCH_CUDA(cudaMalloc(&partial, static_cast<std::size_t>(splits) * rows * d * sizeof(float)));
+  {
+    std::vector<float> host(rows * d);
+    std::vector<__half> host_half(rows * d);
+    std::mt19937_64 rng(5);
+    std::normal_distribution<float> normal;
+    for (std::size_t i = 0; i < host.size(); ++i) host_half[i] = __float2half(host[i] = normal(rng));
+    BENCH_CUDA(cudaMemcpy(q, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    BENCH_CUDA(cudaMemcpy(q_half, host_half.data(), host_half.size() * sizeof(__half), cudaMemcpyHostToDevice));
+  }
+  double bytes = 0;
+  int copies = 1;
+  Fp16Caches dense, windows;
+  std::vector<kvq::gpu::DeviceRegions> keys, values;
+  cublasHandle_t handle = nullptr;
+  if (path == Path::innerq_fused) {
+    kvq::gpu::RegionShape ks, vs;
+    ks.tokens = vs.tokens = std::max(0, (n - window) / 32 * 32);
+    ks.head_dim = vs.head_dim = d;
+    ks.bits = 3, ks.mode = kvq::gpu::GroupMode::sym, ks.channel_axis = true;
+    vs.bits = 2, vs.mode = kvq::gpu::GroupMode::hybrid, vs.channel_axis = false;
+    const int w = n - ks.tokens;
+    auto region_bytes = [&](const kvq::gpu::RegionShape& s, bool hybrid) {
+      return static_cast<double>(regions) * (s.code_words() * 4 + s.groups() * 2 + (hybrid ? s.groups() * 2 / 4 + s.zero_blocks() * 4 : 0));
+    };
+    bytes = region_bytes(ks, false) + region_bytes(vs, true) + 2.0 * regions * w * d * 2;
+    copies = static_cast<int>(std::max<double>(1, std::ceil(4 * g_device.l2_bytes / bytes)));
+    const std::size_t count = static_cast<std::size_t>(regions) * ks.tokens * d;
+    float* rows_dev = nullptr;
+    BENCH_CUDA(cudaMalloc(&rows_dev, std::max<std::size_t>(1, count) * sizeof(float)));
+    BENCH_CUDA(fill_pattern(rows_dev, count, 9));
+    for (int c = 0; c < copies; ++c)
+      for (auto [list, s] : {std::pair{&keys, ks}, std::pair{&values, vs}}) {
+        kvq::gpu::DeviceRegions r;
+        r.shape = s;
+        r.regions = regions;
+        BENCH_CUDA(cudaMalloc(&r.codes, 4 * regions * std::max(1LL, s.code_words())));
+        BENCH_CUDA(cudaMalloc(&r.scales, 2 * regions * std::max(1LL, s.groups())));
+        BENCH_CUDA(cudaMalloc(&r.zeros, 2 * regions * std::max(1LL, s.groups())));
+        BENCH_CUDA(cudaMalloc(&r.zero_offset, 4 * regions));
+        BENCH_CUDA(cudaMalloc(&r.zero_base, 4 * regions * std::max(1LL, s.zero_blocks())));
+        BENCH_CUDA(kvq::gpu::pack({rows_dev, r}));
+        list->push_back(r);
+      }
+    cudaFree(rows_dev);
+    BENCH_CUDA(make_fp16(windows, copies, static_cast<std::size_t>(regions) * w * d));
+    state.counters["window"] = w;
+  } else {
+    const std::size_t count = static_cast<std::size_t>(regions) * n * d;
+    bytes = 2.0 * count * 2;
+    copies = static_cast<int>(std::max<double>(1, std::ceil(4 * g_device.l2_bytes / bytes)));
+    BENCH_CUDA(make_fp16(dense, copies, count));
+    if (path == Path::cublas_unfused && cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+      state.SkipWithError("cublasCreate failed");
+      return;
+    }
+  }
+  auto launch = [&](int c) -> cudaError_t {
+    switch (path) {
+      case Path::innerq_fused: {
+        kvq::gpu::AttentionParams p;
+        p.keys = keys[c], p.values = values[c];
+        p.window_keys = windows.keys[c], p.window_values = windows.values[c], p.window = n - keys[c].shape.tokens;
+        p.queries = q, p.group = group, p.scale = scale, p.outputs = out, p.scratch = scratch, p.splits = splits;
+        return kvq::gpu::attention_inner(p);
+      }
+      case Path::fp16_fused: {
+        kvq::gpu::Fp16AttentionParams p;
+        p.keys = dense.keys[c], p.values = dense.values[c], p.regions = regions, p.tokens = n, p.head_dim = d, p.group = group;
+        p.queries = q, p.scale = scale, p.outputs = out, p.scratch = scratch, p.splits = splits;
+        return kvq::gpu::attention_fp16(p);
+      }
+      case Path::fp16_unfused: {
+        const int out_splits = kvq::gpu::output_splits(regions, n, g_device.multiprocessors);
+        KVQ_BENCH_TRY(kvq::gpu::scores_fp16({dense.keys[c], regions, n, d, group, q, scores}));
+        KVQ_BENCH_TRY(kvq::gpu::softmax_rows(scores, regions * group, n, scale, probs, nullptr));
+        return kvq::gpu::outputs_fp16({dense.values[c], regions, n, d, group, probs, out, partial, std::min(out_splits, splits)});
+      }
+      case Path::cublas_unfused:
+        KVQ_BENCH_TRY(cublas_error(cublas_qk(handle, dense.keys[c], q_half, scores, regions, n, d, group)));
+        KVQ_BENCH_TRY(kvq::gpu::softmax_rows(scores, regions * group, n, scale, nullptr, p_half));
+        return cublas_error(cublas_pv(handle, dense.values[c], p_half, out, regions, n, d, group));
+    }
+    return cudaErrorInvalidValue;
+  };
+  for (int c = 0; c < copies; ++c) BENCH_CUDA(launch(c));
+  BENCH_CUDA(cudaDeviceSynchronize());
+  time_calls(state, launch, copies, bytes);
+  state.counters["MB"] = bytes / 1e6;
+  if (handle) cublasDestroy(handle);
+  for (auto& r : keys) cudaFree(r.codes), cudaFree(r.scales), cudaFree(r.zeros), cudaFree(r.zero_offset), cudaFree(r.zero_base);
+  for (auto& r : values) cudaFree(r.codes), cudaFree(r.scales), cudaFree(r.zeros), cudaFree(r.zero_offset), cudaFree(r.zero_base);
+  for (void* p : {static_cast<void*>(q), static_cast<void*>(q_half), static_cast<void*>(scores), static_cast<void*>(probs), static_cast<void*>(p_half),
+                  static_cast<void*>(out), static_cast<void*>(scratch), static_cast<void*>(partial)})
+    cudaFree(p);
+}
+
 const Shape kPaper{32, 1};
 const Shape kServing{16 * 8, 4};
 
@@ -245,6 +463,7 @@ BENCHMARK_CAPTURE(run, paper_innerq_k3sym_tensorcores_qk, Kernel::innerq_scores_
 BENCHMARK_CAPTURE(run, paper_innerq_k3sym_cudacores_qk, Kernel::innerq_scores_cuda_cores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_fp16_pv, Kernel::fp16_outputs, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_pv, Kernel::innerq_outputs, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_cudacores_pv, Kernel::innerq_outputs_cuda_cores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_rotated_k3sym_scaled_qk, Kernel::innerq_scores_scaled, kPaper)->Apply(paper_args);
 BENCHMARK(rotate_keys)->Arg(4096)->Arg(32768)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(run, serving_fp16_qk, Kernel::fp16_scores, kServing)->Apply(serving_args);
@@ -253,6 +472,19 @@ BENCHMARK_CAPTURE(run, serving_innerq_k3sym_tensorcores_qk, Kernel::innerq_score
 BENCHMARK_CAPTURE(run, serving_innerq_k3sym_cudacores_qk, Kernel::innerq_scores_cuda_cores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_fp16_pv, Kernel::fp16_outputs, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_innerq_v2hybrid_pv, Kernel::innerq_outputs, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(run, serving_innerq_v2hybrid_cudacores_pv, Kernel::innerq_outputs_cuda_cores, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_qk, true, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_pv, false, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_qk, true, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_pv, false, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(attention, paper_innerq_attention, Path::innerq_fused, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(attention, paper_fp16_fused_attention, Path::fp16_fused, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(attention, paper_fp16_unfused_attention, Path::fp16_unfused, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(attention, paper_cublas_attention, Path::cublas_unfused, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(attention, serving_innerq_attention, Path::innerq_fused, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(attention, serving_fp16_fused_attention, Path::fp16_fused, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(attention, serving_fp16_unfused_attention, Path::fp16_unfused, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(attention, serving_cublas_attention, Path::cublas_unfused, kServing)->Apply(serving_args);
 
 }  // namespace
 

@@ -1,7 +1,10 @@
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dispatch.cuh"
 #include "gpu/gemv.h"
 #include "gpu/meta.cuh"
+#include "gpu/outputs_mma.h"
+#include "gpu/reduce.cuh"
 #include "gpu/scores_mma.h"
 
 namespace kvq::gpu {
@@ -163,13 +166,6 @@ __global__ void __launch_bounds__(D) outputs_token(OutputsParams p) {
     p.partial[((static_cast<long long>(split) * gridDim.y + r) * Group + h) * D + c] = acc[h];
 }
 
-__global__ void sum_splits(const float* partial, int splits, long long n, float* out) {
-  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  float sum = 0.0f;
-  for (int s = 0; s < splits; ++s) sum += partial[s * n + i];
-  out[i] = sum;
-}
 
 template <int D, int Group>
 __global__ void __launch_bounds__(128) scores_half(Fp16Params p) {
@@ -210,35 +206,6 @@ __global__ void __launch_bounds__(D) outputs_half(Fp16Params p) {
   for (int h = 0; h < Group; ++h) p.partial[((static_cast<long long>(split) * gridDim.y + r) * Group + h) * D + c] = acc[h];
 }
 
-// One DISPATCH per template axis, each with an explicit error for unsupported values.
-#define KVQ_DISPATCH_HEAD_DIM(d, D, ...)      \
-  switch (d) {                               \
-    case 64: { constexpr int D = 64; __VA_ARGS__ break; } \
-    case 128: { constexpr int D = 128; __VA_ARGS__ break; } \
-    default: return cudaErrorInvalidValue;   \
-  }
-#define KVQ_DISPATCH_BITS(b, B, ...)          \
-  switch (b) {                               \
-    case 2: { constexpr int B = 2; __VA_ARGS__ break; } \
-    case 3: { constexpr int B = 3; __VA_ARGS__ break; } \
-    case 4: { constexpr int B = 4; __VA_ARGS__ break; } \
-    case 8: { constexpr int B = 8; __VA_ARGS__ break; } \
-    default: return cudaErrorInvalidValue;   \
-  }
-
-#define KVQ_DISPATCH_GROUP(g, GROUP, ...)     \
-  switch (g) {                               \
-    case 1: { constexpr int GROUP = 1; __VA_ARGS__ break; } \
-    case 2: { constexpr int GROUP = 2; __VA_ARGS__ break; } \
-    case 3: { constexpr int GROUP = 3; __VA_ARGS__ break; } \
-    case 4: { constexpr int GROUP = 4; __VA_ARGS__ break; } \
-    case 5: { constexpr int GROUP = 5; __VA_ARGS__ break; } \
-    case 6: { constexpr int GROUP = 6; __VA_ARGS__ break; } \
-    case 7: { constexpr int GROUP = 7; __VA_ARGS__ break; } \
-    case 8: { constexpr int GROUP = 8; __VA_ARGS__ break; } \
-    default: return cudaErrorInvalidValue;   \
-  }
-
 bool supported(const RegionShape& s, int group) {
   const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
   const bool dims = s.head_dim == 64 || s.head_dim == 128;
@@ -258,9 +225,7 @@ cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
   if (!supported(s, p.group) || !s.channel_axis || s.head_dim % s.group_size != 0) return cudaErrorInvalidValue;
   if (s.tokens == 0) return cudaSuccess;
-  // One head per kv head leaves 7 of the mma's 8 columns empty: CUDA cores win there (docs/PERF.md).
-  const bool tensor = p.kernel == ScoresKernel::tensor_cores || (p.kernel == ScoresKernel::automatic && p.group >= 2);
-  if (tensor && scores_mma_supported(s, p.group)) return scores_mma(p, stream);  // else CUDA cores below
+  if (p.kernel != GemvKernel::cuda_cores && scores_mma_supported(s, p.group)) return scores_mma(p, stream);  // else CUDA cores
   const dim3 grid(static_cast<unsigned>((s.tokens + 127) / 128), static_cast<unsigned>(p.keys.regions));
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H,
       scores_channel<B, D, H><<<grid, 128, 0, stream>>>(p);)))
@@ -270,6 +235,7 @@ cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
 cudaError_t outputs_inner(const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
   if (!supported(s, p.group) || s.channel_axis || s.tokens % s.group_size != 0 || p.splits < 1) return cudaErrorInvalidValue;
+  if (p.kernel != GemvKernel::cuda_cores && outputs_mma_supported(s, p.group)) return outputs_mma(p, stream);  // else CUDA cores
   const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.values.regions));
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H,
       outputs_token<B, D, H><<<grid, D, 0, stream>>>(p);)))

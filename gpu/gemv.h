@@ -10,7 +10,9 @@
 
 namespace kvq::gpu {
 
-enum class ScoresKernel { automatic, tensor_cores, cuda_cores };
+// Which kernel computes a product: automatic picks per shape as measured on the H100 (docs/PERF.md);
+// the others force one, for comparison in one benchmark run and so that tests check both.
+enum class GemvKernel { automatic, tensor_cores, cuda_cores };
 
 struct ScoresParams {
   // Keys, channel-axis groups: `regions` regions of `shape.tokens` tokens.
@@ -23,10 +25,8 @@ struct ScoresParams {
   // Optional token scales (rotation family): [regions][tokens] fp32, each score multiplied by its
   // token's scale; null: none. Rotated keys take queries rotated alike (gpu/rotate.h).
   const float* token_scale = nullptr;
-  // Which kernel computes it: automatic picks the tensor-core one (gpu/scores_mma.h) for GQA
-  // groups of 2 or more and the CUDA-core one for single heads, as measured on the H100
-  // (docs/PERF.md); the others force one, for comparison in one benchmark run.
-  ScoresKernel kernel = ScoresKernel::automatic;
+  // automatic: the pipelined tensor-core kernel (gpu/scores_mma.h) where it supports the shape.
+  GemvKernel kernel = GemvKernel::automatic;
 };
 
 struct OutputsParams {
@@ -43,6 +43,8 @@ struct OutputsParams {
   // Optional token scales: [regions][tokens] fp32, folded into the probabilities; null: none.
   // Rotated values give rotated outputs: rotate them back with gpu::rotate_rows (inverse).
   const float* token_scale = nullptr;
+  // automatic: the pipelined tensor-core kernel (gpu/outputs_mma.h) where it supports the shape.
+  GemvKernel kernel = GemvKernel::automatic;
 };
 
 // fp16 baselines: keys/values [regions][tokens][head_dim] half.

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine (docs/PERF.md): what is installed, the data/dump_hf.py test on
 # the GPU, the CUDA build, the GPU tests, compute-sanitizer (memcheck, racecheck) over a slice of
-# them, and the GPU benchmarks. Logs and results under $OUT (or ./device_out), six files at most.
-# SKIP_DUMP_HF=1 skips the Python test, SKIP_SANITIZER=1 the sanitizer.
+# them, the GPU benchmarks and kvq bench's cuda backend. Logs and results under $OUT (or ./device_out),
+# eight files at most.
+# SKIP_DUMP_HF=1 skips the Python test, SKIP_TESTS=1 the GPU tests, SKIP_SANITIZER=1 the sanitizer,
+# SKIP_BENCH=1 both benchmarks (a warm machine keeps build-device/ between calls).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-device_out}"
@@ -22,22 +24,34 @@ echo "== CUDA build =="
 deps="$PWD/.deps/usr"
 export LD_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 { cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA=ON -DCMAKE_PREFIX_PATH="$deps" \
-    && cmake --build build-device -j16 --target test_gpu_device test_gpu_kernels bench_gpu; } > "$out/build.txt" 2>&1 \
+    && cmake --build build-device -j16 --target test_gpu_device test_gpu_kernels test_gpu_attention test_sweep kvq bench_gpu; } > "$out/build.txt" 2>&1 \
   || { echo "build failed"; grep -m 20 -E "error|Error" "$out/build.txt"; exit 1; }
 echo "== GPU tests =="
-{ build-device/tests/test_gpu_device --gtest_brief=1; echo "rc=$?"
-  build-device/tests/test_gpu_kernels --gtest_brief=1; echo "rc=$?"; } > "$out/tests.txt" 2>&1
-grep -E "FAILED|PASSED|SKIPPED|rc=|Failure" "$out/tests.txt" | head -40
+[ "${SKIP_TESTS:-0}" = 1 ] || { build-device/tests/test_gpu_device --gtest_brief=1; echo "rc=$?"
+  build-device/tests/test_gpu_kernels --gtest_brief=1; echo "rc=$?"
+  build-device/tests/test_gpu_attention --gtest_brief=1; echo "rc=$?"
+  build-device/tests/test_sweep --gtest_brief=1 --gtest_filter='Latency.*'; echo "rc=$?"; } > "$out/tests.txt" 2>&1
+[ "${SKIP_TESTS:-0}" = 1 ] || grep -E "FAILED|PASSED|SKIPPED|rc=|Failure" "$out/tests.txt" | head -40
 [ "${SKIP_SANITIZER:-0}" = 1 ] || {
 echo "== compute-sanitizer =="
 filter='Sweep/GpuKernels.*/hybrid3_*:Sweep/GpuKernels.*/asym2_*g16*:GpuFp16.*:GpuRotation.*'
+attention_filter='Sweep/GpuAttention.*gqa4*:Sweep/GpuAttention.*gqa7*:GpuGemvGroups.*'
 for tool in memcheck racecheck; do
-  timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 build-device/tests/test_gpu_kernels --gtest_brief=1 --gtest_filter="$filter" > "$out/sanitizer_log.txt" 2>&1
-  echo "$tool rc=$?: $(grep -E 'ERROR SUMMARY|PASSED|FAILED' "$out/sanitizer_log.txt" | tr '\n' ' ')"
+  for run in "test_gpu_kernels $filter" "test_gpu_attention $attention_filter"; do
+    set -- $run
+    timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 build-device/tests/$1 --gtest_brief=1 --gtest_filter="$2" > "$out/sanitizer_log.txt" 2>&1
+    rc=$?
+    echo "$tool $1 rc=$rc: $(grep -E 'ERROR SUMMARY|PASSED|FAILED' "$out/sanitizer_log.txt" | tr '\n' ' ' | cut -c1-400)"
+    [ $rc = 0 ] || grep -m 3 -A4 -E "^========= (Invalid|Race|Error)" "$out/sanitizer_log.txt"
+  done
 done | tee "$out/sanitizer.txt"
 rm -f "$out/sanitizer_log.txt"
 }
+[ "${SKIP_BENCH:-0}" = 1 ] && exit 0
 echo "== benchmarks =="
 # BENCH_ARGS narrows the run (e.g. --benchmark_filter=32768) when device time is short.
 build-device/bench/bench_gpu --benchmark_repetitions=3 --benchmark_report_aggregates_only=true ${BENCH_ARGS:-} \
   --benchmark_out="$out/bench_gpu.json" --benchmark_out_format=json 2>&1 | grep -E "median|device|copy" | tee "$out/bench_gpu.txt"
+echo "== kvq bench (cuda) =="
+# The latency grid of configs/paper_latency.yaml on the GPU (docs/PERF.md's table).
+build-device/apps/kvq bench --config configs/paper_latency.yaml --backend cuda --output "$out/paper_latency_cuda.csv" 2>&1 | tail -4

@@ -15,25 +15,14 @@
 #include "gpu/pack.h"
 #include "gpu/rotate.h"
 #include "cpu_ref/tensor_cache.h"
+#include "gpu_fixtures.h"
 
 namespace kvq {
 namespace {
 
-#define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
-
-template <typename T>
-T* upload(const std::vector<T>& host) {
-  T* device = nullptr;
-  EXPECT_EQ(cudaMalloc(&device, std::max<std::size_t>(1, host.size()) * sizeof(T)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  return device;
-}
-template <typename T>
-std::vector<T> download(const T* device, std::size_t n) {
-  std::vector<T> host(n);
-  EXPECT_EQ(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-  return host;
-}
+using test::DeviceCache;
+using test::download;
+using test::upload;
 
 struct Case {
   Mode mode;
@@ -98,14 +87,8 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
     s.hybrid_asym_bits = k.hybrid_bits == HybridAsymBits::b ? k.bits : k.bits - 1;
     s.meta_fp16 = k.fp16;
     const std::size_t meta = k.fp16 ? 2 : 4;
-    gpu::DeviceRegions dev;
-    dev.shape = s;
-    dev.regions = regions;
-    CUDA_OK(cudaMalloc(&dev.codes, sizeof(std::uint32_t) * regions * s.code_words()));
-    CUDA_OK(cudaMalloc(&dev.scales, meta * regions * s.groups()));
-    CUDA_OK(cudaMalloc(&dev.zeros, meta * regions * s.groups()));
-    CUDA_OK(cudaMalloc(&dev.zero_offset, sizeof(std::uint32_t) * regions));
-    CUDA_OK(cudaMalloc(&dev.zero_base, sizeof(std::uint32_t) * regions * s.zero_blocks()));
+    DeviceCache cache(s, regions);
+    const gpu::DeviceRegions& dev = cache.dev;
     float* d_rows = upload(rows);
     CUDA_OK(gpu::pack({d_rows, dev}));
     CUDA_OK(cudaDeviceSynchronize());
@@ -125,10 +108,10 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       float* d_scores = nullptr;
       CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * group * n));
       // Both kernels on the same input: tensor cores (CUDA cores where unsupported), CUDA cores.
-      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, nullptr, gpu::ScoresKernel::tensor_cores}));
+      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, nullptr, gpu::GemvKernel::tensor_cores}));
       CUDA_OK(cudaDeviceSynchronize());
       gpu_out = download(d_scores, static_cast<std::size_t>(regions) * group * n);
-      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, nullptr, gpu::ScoresKernel::cuda_cores}));
+      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, nullptr, gpu::GemvKernel::cuda_cores}));
       cuda_core_out = download(d_scores, static_cast<std::size_t>(regions) * group * n);
       cudaFree(d_q);
       cudaFree(d_scores);
@@ -145,9 +128,13 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       op.outputs = d_out;
       op.partial = d_partial;
       op.splits = splits;
+      op.kernel = gpu::GemvKernel::tensor_cores;
       CUDA_OK(gpu::outputs_inner(op));
       CUDA_OK(cudaDeviceSynchronize());
       gpu_out = download(d_out, static_cast<std::size_t>(regions) * group * d);
+      op.kernel = gpu::GemvKernel::cuda_cores;
+      CUDA_OK(gpu::outputs_inner(op));
+      cuda_core_out = download(d_out, static_cast<std::size_t>(regions) * group * d);
       cudaFree(d_p);
       cudaFree(d_out);
       cudaFree(d_partial);
@@ -194,7 +181,9 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
             double ref = 0;
             for (int t = 0; t < n; ++t) ref += double(probs[(static_cast<std::size_t>(r) * group + h) * n + t]) * x_hat[static_cast<std::size_t>(t) * d + c];
             const double got = gpu_out[(static_cast<std::size_t>(r) * group + h) * d + c];
+            const double got_cc = cuda_core_out[(static_cast<std::size_t>(r) * group + h) * d + c];
             num += (got - ref) * (got - ref);
+            num_cc += (got_cc - ref) * (got_cc - ref);
             den += ref * ref;
           }
         }
@@ -204,11 +193,6 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       EXPECT_LT(num_cc / std::max(den, 1e-30), 1e-6) << "CUDA-core kernel, region " << r;
     }
     cudaFree(d_rows);
-    cudaFree(dev.codes);
-    cudaFree(dev.scales);
-    cudaFree(dev.zeros);
-    cudaFree(dev.zero_offset);
-    cudaFree(dev.zero_base);
   }
 }
 
@@ -267,23 +251,6 @@ TEST(GpuFp16, BaselinesMatchDouble) {
   }
 }
 
-// Device regions of one shape, freed with the object.
-struct DeviceCache {
-  gpu::DeviceRegions dev;
-  DeviceCache(const gpu::RegionShape& s, int regions) {
-    dev.shape = s;
-    dev.regions = regions;
-    const std::size_t meta = s.meta_fp16 ? 2 : 4;
-    EXPECT_EQ(cudaMalloc(&dev.codes, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.code_words())), cudaSuccess);
-    EXPECT_EQ(cudaMalloc(&dev.scales, meta * regions * std::max<long long>(1, s.groups())), cudaSuccess);
-    EXPECT_EQ(cudaMalloc(&dev.zeros, meta * regions * std::max<long long>(1, s.groups())), cudaSuccess);
-    EXPECT_EQ(cudaMalloc(&dev.zero_offset, sizeof(std::uint32_t) * regions), cudaSuccess);
-    EXPECT_EQ(cudaMalloc(&dev.zero_base, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.zero_blocks())), cudaSuccess);
-  }
-  ~DeviceCache() {
-    for (void* p : std::initializer_list<void*>{dev.codes, dev.scales, dev.zeros, dev.zero_offset, dev.zero_base}) cudaFree(p);
-  }
-};
 
 // The rotation family on the device (issue 7): rotate_rows equals cpu::scale_and_rotate bit for bit
 // (token scales included), and the GEMVs with rotated queries and token scales match double

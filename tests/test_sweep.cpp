@@ -222,7 +222,27 @@ TEST(Latency, ConfigErrorsAndATinyRun) {
   expect("shapes: {p: {tokens: [64], head_dimm: 64}}\n", "did you mean 'head_dim'");
   expect("shapes: {p: {tokens: [64]}}\nmethods: [innerq]\n", "lat.yaml:2:");
   expect("shapes: {p: {heads: 6, kv_heads: 4, tokens: [64]}}\n", "heads a multiple of kv_heads");
-  expect("shapes: {p: {tokens: [64]}}\nbackend: cuda\n", "cuda is not built yet");
+  expect("shapes: {p: {tokens: [64]}}\nbackend: gpu\n", "got 'gpu', expected cpu or cuda");
+  // The cuda backend: refused at parse time by a build without CUDA; with CUDA but no device, the run
+  // stops with a one-line error before writing anything; with a device, a tiny grid on the GPU.
+  try {
+    auto cuda = ablations::parse_latency_config(
+        "shapes: {tiny: {batch: 2, heads: 4, kv_heads: 2, head_dim: 64, tokens: [300]}}\nmethods: [fp16, kivi, innerq_hybrid]\nbackend: cuda\n",
+        "lat.yaml");
+    EXPECT_EQ(cuda.backend, "cuda");
+    cuda.output = temp_dir("latency_cuda") + "/bench.csv";
+    try {
+      ablations::run_latency(cuda, 0, false, "test");
+      const std::string csv = read(cuda.output);
+      EXPECT_NE(csv.find("tiny,2,4,2,64,300,innerq_hybrid,attention,cuda,"), std::string::npos) << csv;
+      EXPECT_EQ(csv.find(",kivi,"), std::string::npos) << "kivi has no CUDA kernel: skipped, not timed";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("needs a CUDA device"), std::string::npos) << e.what();
+      EXPECT_FALSE(std::filesystem::exists(cuda.output));
+    }
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("KVQ_CUDA=ON"), std::string::npos) << e.what();
+  }
   const std::string dir = temp_dir("latency");
   auto c = ablations::parse_latency_config(
       "shapes: {tiny: {batch: 2, heads: 4, kv_heads: 2, head_dim: 64, tokens: [300, 700]}}\n"

@@ -1,0 +1,250 @@
+// Fused decode attention (gpu/attention.h). Each part writes its unnormalized output o, its running
+// max m and its sum l per head; merge_parts combines them: M = max m_s, out = sum o_s e^(m_s - M) /
+// sum l_s e^(m_s - M). Scratch layout: o [parts][regions][group][head_dim], then ml [parts][regions][group][2].
+#include <algorithm>
+#include <cmath>
+
+#include "gpu/attention.h"
+#include "gpu/cuda_check.h"
+#include "gpu/dispatch.cuh"
+#include "gpu/attention_parts.h"
+#include "gpu/inner_stage.cuh"
+#include "gpu/outputs_mma.h"
+#include "gpu/scores_mma.h"
+
+namespace kvq::gpu {
+
+using namespace attention_detail;
+
+namespace {
+
+__global__ void merge_parts(Parts p, int parts, float* out) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  const long long n = static_cast<long long>(p.regions) * p.group * p.head_dim;
+  if (i >= n) return;
+  const int c = static_cast<int>(i % p.head_dim), rh = static_cast<int>(i / p.head_dim), r = rh / p.group, h = rh % p.group;
+  float m = -INFINITY;
+  for (int s = 0; s < parts; ++s) m = fmaxf(m, p.ml[2 * p.row(s, r, h)]);
+  float o = 0.0f, l = 0.0f;
+  if (m != -INFINITY)
+    for (int s = 0; s < parts; ++s) {
+      const float ms = p.ml[2 * p.row(s, r, h)];
+      if (ms == -INFINITY) continue;
+      const float w = __expf(ms - m);
+      o += w * p.o[p.row(s, r, h) * p.head_dim + c];
+      l += w * p.ml[2 * p.row(s, r, h) + 1];
+    }
+  out[i] = l > 0.0f ? o / l : 0.0f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// fp16 attention over tokens [a, b) of one region: each warp takes 8-token chunks in turn, with its
+// own online softmax (lane l holds channels [l * D/32, (l+1) * D/32)), then the 4 warps merge in
+// shared memory and the block writes one part.
+template <int D, int Group>
+struct Fp16Smem {
+  float m[4][Group], l[4][Group];
+  float o[4][Group][D];
+};
+
+template <int D, int Group>
+__device__ void fp16_part(const __half* keys, const __half* values, int a, int b, const float* q, float scale, Parts parts, int part, int r,
+                          Fp16Smem<D, Group>& sh) {
+  constexpr int kPer = D / 32, kChunk = 8;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float qr[Group][kPer], m[Group], l[Group], acc[Group][kPer];
+#pragma unroll
+  for (int h = 0; h < Group; ++h) {
+    m[h] = -INFINITY, l[h] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) qr[h][e] = q[h * D + lane * kPer + e] * scale, acc[h][e] = 0.0f;
+  }
+  for (int base = a + warp * kChunk; base < b; base += 4 * kChunk) {
+    float k[kChunk][kPer], v[kChunk][kPer];
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      const int tok = min(base + j, b - 1);  // past the end: a live row, masked below
+      const __half* krow = keys + static_cast<long long>(tok) * D + lane * kPer;
+      const __half* vrow = values + static_cast<long long>(tok) * D + lane * kPer;
+      if constexpr (kPer == 4) {
+        const uint2 kw = __ldg(reinterpret_cast<const uint2*>(krow)), vw = __ldg(reinterpret_cast<const uint2*>(vrow));
+        const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(&kw.x)), k1 = __half22float2(*reinterpret_cast<const __half2*>(&kw.y));
+        const float2 v0 = __half22float2(*reinterpret_cast<const __half2*>(&vw.x)), v1 = __half22float2(*reinterpret_cast<const __half2*>(&vw.y));
+        k[j][0] = k0.x, k[j][1] = k0.y, k[j][2] = k1.x, k[j][3] = k1.y;
+        v[j][0] = v0.x, v[j][1] = v0.y, v[j][2] = v1.x, v[j][3] = v1.y;
+      } else {
+        const unsigned kw = __ldg(reinterpret_cast<const unsigned*>(krow)), vw = __ldg(reinterpret_cast<const unsigned*>(vrow));
+        const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(&kw)), v0 = __half22float2(*reinterpret_cast<const __half2*>(&vw));
+        k[j][0] = k0.x, k[j][1] = k0.y;
+        v[j][0] = v0.x, v[j][1] = v0.y;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < Group; ++h) {
+      float s[kChunk];
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) dot += qr[h][e] * k[j][e];
+        s[j] = dot;
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) s[j] += __shfl_xor_sync(0xffffffffu, s[j], off);
+      float mx = m[h];
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        if (base + j >= b) s[j] = -INFINITY;
+        mx = fmaxf(mx, s[j]);
+      }
+      const float corr = __expf(m[h] - mx);  // m = -inf at first: 0
+      m[h] = mx;
+      l[h] *= corr;
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) acc[h][e] *= corr;
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        const float pj = __expf(s[j] - mx);
+        l[h] += pj;
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) acc[h][e] += pj * v[j][e];
+      }
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < Group; ++h) {
+    if (lane == 0) sh.m[warp][h] = m[h], sh.l[warp][h] = l[h];
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) sh.o[warp][h][lane * kPer + e] = acc[h][e];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < Group * D; i += blockDim.x) {
+    const int h = i / D, c = i % D;
+    float mm = -INFINITY;
+    for (int w = 0; w < 4; ++w) mm = fmaxf(mm, sh.m[w][h]);
+    float o = 0.0f, ll = 0.0f;
+    for (int w = 0; w < 4; ++w)
+      if (sh.m[w][h] != -INFINITY) {
+        const float f = __expf(sh.m[w][h] - mm);
+        o += f * sh.o[w][h][c];
+        ll += f * sh.l[w][h];
+      }
+    parts.o[parts.row(part, r, h) * D + c] = o;
+    if (c == 0) parts.ml[2 * parts.row(part, r, h)] = mm, parts.ml[2 * parts.row(part, r, h) + 1] = ll;
+  }
+}
+
+// Part `part0 + blockIdx.x` of region blockIdx.y covers tokens [blockIdx.x * per_part, +per_part).
+template <int D, int Group>
+__global__ void __launch_bounds__(128) fp16_attention_kernel(const __half* keys, const __half* values, int tokens, int per_part, const float* q,
+                                                             float scale, Parts parts, int part0) {
+  __shared__ Fp16Smem<D, Group> sh;
+  const int r = blockIdx.y, a = blockIdx.x * per_part, b = min(tokens, a + per_part);
+  const long long base = static_cast<long long>(r) * tokens * D;
+  fp16_part<D, Group>(keys + base, values + base, a, b, q + static_cast<long long>(r) * Group * D, scale, parts, part0 + blockIdx.x, r, sh);
+}
+
+template <int D, int Group>
+cudaError_t launch_fp16(const __half* keys, const __half* values, int regions, int tokens, int parts_wanted, const float* q, float scale, Parts parts,
+                        int part0, int& used, cudaStream_t stream) {
+  const int per_part = std::max(1, (tokens + parts_wanted - 1) / parts_wanted);
+  used = std::max(1, (tokens + per_part - 1) / per_part);
+  fp16_attention_kernel<D, Group><<<dim3(static_cast<unsigned>(used), static_cast<unsigned>(regions)), 128, 0, stream>>>(keys, values, tokens, per_part, q,
+                                                                                                                        scale, parts, part0);
+  return cudaGetLastError();
+}
+
+cudaError_t merge(Parts parts, int count, float* outputs, cudaStream_t stream) {
+  const long long n = static_cast<long long>(parts.regions) * parts.group * parts.head_dim;
+  merge_parts<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(parts, count, outputs);
+  return cudaGetLastError();
+}
+
+__global__ void softmax_kernel(const float* scores, int tokens, float scale, float* probs, __half* probs_fp16) {
+  __shared__ float red[32];
+  const long long row = blockIdx.x;
+  const float* s = scores + row * tokens;
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < tokens; i += blockDim.x) m = fmaxf(m, s[i] * scale);
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = m;
+  __syncthreads();
+  m = -INFINITY;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) m = fmaxf(m, red[w]);
+  __syncthreads();
+  float sum = 0.0f;
+  for (int i = threadIdx.x; i < tokens; i += blockDim.x) sum += __expf(s[i] * scale - m);
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = sum;
+  __syncthreads();
+  sum = 0.0f;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) sum += red[w];
+  const float inv = 1.0f / sum;
+  for (int i = threadIdx.x; i < tokens; i += blockDim.x) {
+    const float pr = __expf(s[i] * scale - m) * inv;
+    if (probs) probs[row * tokens + i] = pr;
+    if (probs_fp16) probs_fp16[row * tokens + i] = __float2half_rn(pr);
+  }
+}
+
+}  // namespace
+
+bool attention_inner_bits(int key_bits, int value_bits) {
+  const int pair = key_bits * 10 + value_bits;
+  return pair == 32 || pair == 33 || pair == 22 || pair == 44;
+}
+
+int attention_splits(int regions, int tokens, int multiprocessors) {
+  const int want = (4 * multiprocessors + regions - 1) / regions;
+  return std::max(1, std::min(want, (tokens + stage::kTokens - 1) / stage::kTokens));
+}
+
+long long attention_scratch_floats(int regions, int group, int head_dim, int splits) {
+  return static_cast<long long>(splits + 1) * regions * group * (head_dim + 2);
+}
+
+cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
+  const RegionShape &ks = p.keys.shape, &vs = p.values.shape;
+  const bool shapes = scores_mma_supported(ks, p.group) && outputs_mma_supported(vs, p.group) && ks.tokens == vs.tokens &&
+                      ks.head_dim == vs.head_dim && p.keys.regions == p.values.regions && p.splits >= 1 && p.window >= 0 &&
+                      (p.window == 0 || (p.window_keys && p.window_values));
+  if (!shapes || !attention_inner_bits(ks.bits, vs.bits)) return cudaErrorInvalidValue;
+  const Parts parts = parts_of(p.scratch, p.keys.regions, p.group, ks.head_dim, p.splits);
+  int used = 0, window_parts = 0;
+  if (ks.tokens > 0) {
+    switch (ks.bits * 10 + vs.bits) {
+      case 32: KVQ_CUDA_TRY(inner_k3v2(p, parts, used, stream)); break;
+      case 33: KVQ_CUDA_TRY(inner_k3v3(p, parts, used, stream)); break;
+      case 22: KVQ_CUDA_TRY(inner_k2v2(p, parts, used, stream)); break;
+      case 44: KVQ_CUDA_TRY(inner_k4v4(p, parts, used, stream)); break;
+      default: return cudaErrorInvalidValue;
+    }
+  }
+  if (p.window > 0) {
+    KVQ_DISPATCH_HEAD_DIM(ks.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, KVQ_CUDA_TRY((launch_fp16<D, H>(p.window_keys, p.window_values, p.keys.regions, p.window, 1,
+                                                                                                     p.queries, p.scale, parts, used, window_parts, stream)));))
+  }
+  if (used + window_parts == 0) return cudaMemsetAsync(p.outputs, 0, sizeof(float) * parts.regions * parts.group * parts.head_dim, stream);
+  return merge(parts, used + window_parts, p.outputs, stream);
+}
+
+cudaError_t attention_fp16(const Fp16AttentionParams& p, cudaStream_t stream) {
+  if (p.group < 1 || p.group > 8 || p.splits < 1 || p.tokens < 0 || (p.head_dim != 64 && p.head_dim != 128)) return cudaErrorInvalidValue;
+  const Parts parts = parts_of(p.scratch, p.regions, p.group, p.head_dim, p.splits);
+  if (p.tokens == 0) return cudaMemsetAsync(p.outputs, 0, sizeof(float) * parts.regions * parts.group * parts.head_dim, stream);
+  int used = 0;
+  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, KVQ_CUDA_TRY((launch_fp16<D, H>(p.keys, p.values, p.regions, p.tokens, p.splits,
+                                                                                                   p.queries, p.scale, parts, 0, used, stream)));))
+  return merge(parts, used, p.outputs, stream);
+}
+
+cudaError_t softmax_rows(const float* scores, int rows, int tokens, float scale, float* probs, __half* probs_fp16, cudaStream_t stream) {
+  if (rows < 0 || tokens < 1) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  softmax_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(scores, tokens, scale, probs, probs_fp16);
+  return cudaGetLastError();
+}
+
+}  // namespace kvq::gpu

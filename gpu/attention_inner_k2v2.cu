@@ -1,0 +1,11 @@
+// Fused attention instances for 2-bit keys and 2-bit values (gpu/attention_inner.cuh).
+#include "gpu/attention_inner.cuh"
+
+namespace kvq::gpu::attention_detail {
+
+cudaError_t inner_k2v2(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream) {
+  KVQ_DISPATCH_HEAD_DIM(p.keys.shape.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, return (launch_inner<2, 2, D, H>(p, parts, used, stream));))
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace kvq::gpu::attention_detail

@@ -1,0 +1,32 @@
+#pragma once
+// Template dispatch for the launchers (FlashInfer style): one switch per template axis, each
+// returning cudaErrorInvalidValue for a value that is not built.
+#include <cuda_runtime.h>
+
+#define KVQ_DISPATCH_HEAD_DIM(d, D, ...)      \
+  switch (d) {                               \
+    case 64: { constexpr int D = 64; __VA_ARGS__ break; } \
+    case 128: { constexpr int D = 128; __VA_ARGS__ break; } \
+    default: return cudaErrorInvalidValue;   \
+  }
+#define KVQ_DISPATCH_BITS(b, B, ...)          \
+  switch (b) {                               \
+    case 2: { constexpr int B = 2; __VA_ARGS__ break; } \
+    case 3: { constexpr int B = 3; __VA_ARGS__ break; } \
+    case 4: { constexpr int B = 4; __VA_ARGS__ break; } \
+    case 8: { constexpr int B = 8; __VA_ARGS__ break; } \
+    default: return cudaErrorInvalidValue;   \
+  }
+
+#define KVQ_DISPATCH_GROUP(g, GROUP, ...)     \
+  switch (g) {                               \
+    case 1: { constexpr int GROUP = 1; __VA_ARGS__ break; } \
+    case 2: { constexpr int GROUP = 2; __VA_ARGS__ break; } \
+    case 3: { constexpr int GROUP = 3; __VA_ARGS__ break; } \
+    case 4: { constexpr int GROUP = 4; __VA_ARGS__ break; } \
+    case 5: { constexpr int GROUP = 5; __VA_ARGS__ break; } \
+    case 6: { constexpr int GROUP = 6; __VA_ARGS__ break; } \
+    case 7: { constexpr int GROUP = 7; __VA_ARGS__ break; } \
+    case 8: { constexpr int GROUP = 8; __VA_ARGS__ break; } \
+    default: return cudaErrorInvalidValue;   \
+  }

@@ -1,0 +1,41 @@
+#include "gpu/launch.h"
+
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <utility>
+
+#include "gpu/cuda_check.h"
+
+namespace kvq::gpu {
+
+cudaError_t launch_info(const void* kernel, int threads, std::size_t smem, LaunchInfo& out) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, const void*, int, std::size_t>, LaunchInfo> cache;
+  // The shared-memory limit is one attribute per kernel: only ever raised, so that a smaller request
+  // never lowers it below one already cached.
+  static std::map<std::pair<int, const void*>, std::size_t> limit;
+  int device = 0;
+  KVQ_CUDA_TRY(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(device, kernel, threads, smem);
+  const auto it = cache.find(key);
+  if (it != cache.end()) {
+    out = it->second;
+    return cudaSuccess;
+  }
+  LaunchInfo info;
+  KVQ_CUDA_TRY(cudaDeviceGetAttribute(&info.multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  std::size_t& set = limit[std::make_pair(device, kernel)];
+  if (smem > set) {
+    KVQ_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    set = smem;
+  }
+  KVQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&info.blocks_per_sm, kernel, threads, smem));
+  if (info.blocks_per_sm < 1) return cudaErrorInvalidConfiguration;
+  cache[key] = info;
+  out = info;
+  return cudaSuccess;
+}
+
+}  // namespace kvq::gpu

@@ -1,0 +1,44 @@
+#pragma once
+// Asynchronous global -> shared copies (cp.async, sm_80+) for the multi-stage pipelines of the
+// decode kernels: a block keeps several stages of the cache in flight while it computes on one,
+// which is what a memory-bound kernel needs to reach the bandwidth roofline.
+#include <cstdint>
+
+namespace kvq::gpu {
+
+// Starts copying [src, src + bytes) to shared memory, split among `threads` threads: whole 16-byte
+// pieces from src rounded down to 16 bytes (cp.async moves aligned pieces, so smem needs 16 bytes of
+// headroom), then the tail in 4-byte pieces and a last 2-byte value (fp16 metadata) copied directly:
+// nothing past src + bytes is read. Returns where src sits in smem (its offset within the first piece).
+__device__ __forceinline__ int copy_async(void* smem, const void* src, long long bytes, int thread, int threads) {
+  if (bytes <= 0) return 0;
+  const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(src);
+  const std::uintptr_t start = begin & ~std::uintptr_t{15};
+  const std::uintptr_t end = begin + static_cast<std::uintptr_t>(bytes);
+  const std::uintptr_t whole_end = (end & ~std::uintptr_t{15}) > start ? (end & ~std::uintptr_t{15}) : start;
+  const int pieces = static_cast<int>((whole_end - start) / 16), words = static_cast<int>((end - whole_end) / 4);
+  const bool half = ((end - whole_end) & 3u) != 0;  // 2 bytes left (arrays are of 2- or 4-byte elements)
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  for (int i = thread; i < pieces + words + (half ? 1 : 0); i += threads) {
+    if (i < pieces) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst + 16u * i), "l"(start + 16u * i) : "memory");
+    } else if (i < pieces + words) {
+      const unsigned at = 16u * pieces + 4u * (i - pieces);
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst + at), "l"(start + at) : "memory");
+    } else {
+      const unsigned at = static_cast<unsigned>(end - 2 - start);
+      *reinterpret_cast<std::uint16_t*>(static_cast<char*>(smem) + at) = *reinterpret_cast<const std::uint16_t*>(end - 2);
+    }
+  }
+  return static_cast<int>(begin - start);
+}
+
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Waits until at most `Pending` committed groups of this thread are still in flight.
+template <int Pending>
+__device__ __forceinline__ void copy_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
+
+}  // namespace kvq::gpu

@@ -1,0 +1,15 @@
+#pragma once
+// The second pass of split-sequence GEMVs: out[i] = sum over splits of partial[s][i], in split order,
+// so results do not depend on how blocks were scheduled.
+namespace kvq::gpu {
+
+template <typename T = float>
+__global__ void sum_splits(const T* partial, int splits, long long n, T* out) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  T sum = 0;
+  for (int s = 0; s < splits; ++s) sum += partial[s * n + i];
+  out[i] = sum;
+}
+
+}  // namespace kvq::gpu

@@ -1,0 +1,84 @@
+#pragma once
+// Shared helpers of the GPU tests: device buffers, packed regions made by gpu::pack with the CPU
+// reference's dequantized rows beside them, and the normalized error against double precision.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <vector>
+
+#include "core/spec.h"
+#include "cpu_ref/packed_region.h"
+#include "gpu/pack.h"
+#include "gpu/region.h"
+#include "gpu/spec_shape.h"
+
+namespace kvq::test {
+
+#define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
+
+template <typename T>
+T* upload(const std::vector<T>& host) {
+  T* device = nullptr;
+  EXPECT_EQ(cudaMalloc(&device, std::max<std::size_t>(1, host.size()) * sizeof(T)), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  return device;
+}
+template <typename T>
+std::vector<T> download(const T* device, std::size_t n) {
+  std::vector<T> host(n);
+  EXPECT_EQ(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+  return host;
+}
+
+// Device regions of one shape, freed with the object.
+struct DeviceCache {
+  gpu::DeviceRegions dev;
+  DeviceCache(const gpu::RegionShape& s, int regions) {
+    dev.shape = s;
+    dev.regions = regions;
+    const std::size_t meta = s.meta_fp16 ? 2 : 4;
+    EXPECT_EQ(cudaMalloc(&dev.codes, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.code_words())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.scales, meta * regions * std::max<long long>(1, s.groups())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.zeros, meta * regions * std::max<long long>(1, s.groups())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.zero_offset, sizeof(std::uint32_t) * regions), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.zero_base, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.zero_blocks())), cudaSuccess);
+  }
+  DeviceCache(const DeviceCache&) = delete;
+  DeviceCache& operator=(const DeviceCache&) = delete;
+  ~DeviceCache() {
+    for (void* p : std::initializer_list<void*>{dev.codes, dev.scales, dev.zeros, dev.zero_offset, dev.zero_base}) cudaFree(p);
+  }
+};
+
+// `regions` regions of `rows` ([regions][tokens][head_dim]) packed on the device by gpu::pack, and the
+// CPU reference's dequantization of the same rows ([regions][tokens][head_dim]).
+struct PackedPair {
+  DeviceCache cache;
+  std::vector<float> dequantized;
+  PackedPair(const TensorSpec& t, const std::vector<float>& rows, int regions, int tokens, int head_dim)
+      : cache(gpu::region_shape(t, tokens, head_dim), regions), dequantized(rows.size()) {
+    float* d_rows = upload(rows);
+    EXPECT_EQ(gpu::pack({d_rows, cache.dev}), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    cudaFree(d_rows);
+    for (int r = 0; r < regions; ++r) {
+      cpu::PackedRegion region(t, head_dim);
+      const std::size_t at = static_cast<std::size_t>(r) * tokens * head_dim;
+      region.append(rows.data() + at, tokens);
+      if (tokens > 0) region.dequantize(dequantized.data() + at);
+    }
+  }
+};
+
+// sum (got - ref)^2 / sum ref^2.
+inline double nmse(const std::vector<float>& got, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) num += (got[i] - ref[i]) * (got[i] - ref[i]), den += ref[i] * ref[i];
+  return num / std::max(den, 1e-30);
+}
+
+}  // namespace kvq::test
