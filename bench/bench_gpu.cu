@@ -1,6 +1,7 @@
-// GPU GEMV kernels, paper shape (batch 1 x 32 heads, head_dim 128) and serving shape (batch 16,
-// 32 query heads on 8 kv heads): fp16 baselines, InnerQ keys (3-bit sym, channel groups) for
-// q.K^T, InnerQ values (2-bit hybrid, token groups) for p.V. CUDA events around each call,
+// GPU GEMVs and decode attention, paper shape (batch 1 x 32 heads, head_dim 128) and serving shape
+// (batch 16, 32 query heads on 8 kv heads): fp16 baselines (ours and cuBLAS), InnerQ keys (3-bit
+// sym, channel groups) for q.K^T, InnerQ values (2-bit hybrid, token groups) for p.V, each on the
+// tensor-core and CUDA-core kernels, and the fused attention paths. CUDA events around each call,
 // warm-up, median of repetitions (--benchmark_repetitions), input buffers rotated over at least
 // 4x the L2; counters: us, GB/s of cache read, % of the device-to-device copy bandwidth
 // measured at start-up. Run: build/bench/bench_gpu --benchmark_repetitions=5.
@@ -62,7 +63,6 @@ double measure_copy_bandwidth() {
   return 2.0 * n / (ms[ms.size() / 2] * 1e-3);
 }
 
-// innerq_scores_scaled: the rotation family's scores, with a token scale per key (q rotated beforehand).
 // CUDA events around each call of launch(copy), copies taken in turn; sets the manual time and the
 // GB/s and roofline_% counters from the bytes one call moves.
 template <typename Launch>
@@ -92,7 +92,8 @@ void time_calls(benchmark::State& state, Launch launch, int copies, double bytes
   state.counters["roofline_%"] = benchmark::Counter(100.0 * bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// *_cuda_cores, *_tensor_cores: the same product on each kernel, for the ratio.
+// *_cuda_cores, *_tensor_cores: the same product on each kernel, for the ratio; innerq_scores_scaled:
+// the rotation family's scores, with a token scale per key (q rotated beforehand).
 enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs, innerq_scores_scaled, innerq_scores_tensor_cores, innerq_scores_cuda_cores,
                     innerq_outputs_cuda_cores };
 
