@@ -12,6 +12,7 @@
 
 #include "core/spec.h"
 #include "cpu_ref/packed_region.h"
+#include "gpu/gemv.h"
 #include "gpu/pack.h"
 #include "gpu/region.h"
 #include "gpu/spec_shape.h"
@@ -72,6 +73,38 @@ struct PackedPair {
       if (tokens > 0) region.dequantize(dequantized.data() + at);
     }
   }
+};
+
+// gpu::outputs_inner over `values` into a device buffer [regions][group][head_dim] (with its split
+// scratch), both freed with the object; status is the launcher's result.
+struct OutputsRun {
+  float* out = nullptr;
+  float* partial = nullptr;
+  std::size_t count = 0;
+  cudaError_t status = cudaSuccess;
+  OutputsRun(const gpu::DeviceRegions& values, const float* probs, int group, int splits, gpu::GemvKernel kernel,
+             const float* token_scale = nullptr)
+      : count(static_cast<std::size_t>(values.regions) * group * values.shape.head_dim) {
+    EXPECT_EQ(cudaMalloc(&out, sizeof(float) * count), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&partial, sizeof(float) * splits * count), cudaSuccess);
+    gpu::OutputsParams op;
+    op.values = values;
+    op.probs = probs;
+    op.group = group;
+    op.outputs = out;
+    op.partial = partial;
+    op.splits = splits;
+    op.token_scale = token_scale;
+    op.kernel = kernel;
+    status = gpu::outputs_inner(op);
+  }
+  OutputsRun(const OutputsRun&) = delete;
+  OutputsRun& operator=(const OutputsRun&) = delete;
+  ~OutputsRun() {
+    cudaFree(out);
+    cudaFree(partial);
+  }
+  std::vector<float> host() const { return download(out, count); }
 };
 
 // sum (got - ref)^2 / sum ref^2.

@@ -237,19 +237,19 @@ TEST(GpuGemvGroups, EveryGroupMatchesDouble) {
         PackedPair pair(t, rows, regions, n, d);
         std::vector<float> vec(static_cast<std::size_t>(regions) * group * (keys ? d : n));
         for (auto& x : vec) x = keys ? normal(rng) : std::fabs(normal(rng)) / n;
-        float *d_vec = upload(vec), *d_out = nullptr, *d_partial = nullptr;
-        const std::size_t outs = static_cast<std::size_t>(regions) * group * (keys ? n : d);
-        CUDA_OK(cudaMalloc(&d_out, sizeof(float) * outs));
-        CUDA_OK(cudaMalloc(&d_partial, sizeof(float) * splits * regions * group * d));
+        float* d_vec = upload(vec);
+        std::vector<float> got;
         if (keys) {
+          float* d_out = nullptr;
+          CUDA_OK(cudaMalloc(&d_out, sizeof(float) * regions * group * n));
           CUDA_OK(gpu::scores_inner({pair.cache.dev, d_vec, group, d_out, nullptr, gpu::GemvKernel::tensor_cores}));
+          got = download(d_out, static_cast<std::size_t>(regions) * group * n);
+          cudaFree(d_out);
         } else {
-          gpu::OutputsParams op;
-          op.values = pair.cache.dev, op.probs = d_vec, op.group = group, op.outputs = d_out, op.partial = d_partial, op.splits = splits;
-          op.kernel = gpu::GemvKernel::tensor_cores;
-          CUDA_OK(gpu::outputs_inner(op));
+          const test::OutputsRun run(pair.cache.dev, d_vec, group, splits, gpu::GemvKernel::tensor_cores);
+          CUDA_OK(run.status);
+          got = run.host();
         }
-        const auto got = download(d_out, outs);
         std::vector<double> ref;
         for (int r = 0; r < regions; ++r)
           for (int h = 0; h < group; ++h)
@@ -262,7 +262,7 @@ TEST(GpuGemvGroups, EveryGroupMatchesDouble) {
               ref.push_back(sum);
             }
         EXPECT_LT(test::nmse(got, ref), 1e-6);
-        for (void* ptr : std::initializer_list<void*>{d_vec, d_out, d_partial}) cudaFree(ptr);
+        cudaFree(d_vec);
       }
 }
 

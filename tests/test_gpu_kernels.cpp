@@ -22,6 +22,7 @@ namespace {
 
 using test::DeviceCache;
 using test::download;
+using test::OutputsRun;
 using test::upload;
 
 struct Case {
@@ -117,27 +118,14 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       cudaFree(d_scores);
     } else {
       float* d_p = upload(probs);
-      float *d_out = nullptr, *d_partial = nullptr;
-      const int splits = 5;
-      CUDA_OK(cudaMalloc(&d_out, sizeof(float) * regions * group * d));
-      CUDA_OK(cudaMalloc(&d_partial, sizeof(float) * splits * regions * group * d));
-      gpu::OutputsParams op;
-      op.values = dev;
-      op.probs = d_p;
-      op.group = group;
-      op.outputs = d_out;
-      op.partial = d_partial;
-      op.splits = splits;
-      op.kernel = gpu::GemvKernel::tensor_cores;
-      CUDA_OK(gpu::outputs_inner(op));
-      CUDA_OK(cudaDeviceSynchronize());
-      gpu_out = download(d_out, static_cast<std::size_t>(regions) * group * d);
-      op.kernel = gpu::GemvKernel::cuda_cores;
-      CUDA_OK(gpu::outputs_inner(op));
-      cuda_core_out = download(d_out, static_cast<std::size_t>(regions) * group * d);
+      // Both kernels on the same input, as for the scores.
+      const OutputsRun tensor(dev, d_p, group, 5, gpu::GemvKernel::tensor_cores);
+      CUDA_OK(tensor.status);
+      gpu_out = tensor.host();
+      const OutputsRun cuda_cores(dev, d_p, group, 5, gpu::GemvKernel::cuda_cores);
+      CUDA_OK(cuda_cores.status);
+      cuda_core_out = cuda_cores.host();
       cudaFree(d_p);
-      cudaFree(d_out);
-      cudaFree(d_partial);
     }
 
     for (int r = 0; r < regions; ++r) {
@@ -341,30 +329,17 @@ TEST(GpuRotation, TransformIsBitIdenticalAndFoldsIntoTheGemvs) {
               got = download(d_scores, static_cast<std::size_t>(regions) * group * n);
               cudaFree(d_scores);
             } else {
-              float *d_out = nullptr, *d_partial = nullptr;
-              const int splits = 3;
-              CUDA_OK(cudaMalloc(&d_out, sizeof(float) * regions * group * d));
-              CUDA_OK(cudaMalloc(&d_partial, sizeof(float) * splits * regions * group * d));
-              gpu::OutputsParams op;
-              op.values = cache.dev;
-              op.probs = d_w;
-              op.group = group;
-              op.outputs = d_out;
-              op.partial = d_partial;
-              op.splits = splits;
-              op.token_scale = d_scale;
-              CUDA_OK(gpu::outputs_inner(op));
+              const OutputsRun run(cache.dev, d_w, group, 3, gpu::GemvKernel::automatic, d_scale);
+              CUDA_OK(run.status);
               // Outputs of rotated values are rotated: take them back.
               gpu::RotateParams back;
-              back.rows = d_out;
+              back.rows = run.out;
               back.count = static_cast<long long>(regions) * group;
               back.head_dim = d;
               back.signs = d_signs;
               back.inverse = true;
               CUDA_OK(gpu::rotate_rows(back));
-              got = download(d_out, static_cast<std::size_t>(regions) * group * d);
-              cudaFree(d_out);
-              cudaFree(d_partial);
+              got = run.host();
             }
             double num = 0, den = 0;
             for (int r = 0; r < regions; ++r) {
