@@ -36,7 +36,7 @@ template <int KBits, int VBits, int D, int Group>
 __global__ void __launch_bounds__(stage::kThreads) inner_attention_kernel(AttentionParams p, InnerLayouts layout, int stages_per_part, Parts parts) {
   extern __shared__ __align__(16) char smem[];
   auto& sh = *reinterpret_cast<InnerSmem<KBits, VBits, D, Group>*>(smem);
-  char* buffers = smem + (sizeof(InnerSmem<KBits, VBits, D, Group>) + 15) / 16 * 16;
+  char* buffers = stage::buffers<InnerSmem<KBits, VBits, D, Group>>(smem);
   const RegionShape ks = p.keys.shape;
   const int r = blockIdx.y, part = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   constexpr int kTiles = D / 64;
@@ -140,7 +140,7 @@ cudaError_t launch_inner(const AttentionParams& p, const Parts& parts, int& used
   layout.k = stage::layout(p.keys.shape, p.key_token_scale != nullptr, 0);
   layout.v = stage::layout(p.values.shape, p.value_token_scale != nullptr, 0);
   layout.bytes = layout.k.bytes + layout.v.bytes;
-  const std::size_t smem = (sizeof(InnerSmem<KBits, VBits, D, Group>) + 15) / 16 * 16 + static_cast<std::size_t>(stage::kBuffers) * layout.bytes;
+  const std::size_t smem = stage::smem_bytes<InnerSmem<KBits, VBits, D, Group>>(layout.bytes);
   auto kernel = inner_attention_kernel<KBits, VBits, D, Group>;
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), stage::kThreads, smem, info));

@@ -12,6 +12,7 @@
 // points, whose place depends on the mode bits before them, are fetched from global memory then.
 #include <cuda_fp16.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/packed.h"
@@ -33,6 +34,15 @@ struct Layout {
 };
 
 __host__ __device__ inline int padded(long long bytes) { return static_cast<int>((bytes + 16 + 15) / 16 * 16); }
+
+// A kernel's dynamic shared memory: its fixed part (Smem, rounded up to 16 bytes), then kBuffers
+// stage buffers of `buffer_bytes` each; buffers() is where the first starts.
+template <typename Smem>
+inline constexpr std::size_t kFixedBytes = (sizeof(Smem) + 15) / 16 * 16;
+template <typename Smem>
+inline std::size_t smem_bytes(int buffer_bytes) { return kFixedBytes<Smem> + static_cast<std::size_t>(kBuffers) * buffer_bytes; }
+template <typename Smem>
+__device__ __forceinline__ char* buffers(char* smem) { return smem + kFixedBytes<Smem>; }
 
 // Layout for a key stage (channel_axis) or a value stage; probs_heads > 0 adds the probabilities of
 // that many heads (the standalone outputs kernel; the fused attention makes them itself).

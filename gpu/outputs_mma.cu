@@ -28,7 +28,7 @@ template <int Bits, int D, int Group>
 __global__ void __launch_bounds__(stage::kThreads) outputs_mma_kernel(OutputsParams p, stage::Layout layout, int stages_per_split) {
   extern __shared__ __align__(16) char smem[];
   auto& sh = *reinterpret_cast<OutputsSmem<Bits, D, Group>*>(smem);
-  char* buffers = smem + (sizeof(OutputsSmem<Bits, D, Group>) + 15) / 16 * 16;
+  char* buffers = stage::buffers<OutputsSmem<Bits, D, Group>>(smem);
   const RegionShape s = p.values.shape;
   const int r = blockIdx.y, split = blockIdx.x;
   constexpr int kTiles = D / 64;
@@ -76,7 +76,7 @@ template <int Bits, int D, int Group>
 cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
   const stage::Layout layout = stage::layout(s, p.token_scale != nullptr, Group);
-  const std::size_t smem = (sizeof(OutputsSmem<Bits, D, Group>) + 15) / 16 * 16 + static_cast<std::size_t>(stage::kBuffers) * layout.bytes;
+  const std::size_t smem = stage::smem_bytes<OutputsSmem<Bits, D, Group>>(layout.bytes);
   auto kernel = outputs_mma_kernel<Bits, D, Group>;
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), stage::kThreads, smem, info));

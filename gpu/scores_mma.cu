@@ -25,7 +25,7 @@ template <int Bits, int D, int Group>
 __global__ void __launch_bounds__(stage::kThreads) scores_mma_kernel(ScoresParams p, stage::Layout layout, int stages_per_block) {
   extern __shared__ __align__(16) char smem[];
   auto& sh = *reinterpret_cast<ScoresSmem<Bits, D, Group>*>(smem);
-  char* buffers = smem + (sizeof(ScoresSmem<Bits, D, Group>) + 15) / 16 * 16;
+  char* buffers = stage::buffers<ScoresSmem<Bits, D, Group>>(smem);
   const RegionShape s = p.keys.shape;
   const int r = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int total = (s.tokens + stage::kTokens - 1) / stage::kTokens;
@@ -75,7 +75,7 @@ template <int Bits, int D, int Group>
 cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
   const stage::Layout layout = stage::layout(s, p.token_scale != nullptr, 0);
-  const std::size_t smem = (sizeof(ScoresSmem<Bits, D, Group>) + 15) / 16 * 16 + static_cast<std::size_t>(stage::kBuffers) * layout.bytes;
+  const std::size_t smem = stage::smem_bytes<ScoresSmem<Bits, D, Group>>(layout.bytes);
   auto kernel = scores_mma_kernel<Bits, D, Group>;
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), stage::kThreads, smem, info));
