@@ -6,6 +6,7 @@
 #include "gpu/outputs_mma.h"
 #include "gpu/reduce.cuh"
 #include "gpu/scores_mma.h"
+#include "gpu/scores_staged.h"
 
 namespace kvq::gpu {
 namespace {
@@ -167,43 +168,100 @@ __global__ void __launch_bounds__(D) outputs_token(OutputsParams p) {
 }
 
 
+// fp16 baselines, in the style of the fp16 fused attention (93% of the copy bandwidth): a warp takes
+// 8 tokens at a time, each lane loading its D/32 channels of every row (one 8- or 4-byte load per row,
+// coalesced across the warp), so 8 rows are in flight per warp.
+constexpr int kHalfChunk = 8;
+
+template <int D>
+__device__ __forceinline__ void load_half_row(const __half* row, int lane, float (&x)[D / 32]) {
+  if constexpr (D == 128) {
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(row + lane * 4));
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x)), b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
+  } else {
+    const unsigned raw = __ldg(reinterpret_cast<const unsigned*>(row + lane * 2));
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw));
+    x[0] = a.x, x[1] = a.y;
+  }
+}
+
+// Rows base .. base + 7 (rows past `end` repeat the last live one; callers mask them).
+template <int D>
+__device__ __forceinline__ void load_half_chunk(const __half* cache, int base, int end, int lane, float (&x)[kHalfChunk][D / 32]) {
+#pragma unroll
+  for (int j = 0; j < kHalfChunk; ++j) load_half_row<D>(cache + static_cast<long long>(min(base + j, end - 1)) * D, lane, x[j]);
+}
+
+// Scores: block (x, r) takes tokens [x * per_block, ...) of region r, warps interleaved by 8 tokens.
 template <int D, int Group>
-__global__ void __launch_bounds__(128) scores_half(Fp16Params p) {
-  const int r = blockIdx.y, t = blockIdx.x * blockDim.x + threadIdx.x;
-  __shared__ float q_s[Group][D];
-  for (int i = threadIdx.x; i < Group * D; i += blockDim.x) q_s[i / D][i % D] = p.vectors[static_cast<long long>(r) * Group * D + i];
-  __syncthreads();
-  if (t >= p.tokens) return;
-  const uint4* row = reinterpret_cast<const uint4*>(p.cache + (static_cast<long long>(r) * p.tokens + t) * D);
-  float score[Group] = {};
+__global__ void __launch_bounds__(128) scores_half(Fp16Params p, int per_block) {
+  constexpr int kPer = D / 32;
+  const int r = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int a = blockIdx.x * per_block, b = min(p.tokens, a + per_block);
+  float q[Group][kPer];
 #pragma unroll
-  for (int v = 0; v < D / 8; ++v) {
-    const uint4 raw = __ldg(row + v);
-    const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+  for (int h = 0; h < Group; ++h)
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 f = __half22float2(h2[k]);
+    for (int e = 0; e < kPer; ++e) q[h][e] = p.vectors[(static_cast<long long>(r) * Group + h) * D + lane * kPer + e];
+  const __half* cache = p.cache + static_cast<long long>(r) * p.tokens * D;
+  for (int base = a + warp * kHalfChunk; base < b; base += 4 * kHalfChunk) {
+    float x[kHalfChunk][kPer];
+    load_half_chunk<D>(cache, base, b, lane, x);
 #pragma unroll
-      for (int h = 0; h < Group; ++h) score[h] += f.x * q_s[h][v * 8 + 2 * k] + f.y * q_s[h][v * 8 + 2 * k + 1];
+    for (int h = 0; h < Group; ++h) {
+      float s[kHalfChunk];
+#pragma unroll
+      for (int j = 0; j < kHalfChunk; ++j) {
+        s[j] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) s[j] += q[h][e] * x[j][e];
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+        for (int j = 0; j < kHalfChunk; ++j) s[j] += __shfl_xor_sync(0xffffffffu, s[j], off);
+#pragma unroll
+      for (int j = 0; j < kHalfChunk; ++j)
+        if (lane == j && base + j < b) p.out[(static_cast<long long>(r) * Group + h) * p.tokens + base + j] = s[j];
+    }
+  }
+}
+
+// Outputs: block (split, r) sums its token run into partial[split]; warps interleaved by 8 tokens,
+// then added in warp order through shared memory.
+template <int D, int Group>
+__global__ void __launch_bounds__(128) outputs_half(Fp16Params p) {
+  constexpr int kPer = D / 32;
+  __shared__ float red[4][Group][D];
+  const int split = blockIdx.x, r = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int per_split = (p.tokens + p.splits - 1) / p.splits;
+  const int a = split * per_split, b = min(p.tokens, a + per_split);
+  const __half* cache = p.cache + static_cast<long long>(r) * p.tokens * D;
+  float acc[Group][kPer] = {};
+  for (int base = a + warp * kHalfChunk; base < b; base += 4 * kHalfChunk) {
+    float x[kHalfChunk][kPer];
+    load_half_chunk<D>(cache, base, b, lane, x);
+#pragma unroll
+    for (int h = 0; h < Group; ++h) {
+      const float* pr = p.vectors + (static_cast<long long>(r) * Group + h) * p.tokens;
+#pragma unroll
+      for (int j = 0; j < kHalfChunk; ++j) {
+        const float w = base + j < b ? __ldg(pr + base + j) : 0.0f;
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) acc[h][e] += w * x[j][e];
+      }
     }
   }
 #pragma unroll
-  for (int h = 0; h < Group; ++h) p.out[(static_cast<long long>(r) * Group + h) * p.tokens + t] = score[h];
-}
-
-template <int D, int Group>
-__global__ void __launch_bounds__(D) outputs_half(Fp16Params p) {
-  const int split = blockIdx.x, r = blockIdx.y, c = threadIdx.x;
-  const int per_split = (p.tokens + p.splits - 1) / p.splits;
-  const int t0 = split * per_split, t1 = min(p.tokens, t0 + per_split);
-  float acc[Group] = {};
-  for (int t = t0; t < t1; ++t) {
-    const float v = __half2float(p.cache[(static_cast<long long>(r) * p.tokens + t) * D + c]);
+  for (int h = 0; h < Group; ++h)
 #pragma unroll
-    for (int h = 0; h < Group; ++h) acc[h] += v * __ldg(p.vectors + (static_cast<long long>(r) * Group + h) * p.tokens + t);
+    for (int e = 0; e < kPer; ++e) red[warp][h][lane * kPer + e] = acc[h][e];
+  __syncthreads();
+  for (int i = threadIdx.x; i < Group * D; i += blockDim.x) {
+    const float sum = red[0][i / D][i % D] + red[1][i / D][i % D] + red[2][i / D][i % D] + red[3][i / D][i % D];
+    p.partial[((static_cast<long long>(split) * gridDim.y + r) * Group) * D + i] = sum;
   }
-#pragma unroll
-  for (int h = 0; h < Group; ++h) p.partial[((static_cast<long long>(split) * gridDim.y + r) * Group + h) * D + c] = acc[h];
 }
 
 bool supported(const RegionShape& s, int group) {
@@ -216,8 +274,9 @@ bool supported(const RegionShape& s, int group) {
 }  // namespace
 
 int output_splits(int regions, int tokens, int multiprocessors) {
-  // About 4 blocks per multiprocessor, never more splits than 128-token pieces.
-  const int want = (4 * multiprocessors + regions - 1) / regions;
+  // About 8 blocks per multiprocessor (enough loads in flight to cover HBM latency), never more splits
+  // than 128-token pieces.
+  const int want = (8 * multiprocessors + regions - 1) / regions;
   return std::max(1, std::min(want, std::max(1, tokens / 128)));
 }
 
@@ -225,7 +284,12 @@ cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
   if (!supported(s, p.group) || !s.channel_axis || s.head_dim % s.group_size != 0) return cudaErrorInvalidValue;
   if (s.tokens == 0) return cudaSuccess;
-  if (p.kernel != GemvKernel::cuda_cores && scores_mma_supported(s, p.group)) return scores_mma(p, stream);  // else CUDA cores
+  if (p.kernel != GemvKernel::cuda_cores) {
+    // Measured on the H100 (docs/PERF.md): lane-owned chunks for one head per kv head, the staged
+    // kernel (heads share an mma) for GQA groups; CUDA cores where neither supports the shape.
+    if (p.group == 1 && scores_mma_supported(s, p.group)) return scores_mma(p, stream);
+    if (scores_staged_supported(s, p.group)) return scores_staged(p, stream);
+  }
   const dim3 grid(static_cast<unsigned>((s.tokens + 127) / 128), static_cast<unsigned>(p.keys.regions));
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H,
       scores_channel<B, D, H><<<grid, 128, 0, stream>>>(p);)))
@@ -248,15 +312,21 @@ cudaError_t outputs_inner(const OutputsParams& p, cudaStream_t stream) {
 cudaError_t scores_fp16(const Fp16Params& p, cudaStream_t stream) {
   if (p.group < 1 || p.group > kMaxGroup || (p.head_dim != 64 && p.head_dim != 128) || p.tokens < 0) return cudaErrorInvalidValue;
   if (p.tokens == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>((p.tokens + 127) / 128), static_cast<unsigned>(p.regions));
-  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, scores_half<D, H><<<grid, 128, 0, stream>>>(p);))
+  // About 8 blocks per multiprocessor in all, each a whole number of 32-token warp rounds.
+  int device = 0, sms = 0;
+  KVQ_CUDA_TRY(cudaGetDevice(&device));
+  KVQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int want = std::max(1, 8 * sms / p.regions);
+  const int per_block = std::max(32, (p.tokens + want * 32 - 1) / (want * 32) * 32);
+  const dim3 grid(static_cast<unsigned>((p.tokens + per_block - 1) / per_block), static_cast<unsigned>(p.regions));
+  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, scores_half<D, H><<<grid, 128, 0, stream>>>(p, per_block);))
   return cudaGetLastError();
 }
 
 cudaError_t outputs_fp16(const Fp16Params& p, cudaStream_t stream) {
   if (p.group < 1 || p.group > kMaxGroup || p.splits < 1 || (p.head_dim != 64 && p.head_dim != 128)) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.regions));
-  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, outputs_half<D, H><<<grid, D, 0, stream>>>(p);))
+  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, outputs_half<D, H><<<grid, 128, 0, stream>>>(p);))
   KVQ_CUDA_TRY(cudaGetLastError());
   const long long n = static_cast<long long>(p.regions) * p.group * p.head_dim;
   sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, p.splits, n, p.out);

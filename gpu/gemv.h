@@ -25,7 +25,8 @@ struct ScoresParams {
   // Optional token scales (rotation family): [regions][tokens] fp32, each score multiplied by its
   // token's scale; null: none. Rotated keys take queries rotated alike (gpu/rotate.h).
   const float* token_scale = nullptr;
-  // automatic: the pipelined tensor-core kernel (gpu/scores_mma.h) where it supports the shape.
+  // automatic and tensor_cores: the lane-owned tensor-core kernel (gpu/scores_mma.h) for group 1, the
+  // staged one (gpu/scores_staged.h) for GQA groups, CUDA cores where neither supports the shape.
   GemvKernel kernel = GemvKernel::automatic;
 };
 
@@ -43,7 +44,8 @@ struct OutputsParams {
   // Optional token scales: [regions][tokens] fp32, folded into the probabilities; null: none.
   // Rotated values give rotated outputs: rotate them back with gpu::rotate_rows (inverse).
   const float* token_scale = nullptr;
-  // automatic: the pipelined tensor-core kernel (gpu/outputs_mma.h) where it supports the shape.
+  // automatic and tensor_cores: the lane-owned tensor-core kernel (gpu/outputs_mma.h) where it supports
+  // the shape, else CUDA cores.
   GemvKernel kernel = GemvKernel::automatic;
 };
 

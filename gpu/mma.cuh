@@ -77,9 +77,10 @@ __device__ __forceinline__ std::uint32_t decode_pair(const std::uint32_t* chunk,
   return out;
 }
 
-// c += A (16x16, row) * B (16x8, col); fp32 accumulate.
+// c += A (16x16, row) * B (16x8, col); fp32 accumulate. Not volatile: it has no side effects, and the
+// scheduler may then move independent loads across it.
 __device__ __forceinline__ void mma(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
-  asm volatile(
+  asm(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));

@@ -1,13 +1,17 @@
-// p . V^ over token-axis values on the tensor cores: each block streams one run of 128-token stages
-// of a region (codes, scales, zero bases, p and token scales) through the cp.async pipeline of
-// gpu/inner_stage.cuh, builds p's B fragments per stage, and keeps the outputs in registers; the
-// runs' partial sums are added in order by a second pass.
+// p . V^ over token-axis values on the tensor cores, with lane-owned chunks (gpu/lane_chunks.cuh).
+// A block walks its run of 128-token stretches; per stretch, warp u turns tile u's probabilities into
+// B fragments (range-scaled per tile, so small probabilities keep their bits), one barrier, then each
+// warp multiplies its m-tiles of 16 channels: lane t loads the chunk of tile t for its two channels
+// straight from global memory (issued before the B build, so the loads overlap it), and the group's
+// scale multiplies the lane's accumulator. Outputs stay in registers; runs are summed in order.
 #include <algorithm>
 
+#include "core/packed.h"
 #include "gpu/cuda_check.h"
 #include "gpu/dispatch.cuh"
-#include "gpu/inner_stage.cuh"
+#include "gpu/lane_chunks.cuh"
 #include "gpu/launch.h"
+#include "gpu/meta.cuh"
 #include "gpu/outputs_mma.h"
 #include "gpu/reduce.cuh"
 
@@ -15,75 +19,205 @@ namespace kvq::gpu {
 
 namespace {
 
-template <int Bits, int D, int Group>
-struct OutputsSmem {
-  float p[Group][stage::kTokens];
-  float pscale[Group];
-  int warp_count[8][stage::kThreads / 32];
-  stage::ProbSmem<Bits, Group> probs;
-  stage::ValueMetaSmem<D> meta[2];
-};
+constexpr int kThreads = 128;
+constexpr int kStretch = 128;  // tokens per block iteration: 4 tiles of 32, one per lane of a quad
 
 template <int Bits, int D, int Group>
-__global__ void __launch_bounds__(stage::kThreads) outputs_mma_kernel(OutputsParams p, stage::Layout layout, int stages_per_split) {
-  extern __shared__ __align__(16) char smem[];
-  auto& sh = *reinterpret_cast<OutputsSmem<Bits, D, Group>*>(smem);
-  char* buffers = stage::buffers<OutputsSmem<Bits, D, Group>>(smem);
-  const RegionShape s = p.values.shape;
-  const int r = blockIdx.y, split = blockIdx.x;
-  constexpr int kTiles = D / 64;
-  const int total = (s.tokens + stage::kTokens - 1) / stage::kTokens;
-  const int first = split * stages_per_split, last = min(total, first + stages_per_split);
-  float acc[kTiles][2][stage::kLaneHeads<Group>] = {};
-  auto buffer = [&](int i) { return buffers + (i % stage::kBuffers) * layout.bytes; };
-  for (int i = 0; i < stage::kBuffers - 1; ++i) {
-    if (first + i < last) stage::value_issue<Group>(buffer(i), layout, p.values, p.token_scale, p.probs, r, (first + i) * stage::kTokens);
-    copy_commit();
-  }
-  copy_wait<stage::kBuffers - 2>();
-  __syncthreads();
-  stage::Meta m;
-  if (first < last) {
-    stage::value_meta_load<D>(buffer(0), layout, p.values, r, first * stage::kTokens, m, sh.warp_count);
-    stage::value_meta_store<D>(m, sh.meta[0]);
-  }
-  for (int st = first; st < last; ++st) {
-    const int i = st - first, t0 = st * stage::kTokens;
-    copy_wait<stage::kBuffers - 3>();
-    __syncthreads();
-    if (st + stage::kBuffers - 1 < last)
-      stage::value_issue<Group>(buffer(i + stage::kBuffers - 1), layout, p.values, p.token_scale, p.probs, r, t0 + (stage::kBuffers - 1) * stage::kTokens);
-    copy_commit();
-    const stage::ValueSources src = stage::value_sources(p.values, p.token_scale, r, t0);
-    for (int k = threadIdx.x; k < Group * stage::kTokens; k += stage::kThreads) {
-      const int h = k / stage::kTokens, tok = k % stage::kTokens;
-      sh.p[h][tok] = tok < src.n ? stage::value_probs<Group>(buffer(i), layout, p.probs, s, r, t0, h)[tok] : 0.0f;
+struct OutputsShared {
+  static constexpr int kSteps = lanes::kSteps<Bits, false>;
+  // B fragments per (buffer, head, step, slot): slot 2u + part for unit u's live column, slot 8 zero.
+  uint2 b[2][Group][kSteps][9];
+  float inv_range[2][Group][4];  // 1 / the power of two tile u's probabilities were scaled by
+  float tile_sum[2][Group][4];   // sum of tile u's scaled probabilities
+  unsigned asym[2][4][D / 32];   // hybrid: asymmetric channels of each G-token block of the stretch
+  float p[4][Group][32];         // warp u's scratch: tile u's scaled probabilities
+};
+
+// What thread (warp u, lane) reads for stretch t0's set-up, loaded a stretch ahead: its token's
+// probabilities (token scale folded in) and, for hybrid, the signs of channel threadIdx.x's scales
+// in each zero-block of the stretch (bit k: block k).
+template <int Group>
+struct StretchInputs {
+  float p[Group];
+  unsigned signs;
+};
+
+template <int D, int Group>
+__device__ __forceinline__ void load_stretch(const OutputsParams& p, int r, int t0, StretchInputs<Group>& in) {
+  const RegionShape& s = p.values.shape;
+  const int tok = t0 + threadIdx.x;
+  const bool live = tok < s.tokens;
+  const float sigma = live && p.token_scale ? p.token_scale[static_cast<long long>(r) * s.tokens + tok] : 1.0f;
+#pragma unroll
+  for (int h = 0; h < Group; ++h) in.p[h] = live ? p.probs[(static_cast<long long>(r) * Group + h) * s.tokens + tok] * sigma : 0.0f;
+  in.signs = 0;
+  if (s.mode == GroupMode::hybrid && threadIdx.x < D) {
+    const int blocks = s.tokens / s.group_size;
+    for (int k = 0; k < kStretch / s.group_size; ++k) {
+      const int blk = min(t0 / s.group_size + k, blocks - 1);
+      bool sign;
+      meta_value(p.values.scales, static_cast<long long>(r) * s.groups() + static_cast<long long>(blk) * D + threadIdx.x, s.meta_fp16, sign);
+      in.signs |= static_cast<unsigned>(sign) << k;
     }
-    __syncthreads();
-    stage::probs_prepare<Bits, Group>(sh.p, src.token_scale ? stage::landed<float>(buffer(i), layout.token_scale, src.token_scale) : nullptr,
-                                      src.n, s.group_size, sh.probs, sh.pscale);
-    if (st + 1 < last) stage::value_meta_load<D>(buffer(i + 1), layout, p.values, r, t0 + stage::kTokens, m, sh.warp_count);
-    stage::value_compute<Bits, D, Group>(stage::landed<std::uint32_t>(buffer(i), layout.codes, src.codes), sh.meta[i % 2], sh.probs,
-                                         s.group_size, src.n, acc);
-    if (st + 1 < last) stage::value_meta_store<D>(m, sh.meta[(i + 1) % 2]);
   }
-  stage::for_lane_outputs<D, Group>(acc, [&](float x, int h, int c) {
-    p.partial[((static_cast<long long>(split) * gridDim.y + r) * Group + h) * D + c] = x;
-  });
+}
+
+// Warp u's share of a stretch's set-up: tile u's probabilities into B fragments, and (hybrid) the
+// asymmetric-channel masks of the stretch's zero-blocks.
+template <int Bits, int D, int Group>
+__device__ void prepare_stretch(const StretchInputs<Group>& in, int blocks_in_stretch, bool hybrid, int buf, OutputsShared<Bits, D, Group>& sh) {
+  using Sh = OutputsShared<Bits, D, Group>;
+  const int lane = threadIdx.x & 31, u = threadIdx.x >> 5;
+#pragma unroll
+  for (int h = 0; h < Group; ++h) {
+    float m = fabsf(in.p[h]);
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    const float range = mma::fp16_range_scale(m);
+    float sum = in.p[h] * range;
+    sh.p[u][h][lane] = sum;
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) sh.inv_range[buf][h][u] = 1.0f / range, sh.tile_sum[buf][h][u] = sum;
+  }
+  __syncwarp();
+  for (int i = lane; i < Group * Sh::kSteps * 2; i += 32) {
+    const int part = i & 1, j = (i >> 1) % Sh::kSteps, h = i / (2 * Sh::kSteps);
+    sh.b[buf][h][j][2 * u + part] = lanes::b_entry<Bits, false>(sh.p[u][h], j, 0, part);
+  }
+  if (hybrid && threadIdx.x < D)
+    for (int k = 0; k < blocks_in_stretch; ++k) {
+      const unsigned ballot = __ballot_sync(0xffffffffu, (in.signs >> k) & 1u);
+      if (lane == 0) sh.asym[buf][k][u] = ballot;
+    }
+}
+
+template <int Bits, int D, int Group>
+__global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kernel(OutputsParams p, int stretches_per_split) {
+  using Sh = OutputsShared<Bits, D, Group>;
+  constexpr int kTiles = D / 64;  // m-tiles of 16 channels per warp
+  __shared__ Sh sh;
+  const RegionShape s = p.values.shape;
+  const int r = blockIdx.y, split = blockIdx.x, G = s.group_size;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int slot = (g >> 1) == t ? 2 * t + (g & 1) : 8;
+  const int stretches = (s.tokens + kStretch - 1) / kStretch, tiles = (s.tokens + 31) / 32, blocks = s.tokens / G;
+  const int first = split * stretches_per_split, last = min(stretches, first + stretches_per_split);
+  const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
+  const long long groups0 = static_cast<long long>(r) * s.groups();
+  const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_words();
+  float acc[Group][kTiles][2] = {};
+  for (int i = threadIdx.x; i < 2 * Group * Sh::kSteps; i += kThreads) sh.b[i / (Group * Sh::kSteps)][(i / Sh::kSteps) % Group][i % Sh::kSteps][8] = make_uint2(0, 0);
+
+  // Lane t's tile of stretch st (clamped: past the end its probabilities are 0) and its group.
+  auto tile_of = [&](int st) { return min(st * (kStretch / 32) + t, tiles - 1); };
+  auto block_of = [&](int st) { return min((st * kStretch + 32 * t) / G, blocks - 1); };
+  std::uint32_t w[kTiles][2][Bits], next[kTiles][2][Bits];
+  float scale[kTiles][2], next_scale[kTiles][2];
+  bool sign[kTiles][2], next_sign[kTiles][2];
+  // The codes and scales of stretch st, loaded one stretch ahead so they are in flight during the
+  // previous stretch's work.
+  auto load = [&](int st) {
+    const int tile = tile_of(st), blk = block_of(st);
+#pragma unroll
+    for (int m = 0; m < kTiles; ++m)
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int ch = 16 * (warp + 4 * m) + g + 8 * k;
+        const std::uint32_t* src = codes + (static_cast<long long>(tile) * D + ch) * Bits;
+#pragma unroll
+        for (int b = 0; b < Bits; ++b) next[m][k][b] = __ldg(src + b);
+        next_scale[m][k] = meta_value(p.values.scales, groups0 + static_cast<long long>(blk) * D + ch, s.meta_fp16, next_sign[m][k]);
+      }
+  };
+  StretchInputs<Group> in, next_in;
+  if (first < last) load(first), load_stretch<D, Group>(p, r, first * kStretch, next_in);
+  for (int st = first; st < last; ++st) {
+    const int t0 = st * kStretch, buf = st & 1, blk = block_of(st);
+#pragma unroll
+    for (int m = 0; m < kTiles; ++m)
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+#pragma unroll
+        for (int b = 0; b < Bits; ++b) w[m][k][b] = next[m][k][b];
+        scale[m][k] = next_scale[m][k], sign[m][k] = next_sign[m][k];
+      }
+    in = next_in;
+    if (st + 1 < last) load(st + 1), load_stretch<D, Group>(p, r, t0 + kStretch, next_in);
+    prepare_stretch<Bits, D, Group>(in, kStretch / G, s.mode == GroupMode::hybrid, buf, sh);
+    __syncthreads();
+    // Zero points first, so their loads are in flight during the multiplies.
+    float zero[kTiles][2];
+    const long long zero0 = s.mode == GroupMode::hybrid
+                                ? p.values.zero_offset[r] + p.values.zero_base[static_cast<long long>(r) * s.zero_blocks() + blk]
+                                : 0;
+#pragma unroll
+    for (int m = 0; m < kTiles; ++m)
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int ch = 16 * (warp + 4 * m) + g + 8 * k;
+        zero[m][k] = -offset * scale[m][k];
+        if (s.mode == GroupMode::asym) zero[m][k] = zero_value(p.values.zeros, groups0 + static_cast<long long>(blk) * D + ch, s.meta_fp16);
+        if (s.mode == GroupMode::hybrid && sign[m][k]) {
+          // Compact index: the block's base + asymmetric channels before ch in the block.
+          const unsigned* mask = sh.asym[buf][(32 * t) / G];
+          int before = __popc(mask[ch / 32] & ((1u << (ch % 32)) - 1u));
+#pragma unroll
+          for (int x = 0; x < D / 32; ++x)
+            if (x < ch / 32) before += __popc(mask[x]);
+          zero[m][k] = zero_value(p.values.zeros, zero0 + before, s.meta_fp16);
+        }
+      }
+#pragma unroll
+    for (int m = 0; m < kTiles; ++m) {
+      float c[Group][4] = {};
+#pragma unroll
+      for (int j = 0; j < Sh::kSteps; ++j) {
+        std::uint32_t a[4];
+        lanes::a_fragment<Bits, false>(w[m][0], w[m][1], j, a);
+#pragma unroll
+        for (int h = 0; h < Group; ++h) {
+          const uint2 b = sh.b[buf][h][j][slot];
+          mma::mma(c[h], a, b.x, b.y);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        // Lane t's tile: (|s| (dot - plane constant * sum p) + zero * sum p), in the tile's range scale.
+#pragma unroll
+        for (int h = 0; h < Group; ++h) {
+          const float sum = sh.tile_sum[buf][h][t];
+          acc[h][m][k] += (scale[m][k] * (c[h][2 * k] + c[h][2 * k + 1] - mma::kPlaneConstant<Bits> * sum) + zero[m][k] * sum) * sh.inv_range[buf][h][t];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < Group; ++h)
+#pragma unroll
+    for (int m = 0; m < kTiles; ++m)
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        float v = acc[h][m][k];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if (t == ((h * 2 * kTiles + 2 * m + k) & 3))
+          p.partial[((static_cast<long long>(split) * gridDim.y + r) * Group + h) * D + 16 * (warp + 4 * m) + g + 8 * k] = v;
+      }
 }
 
 template <int Bits, int D, int Group>
 cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
-  const stage::Layout layout = stage::layout(s, p.token_scale != nullptr, Group);
-  const std::size_t smem = stage::smem_bytes<OutputsSmem<Bits, D, Group>>(layout.bytes);
   auto kernel = outputs_mma_kernel<Bits, D, Group>;
   LaunchInfo info;
-  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), stage::kThreads, smem, info));
-  const int total = std::max(1, (s.tokens + stage::kTokens - 1) / stage::kTokens);
-  const int per_split = (total + std::min(p.splits, total) - 1) / std::min(p.splits, total);
+  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, 0, info));
+  // At most one wave of resident blocks (a second, partial wave would double the time of the last
+  // runs), and no more splits than the caller's scratch holds.
+  const int total = std::max(1, (s.tokens + kStretch - 1) / kStretch);
+  const int wave = std::max(1, info.blocks_per_sm * info.multiprocessors / p.values.regions);
+  const int want = std::min({p.splits, total, wave});
+  const int per_split = (total + want - 1) / want;
   const int splits = (total + per_split - 1) / per_split;
-  kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.values.regions)), stage::kThreads, smem, stream>>>(p, layout, per_split);
+  kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.values.regions)), kThreads, 0, stream>>>(p, per_split);
   KVQ_CUDA_TRY(cudaGetLastError());
   const long long n = static_cast<long long>(p.values.regions) * Group * D;
   sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, splits, n, p.outputs);
@@ -95,7 +229,8 @@ cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
 bool outputs_mma_supported(const RegionShape& s, int group) {
   const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
   const bool dims = s.head_dim == 64 || s.head_dim == 128;
-  const bool groups = s.group_size == 32 || s.group_size == 64 || s.group_size == 128 || (s.group_size == 16 && s.bits != 3);
+  // A lane's chunk (32 tokens) must lie in one group.
+  const bool groups = s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
   return bits && dims && groups && !s.channel_axis && s.tokens % s.group_size == 0 && group >= 1 && group <= 8;
 }
 

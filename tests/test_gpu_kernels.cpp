@@ -68,7 +68,10 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
   spec.meta = k.fp16 ? MetaPrecision::fp16 : MetaPrecision::fp32;
   spec.sym_levels = k.twos ? SymLevels::twos : SymLevels::signmag;
   spec.hybrid_asym_bits = k.hybrid_bits;
-  const int d = k.head_dim, regions = 3, group = 4;
+  // Scores take the lane-owned kernel for one head per kv head and the staged kernel for GQA groups
+  // (gpu/gemv.cu): signed-magnitude fp16 cases run one head, the others four, so each kernel sees
+  // every mode, width, group size and head_dim. Outputs run four heads (GpuGemvGroups covers 1..8).
+  const int d = k.head_dim, regions = 3, group = k.channel && !k.twos && k.fp16 ? 1 : 4;
   const std::vector<int> lengths = k.channel ? std::vector<int>{1, 3, 31, 33, 257, 4097}
                                              : std::vector<int>{k.group, 3 * k.group, 4096 / k.group * k.group + k.group};
   std::mt19937_64 rng(1000 + k.bits * 31 + k.group + d);
