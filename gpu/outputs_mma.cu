@@ -2,8 +2,9 @@
 // A block walks its run of 128-token stretches; per stretch, warp u turns tile u's probabilities into
 // B fragments (range-scaled per tile, so small probabilities keep their bits), one barrier, then each
 // warp multiplies its m-tiles of 16 channels: lane t loads the chunk of tile t for its two channels
-// straight from global memory (issued before the B build, so the loads overlap it), and the group's
-// scale multiplies the lane's accumulator. Outputs stay in registers; runs are summed in order.
+// straight from global memory (a stretch ahead, with the probabilities and scales, so the loads
+// overlap the current stretch's work), and the group's scale multiplies the lane's accumulator.
+// Outputs stay in registers; runs are summed in order.
 #include <algorithm>
 
 #include "core/packed.h"

@@ -2,7 +2,7 @@
 // a warp takes 32 tokens at a time (one hybrid zero-block), each lane loads only its own chunk of
 // its 4 rows straight from global memory, and the scale of the chunk's group multiplies the lane's
 // accumulator. q's B fragments are built once per block in shared memory. Memory-level parallelism
-// comes from many resident warps, each with a 32-token unit of loads in flight.
+// comes from the resident warps, each loading its next 32-token unit while it multiplies this one.
 #include <algorithm>
 
 #include "core/packed.h"
