@@ -9,8 +9,6 @@
 #include "gpu/dispatch.cuh"
 #include "gpu/attention_parts.h"
 #include "gpu/inner_stage.cuh"
-#include "gpu/outputs_mma.h"
-#include "gpu/scores_mma.h"
 
 namespace kvq::gpu {
 
@@ -207,7 +205,7 @@ long long attention_scratch_floats(int regions, int group, int head_dim, int spl
 
 cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
   const RegionShape &ks = p.keys.shape, &vs = p.values.shape;
-  const bool shapes = scores_mma_supported(ks, p.group) && outputs_mma_supported(vs, p.group) && ks.tokens == vs.tokens &&
+  const bool shapes = ks.channel_axis && !vs.channel_axis && stage::supported(ks, p.group) && stage::supported(vs, p.group) && ks.tokens == vs.tokens &&
                       ks.head_dim == vs.head_dim && p.keys.regions == p.values.regions && p.splits >= 1 && p.window >= 0 &&
                       (p.window == 0 || (p.window_keys && p.window_values));
   if (!shapes || !attention_inner_bits(ks.bits, vs.bits)) return cudaErrorInvalidValue;

@@ -287,7 +287,7 @@ cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
   if (p.kernel != GemvKernel::cuda_cores) {
     // Measured on the H100 (docs/PERF.md): lane-owned chunks for one head per kv head, the staged
     // kernel (heads share an mma) for GQA groups; CUDA cores where neither supports the shape.
-    if (p.group == 1 && scores_mma_supported(s, p.group)) return scores_mma(p, stream);
+    if (scores_mma_supported(s, p.group)) return scores_mma(p, stream);
     if (scores_staged_supported(s, p.group)) return scores_staged(p, stream);
   }
   const dim3 grid(static_cast<unsigned>((s.tokens + 127) / 128), static_cast<unsigned>(p.keys.regions));

@@ -27,6 +27,17 @@ inline constexpr int kTokens = 128;   // tokens per stage
 inline constexpr int kThreads = 128;  // 4 warps
 inline constexpr int kBuffers = 4;    // stage buffers: computing s, s+1 landed, s+2 and s+3 in flight
 
+// Shapes the stages handle: bits 2/3/4/8, head_dim 64/128, GQA group up to 8, groups of 32, 64 or 128
+// (16 too, except for 3 bits, whose bit-2 plane pairs codes 16 apart); channel-axis keys and
+// token-axis values (whose token count is a whole number of groups).
+inline bool supported(const RegionShape& s, int group) {
+  const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
+  const bool dims = s.head_dim == 64 || s.head_dim == 128;
+  const bool groups = s.group_size == 32 || s.group_size == 64 || s.group_size == 128 || (s.group_size == 16 && s.bits != 3);
+  const bool axis = s.channel_axis ? s.head_dim % s.group_size == 0 : s.tokens % s.group_size == 0;
+  return bits && dims && groups && axis && group >= 1 && group <= 8;
+}
+
 // Byte offsets of one stage buffer's arrays in shared memory (each with 16 bytes of headroom for the
 // alignment of cp.async), from the shape alone; `bytes` is one buffer.
 struct Layout {

@@ -201,14 +201,16 @@ bool scores_mma_supported(const RegionShape& s, int group) {
   const bool dims = s.head_dim == 64 || s.head_dim == 128;
   // A lane's chunk (half a chunk at head_dim 64) must lie in one group.
   const bool groups = (s.group_size == 32 || s.group_size == 64 || s.group_size == 128) && s.group_size <= s.head_dim;
-  return bits && dims && groups && s.channel_axis && group >= 1 && group <= 8;
+  // One query head per kv head: with GQA groups the per-head mmas and register spills made it slower
+  // than the staged kernel (docs/PERF.md), so only group 1 is built.
+  return bits && dims && groups && s.channel_axis && group == 1;
 }
 
 cudaError_t scores_mma(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
   if (!scores_mma_supported(s, p.group)) return cudaErrorInvalidValue;
   if (s.tokens == 0) return cudaSuccess;
-  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H, return launch<B, D, H>(p, stream);)))
+  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, return launch<B, D, 1>(p, stream);))
   return cudaErrorInvalidValue;
 }
 

@@ -92,12 +92,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-bool scores_staged_supported(const RegionShape& s, int group) {
-  const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
-  const bool dims = s.head_dim == 64 || s.head_dim == 128;
-  const bool groups = s.group_size == 32 || s.group_size == 64 || s.group_size == 128 || (s.group_size == 16 && s.bits != 3);
-  return bits && dims && groups && s.channel_axis && s.head_dim % s.group_size == 0 && group >= 1 && group <= 8;
-}
+bool scores_staged_supported(const RegionShape& s, int group) { return s.channel_axis && stage::supported(s, group); }
 
 cudaError_t scores_staged(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
