@@ -11,6 +11,11 @@ namespace kvq::gpu {
 struct LaunchInfo {
   int multiprocessors = 0;
   int blocks_per_sm = 0;
+  // Blocks per region that make one wave of resident blocks when `regions` regions share the device.
+  int wave_per_region(int regions) const {
+    const int blocks = blocks_per_sm * multiprocessors / regions;
+    return blocks > 1 ? blocks : 1;
+  }
 };
 
 // For `kernel` with `threads` threads and `smem` bytes of dynamic shared memory on the current device.

@@ -214,7 +214,7 @@ cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
   // At most one wave of resident blocks (a second, partial wave would double the time of the last
   // runs), and no more splits than the caller's scratch holds.
   const int total = std::max(1, (s.tokens + kStretch - 1) / kStretch);
-  const int wave = std::max(1, info.blocks_per_sm * info.multiprocessors / p.values.regions);
+  const int wave = info.wave_per_region(p.values.regions);
   const int want = std::min({p.splits, total, wave});
   const int per_split = (total + want - 1) / want;
   const int splits = (total + per_split - 1) / per_split;

@@ -187,7 +187,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   // One wave of resident blocks, each taking a contiguous run of units (4 warps x several each), so
   // the per-block set-up of q is paid once per resident block.
   const int units = (s.tokens + kUnit - 1) / kUnit;
-  const int want = std::max(1, info.blocks_per_sm * info.multiprocessors / p.keys.regions);
+  const int want = info.wave_per_region(p.keys.regions);
   const int per_block = std::max(kThreads / 32, (units + want - 1) / want);
   const dim3 grid(static_cast<unsigned>((units + per_block - 1) / per_block), static_cast<unsigned>(p.keys.regions));
   kernel<<<grid, kThreads, 0, stream>>>(p, per_block);

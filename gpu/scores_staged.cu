@@ -83,7 +83,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), stage::kThreads, smem, info));
   // One wave of resident blocks, each streaming a contiguous run of stages.
   const int total = (s.tokens + stage::kTokens - 1) / stage::kTokens;
-  const int blocks = std::min(total, std::max(1, info.blocks_per_sm * info.multiprocessors / p.keys.regions));
+  const int blocks = std::min(total, info.wave_per_region(p.keys.regions));
   const int per_block = (total + blocks - 1) / blocks;
   const dim3 grid(static_cast<unsigned>((total + per_block - 1) / per_block), static_cast<unsigned>(p.keys.regions));
   kernel<<<grid, stage::kThreads, smem, stream>>>(p, layout, per_block);
