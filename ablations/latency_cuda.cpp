@@ -88,8 +88,9 @@ std::string cuda_unsupported(const CacheSpec& spec, const std::string& kernel) {
     if (t->mode != Mode::sym && t->mode != Mode::asym && t->mode != Mode::hybrid) return "only fp16 and integer quantized caches have CUDA kernels";
     if (t->rotation != Rotation::none || t->token_scale != TokenScale::none) return "rotated or token-scaled caches are not in the latency grid's CUDA path";
   }
-  if (spec.k.group_axis != GroupAxis::channel || spec.v.group_axis != GroupAxis::token)
-    return "outer layouts (token-axis keys or channel-axis values, as KIVI's) have no CUDA kernel yet";
+  const bool inner = spec.k.group_axis == GroupAxis::channel && spec.v.group_axis == GroupAxis::token;
+  if (kernel == "attention" && !inner)
+    return "the fused attention kernel takes InnerQ's layouts (channel-axis keys, token-axis values); outer layouts have the qk and pv kernels";
   if (kernel == "attention" && !gpu::attention_inner_bits(spec.k.bits, spec.v.bits))
     return fmt::format("no fused attention kernel for {}-bit keys with {}-bit values", spec.k.bits, spec.v.bits);
   return "";
@@ -129,9 +130,13 @@ CudaTiming time_cuda(const LatencyShape& shape, int N, const CacheSpec& spec, co
   KVQ_BENCH_CHECK(gpu::query_device(0, info));
   const int d = shape.head_dim, group = shape.heads / shape.kv_heads, regions = shape.batch * shape.kv_heads;
   const bool fp16 = spec.k.mode == Mode::fp16;
-  // Quantized caches: the windows (sink + recent) stay fp16; the quantized part is whole value groups.
+  // Quantized caches: the windows (sink + recent) stay fp16; the quantized part is whole groups of
+  // every token-axis tensor.
   const int window = fp16 ? N : std::min(N, spec.sink + spec.recent);
-  const int quantized = fp16 ? 0 : (N - window) / spec.v.group_size * spec.v.group_size;
+  int whole = 1;
+  for (const TensorSpec* t : {&spec.k, &spec.v})
+    if (t->group_axis == GroupAxis::token) whole = std::max(whole, t->group_size);  // sizes are powers of two
+  const int quantized = fp16 ? 0 : (N - window) / whole * whole;
   const int w = N - quantized;
   Buffers b;
   const std::size_t rows = static_cast<std::size_t>(regions) * group;
@@ -190,7 +195,8 @@ CudaTiming time_cuda(const LatencyShape& shape, int N, const CacheSpec& spec, co
     // The separate products: the quantized part, then the fp16 window (both launched each call).
     if (kernel == "qk") {
       if (quantized > 0) {
-        const cudaError_t e = gpu::scores_inner({s.k, q, group, scores});
+        const gpu::ScoresParams p{s.k, q, group, scores};
+        const cudaError_t e = s.k.shape.channel_axis ? gpu::scores_inner(p) : gpu::scores_outer(p);
         if (e != cudaSuccess) return e;
       }
       return w > 0 ? gpu::scores_fp16({s.wk, regions, w, d, group, q, scores}) : cudaSuccess;
@@ -198,7 +204,7 @@ CudaTiming time_cuda(const LatencyShape& shape, int N, const CacheSpec& spec, co
     if (quantized > 0) {
       gpu::OutputsParams p;
       p.values = s.v, p.probs = probs, p.group = group, p.outputs = out, p.partial = partial, p.splits = splits;
-      const cudaError_t e = gpu::outputs_inner(p);
+      const cudaError_t e = s.v.shape.channel_axis ? gpu::outputs_outer(p) : gpu::outputs_inner(p);
       if (e != cudaSuccess) return e;
     }
     return w > 0 ? gpu::outputs_fp16({s.wv, regions, w, d, group, probs, out, partial, out_splits}) : cudaSuccess;

@@ -1,7 +1,8 @@
 // GPU GEMVs and decode attention, paper shape (batch 1 x 32 heads, head_dim 128) and serving shape
 // (batch 16, 32 query heads on 8 kv heads): fp16 baselines (ours and cuBLAS), InnerQ keys (3-bit
 // sym, channel groups) for q.K^T, InnerQ values (2-bit hybrid, token groups) for p.V, each on the
-// tensor-core and CUDA-core kernels, and the fused attention paths. CUDA events around each call,
+// tensor-core and CUDA-core kernels, the outer layouts (KIVI: 2-bit asym per-channel keys and per-token
+// values), and the fused attention paths. CUDA events around each call,
 // warm-up, median of repetitions (--benchmark_repetitions), input buffers rotated over at least
 // 4x the L2; counters: us, GB/s of cache read, % of the device-to-device copy bandwidth
 // measured at start-up. Run: build/bench/bench_gpu --benchmark_repetitions=5.
@@ -94,8 +95,9 @@ void time_calls(benchmark::State& state, Launch launch, int copies, double bytes
 
 // *_cuda_cores, *_tensor_cores: the same product on each kernel, for the ratio; innerq_scores_scaled:
 // the rotation family's scores, with a token scale per key (q rotated beforehand).
+// kivi_*: the outer layouts (2-bit asym, groups of 32: per-channel keys, per-token values).
 enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs, innerq_scores_scaled, innerq_scores_tensor_cores, innerq_scores_cuda_cores,
-                    innerq_outputs_cuda_cores };
+                    innerq_outputs_cuda_cores, kivi_scores, kivi_outputs };
 
 struct Shape {
   int regions, group;
@@ -111,20 +113,22 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   }
   const bool scaled = kernel == Kernel::innerq_scores_scaled;
   const bool forced = kernel == Kernel::innerq_scores_cuda_cores || kernel == Kernel::innerq_scores_tensor_cores;
-  const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores || scaled || forced;
-  const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores || scaled || forced;
+  const bool outer = kernel == Kernel::kivi_scores || kernel == Kernel::kivi_outputs;
+  const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores || kernel == Kernel::kivi_scores || scaled || forced;
+  const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores || scaled ||
+                         forced || outer;
   kvq::gpu::RegionShape s;
   s.tokens = n;
   s.head_dim = d;
   s.group_size = 32;
-  s.channel_axis = keys;
-  s.bits = keys ? 3 : 2;
-  s.mode = keys ? kvq::gpu::GroupMode::sym : kvq::gpu::GroupMode::hybrid;
+  s.channel_axis = keys != outer;
+  s.bits = keys && !outer ? 3 : 2;
+  s.mode = outer ? kvq::gpu::GroupMode::asym : keys ? kvq::gpu::GroupMode::sym : kvq::gpu::GroupMode::hybrid;
   s.hybrid_asym_bits = 1;
   const std::size_t fp16_bytes = static_cast<std::size_t>(regions) * n * d * 2;
-  // Hybrid values: about a quarter of the groups store a zero point (random data).
-  const std::size_t bytes = quantized ? regions * (s.code_words() * 4 + s.groups() * 2 + (keys ? 0 : s.groups() * 2 / 4 + s.zero_blocks() * 4) +
-                                                   (scaled ? static_cast<std::size_t>(n) * 4 : 0))
+  // Zero points: every group (asym); hybrid values: about a quarter of the groups (random data).
+  const std::size_t zero_bytes = outer ? s.groups() * 2 : keys ? 0 : s.groups() * 2 / 4 + s.zero_blocks() * 4;
+  const std::size_t bytes = quantized ? regions * (s.code_words() * 4 + s.groups() * 2 + zero_bytes + (scaled ? static_cast<std::size_t>(n) * 4 : 0))
                                       : fp16_bytes;
   // Buffers rotated so that the set exceeds 4x the L2.
   const int copies = static_cast<int>(std::max<std::size_t>(1, (4 * g_device.l2_bytes + bytes - 1) / bytes));
@@ -176,13 +180,14 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   BENCH_CUDA(cudaMalloc(&partial, static_cast<std::size_t>(splits) * regions * group * d * sizeof(float)));
   auto launch = [&](int c) {
     if (kernel == Kernel::innerq_scores) return kvq::gpu::scores_inner({packed[c], vectors, group, out});
+    if (kernel == Kernel::kivi_scores) return kvq::gpu::scores_outer({packed[c], vectors, group, out});
     if (scaled) return kvq::gpu::scores_inner({packed[c], vectors, group, out, token_scale});
     if (forced) {
       return kvq::gpu::scores_inner({packed[c], vectors, group, out, nullptr,
                                      kernel == Kernel::innerq_scores_cuda_cores ? kvq::gpu::GemvKernel::cuda_cores
                                                                                 : kvq::gpu::GemvKernel::tensor_cores});
     }
-    if (kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores) {
+    if (kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores || kernel == Kernel::kivi_outputs) {
       kvq::gpu::OutputsParams p;
       if (kernel == Kernel::innerq_outputs_cuda_cores) p.kernel = kvq::gpu::GemvKernel::cuda_cores;
       p.values = packed[c];
@@ -191,7 +196,7 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
       p.outputs = out;
       p.partial = partial;
       p.splits = splits;
-      return kvq::gpu::outputs_inner(p);
+      return outer ? kvq::gpu::outputs_outer(p) : kvq::gpu::outputs_inner(p);
     }
     kvq::gpu::Fp16Params p{halves[c], regions, n, d, group, vectors, out, partial, splits};
     return kernel == Kernel::fp16_scores ? kvq::gpu::scores_fp16(p) : kvq::gpu::outputs_fp16(p);
@@ -465,6 +470,8 @@ BENCHMARK_CAPTURE(run, paper_innerq_k3sym_cudacores_qk, Kernel::innerq_scores_cu
 BENCHMARK_CAPTURE(run, paper_fp16_pv, Kernel::fp16_outputs, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_pv, Kernel::innerq_outputs, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_cudacores_pv, Kernel::innerq_outputs_cuda_cores, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(run, paper_kivi_k2asym_qk, Kernel::kivi_scores, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(run, paper_kivi_v2asym_pv, Kernel::kivi_outputs, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_rotated_k3sym_scaled_qk, Kernel::innerq_scores_scaled, kPaper)->Apply(paper_args);
 BENCHMARK(rotate_keys)->Arg(4096)->Arg(32768)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(run, serving_fp16_qk, Kernel::fp16_scores, kServing)->Apply(serving_args);
@@ -474,6 +481,8 @@ BENCHMARK_CAPTURE(run, serving_innerq_k3sym_cudacores_qk, Kernel::innerq_scores_
 BENCHMARK_CAPTURE(run, serving_fp16_pv, Kernel::fp16_outputs, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_innerq_v2hybrid_pv, Kernel::innerq_outputs, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_innerq_v2hybrid_cudacores_pv, Kernel::innerq_outputs_cuda_cores, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(run, serving_kivi_k2asym_qk, Kernel::kivi_scores, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(run, serving_kivi_v2asym_pv, Kernel::kivi_outputs, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_qk, true, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_pv, false, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_qk, true, kServing)->Apply(serving_args);

@@ -30,3 +30,14 @@
     case 8: { constexpr int GROUP = 8; __VA_ARGS__ break; } \
     default: return cudaErrorInvalidValue;   \
   }
+
+// Query heads per kv head in buckets 1, 2, 4, 8: a bucket's kernel takes any count up to it (the
+// outer-layout GEMVs, whose accumulators scale with the heads).
+#define KVQ_DISPATCH_HEAD_BUCKET(g, HEADS, ...)               \
+  switch ((g) <= 1 ? 1 : (g) <= 2 ? 2 : (g) <= 4 ? 4 : (g) <= 8 ? 8 : 0) { \
+    case 1: { constexpr int HEADS = 1; __VA_ARGS__ break; }   \
+    case 2: { constexpr int HEADS = 2; __VA_ARGS__ break; }   \
+    case 4: { constexpr int HEADS = 4; __VA_ARGS__ break; }   \
+    case 8: { constexpr int HEADS = 8; __VA_ARGS__ break; }   \
+    default: return cudaErrorInvalidValue;                    \
+  }

@@ -1,8 +1,10 @@
 #pragma once
-// Fused dequantize + GEMV on the inner layouts, and fp16 baselines in the same harness.
+// Fused dequantize + GEMV on the inner and outer layouts, and fp16 baselines in the same harness.
 // Inner grouping puts each group along the reduction axis, so a group costs one multiply
-// by its scale: |s| * sum(f_i * w_i) + z_eff * sum(w_i) (core/packed.h). Query heads that
-// share a kv head (GQA) are computed from one read of its codes.
+// by its scale: |s| * sum(f_i * w_i) + z_eff * sum(w_i) (core/packed.h). Outer grouping (KIVI's
+// per-channel keys and per-token values) puts it across the reduction, so the scale multiplies
+// the vector's entry once per group instead (gpu/scores_outer.cu, gpu/outputs_outer.cu). Query
+// heads that share a kv head (GQA) are computed from one read of its codes.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -15,7 +17,8 @@ namespace kvq::gpu {
 enum class GemvKernel { automatic, tensor_cores, cuda_cores };
 
 struct ScoresParams {
-  // Keys, channel-axis groups: `regions` regions of `shape.tokens` tokens.
+  // Keys: `regions` regions of `shape.tokens` tokens; channel-axis groups for scores_inner, token-axis
+  // groups for scores_outer.
   DeviceRegions keys;
   // queries: [regions][group][head_dim] fp32 (key normalization already folded in), device.
   const float* queries = nullptr;
@@ -31,7 +34,7 @@ struct ScoresParams {
 };
 
 struct OutputsParams {
-  // Values, token-axis groups.
+  // Values: token-axis groups for outputs_inner, channel-axis groups for outputs_outer.
   DeviceRegions values;
   // probs: [regions][group][tokens] fp32, device.
   const float* probs = nullptr;
@@ -60,9 +63,16 @@ struct Fp16Params {
 };
 
 // Each returns the first CUDA error, or cudaErrorInvalidValue for an unsupported shape
-// (head_dim 64 or 128; bits 2, 3, 4, 8; group 1..8; channel axis for scores, token axis for outputs).
+// (head_dim 64 or 128; bits 2, 3, 4, 8; group sizes 16, 32, 64, 128; GQA group 1..8).
+// Inner layouts: channel-axis keys for scores, token-axis values for outputs.
 cudaError_t scores_inner(const ScoresParams& params, cudaStream_t stream = nullptr);
 cudaError_t outputs_inner(const OutputsParams& params, cudaStream_t stream = nullptr);
+// Outer layouts: token-axis keys for scores, channel-axis values for outputs (CUDA cores; `kernel`
+// is ignored). The *_supported predicates say which shapes they take.
+cudaError_t scores_outer(const ScoresParams& params, cudaStream_t stream = nullptr);
+cudaError_t outputs_outer(const OutputsParams& params, cudaStream_t stream = nullptr);
+bool scores_outer_supported(const RegionShape& shape, int group);
+bool outputs_outer_supported(const RegionShape& shape, int group);
 cudaError_t scores_fp16(const Fp16Params& params, cudaStream_t stream = nullptr);
 cudaError_t outputs_fp16(const Fp16Params& params, cudaStream_t stream = nullptr);
 

@@ -4,7 +4,8 @@
 # them, the GPU benchmarks and kvq bench's cuda backend. Logs and results under $OUT (or ./device_out),
 # eight files at most.
 # SKIP_DUMP_HF=1 skips the Python test, SKIP_TESTS=1 the GPU tests, SKIP_SANITIZER=1 the sanitizer,
-# SKIP_BENCH=1 both benchmarks (a warm machine keeps build-device/ between calls).
+# SKIP_BENCH=1 both benchmarks, SKIP_GRID=1 only kvq bench's grid (a warm machine keeps build-device/
+# between calls).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-device_out}"
@@ -52,6 +53,7 @@ echo "== benchmarks =="
 # BENCH_ARGS narrows the run (e.g. --benchmark_filter=32768) when device time is short.
 build-device/bench/bench_gpu --benchmark_repetitions=3 --benchmark_report_aggregates_only=true ${BENCH_ARGS:-} \
   --benchmark_out="$out/bench_gpu.json" --benchmark_out_format=json 2>&1 | grep -E "median|device|copy" | tee "$out/bench_gpu.txt"
+[ "${SKIP_GRID:-0}" = 1 ] && exit 0
 echo "== kvq bench (cuda) =="
 # The latency grid of configs/paper_latency.yaml on the GPU (docs/PERF.md's table).
 build-device/apps/kvq bench --config configs/paper_latency.yaml --backend cuda --output "$out/paper_latency_cuda.csv" 2>&1 | tail -4

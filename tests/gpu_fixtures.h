@@ -75,7 +75,7 @@ struct PackedPair {
   }
 };
 
-// gpu::outputs_inner over `values` into a device buffer [regions][group][head_dim] (with its split
+// gpu::outputs_inner (token-axis values) or gpu::outputs_outer (channel-axis) over `values` into a device buffer [regions][group][head_dim] (with its split
 // scratch), both freed with the object; status is the launcher's result.
 struct OutputsRun {
   float* out = nullptr;
@@ -96,7 +96,7 @@ struct OutputsRun {
     op.splits = splits;
     op.token_scale = token_scale;
     op.kernel = kernel;
-    status = gpu::outputs_inner(op);
+    status = values.shape.channel_axis ? gpu::outputs_outer(op) : gpu::outputs_inner(op);
   }
   OutputsRun(const OutputsRun&) = delete;
   OutputsRun& operator=(const OutputsRun&) = delete;

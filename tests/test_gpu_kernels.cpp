@@ -106,6 +106,34 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
     std::vector<float> q(static_cast<std::size_t>(regions) * group * d), probs(static_cast<std::size_t>(regions) * group * n);
     for (auto& x : q) x = normal(rng);
     for (auto& x : probs) x = std::fabs(normal(rng)) / n;
+    // The outer-layout product over the same region (outputs for channel-axis values, scores for
+    // token-axis keys) with another head count (every bucket of 1..8 across the sweep) and, for 3-bit
+    // cases, token scales.
+    const int outer_group = 1 + (k.bits + k.group / 16 + d / 64 + (k.twos ? 3 : 0)) % 8;
+    std::vector<float> outer_w(static_cast<std::size_t>(regions) * outer_group * (k.channel ? n : d)), sigma;
+    for (auto& x : outer_w) x = k.channel ? std::fabs(normal(rng)) / n : normal(rng);
+    if (k.bits == 3) {
+      sigma.resize(static_cast<std::size_t>(regions) * n);
+      for (auto& x : sigma) x = 0.5f + std::fabs(normal(rng));
+    }
+    std::vector<float> outer_out;
+    {
+      float* d_w = upload(outer_w);
+      float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
+      if (k.channel) {
+        const OutputsRun run(dev, d_w, outer_group, 3, gpu::GemvKernel::automatic, d_sigma);
+        CUDA_OK(run.status);
+        outer_out = run.host();
+      } else {
+        float* d_scores = nullptr;
+        CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * outer_group * n));
+        CUDA_OK(gpu::scores_outer({dev, d_w, outer_group, d_scores, d_sigma}));
+        outer_out = download(d_scores, static_cast<std::size_t>(regions) * outer_group * n);
+        cudaFree(d_scores);
+      }
+      cudaFree(d_w);
+      cudaFree(d_sigma);
+    }
     std::vector<float> gpu_out, cuda_core_out;
     if (k.channel) {
       float* d_q = upload(q);
@@ -182,6 +210,26 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       // fp32 accumulation in another order and the zero-point form: ~1e-12 expected; 1e-6 is the bound.
       EXPECT_LT(num / std::max(den, 1e-30), 1e-6) << "region " << r;
       EXPECT_LT(num_cc / std::max(den, 1e-30), 1e-6) << "CUDA-core kernel, region " << r;
+      // Outer layout: token scales multiply each token's row.
+      double num_outer = 0, den_outer = 0;
+      const auto sig = [&](int t) { return sigma.empty() ? 1.0 : double(sigma[static_cast<std::size_t>(r) * n + t]); };
+      for (int h = 0; h < outer_group; ++h) {
+        const float* wv = outer_w.data() + (static_cast<std::size_t>(r) * outer_group + h) * (k.channel ? n : d);
+        for (int i = 0; i < (k.channel ? d : n); ++i) {
+          double ref = 0;
+          if (k.channel) {
+            for (int t = 0; t < n; ++t) ref += double(wv[t]) * sig(t) * x_hat[static_cast<std::size_t>(t) * d + i];
+          } else {
+            for (int c = 0; c < d; ++c) ref += double(wv[c]) * x_hat[static_cast<std::size_t>(i) * d + c];
+            ref *= sig(i);
+          }
+          const double e = outer_out[(static_cast<std::size_t>(r) * outer_group + h) * (k.channel ? d : n) + i] - ref;
+          num_outer += e * e;
+          den_outer += ref * ref;
+        }
+      }
+      // The unit-code form (1 + f/2^b, the 1 taken back per group) cancels at most b bits: ~1e-12 expected.
+      EXPECT_LT(num_outer / std::max(den_outer, 1e-30), 1e-6) << "outer layout, " << outer_group << " heads, region " << r;
     }
     cudaFree(d_rows);
   }
@@ -380,6 +428,15 @@ TEST(GpuLaunchers, UnsupportedShapesAreErrorsNotCrashes) {
   gpu::OutputsParams op;
   op.values.shape.channel_axis = true;
   EXPECT_EQ(gpu::outputs_inner(op), cudaErrorInvalidValue);
+  op.values.shape.channel_axis = false;
+  EXPECT_EQ(gpu::outputs_outer(op), cudaErrorInvalidValue);  // the outer layout takes channel-axis values
+  op.values.shape.channel_axis = true;
+  op.group = 9;
+  EXPECT_EQ(gpu::outputs_outer(op), cudaErrorInvalidValue);
+  sp.keys.shape.head_dim = 128;
+  sp.keys.shape.channel_axis = false;
+  sp.keys.shape.tokens = 40;  // not a whole number of 32-token groups
+  EXPECT_EQ(gpu::scores_outer(sp), cudaErrorInvalidValue);
   gpu::RotateParams rp;
   rp.count = 4;
   EXPECT_EQ(gpu::rotate_rows(rp), cudaErrorInvalidValue);  // no rows
