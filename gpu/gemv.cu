@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
   __syncthreads();
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   const bool live = t < s.tokens;
-  const long long group0 = static_cast<long long>(r) * s.groups() + static_cast<long long>(t) * groups_per_row;
+  const long long group0 = static_cast<long long>(r) * s.group_stride() + static_cast<long long>(t) * groups_per_row;
   const int offset = packed::sym_offset(Bits, s.twos);
   // Hybrid: this token's first compact zero = zero_base of its 32-token block + asym groups before it.
   std::uint32_t zero_index = 0;
@@ -46,10 +46,10 @@ __global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
       if ((threadIdx.x & 31) >= k) before += up;
     }
     before -= mine;
-    if (live) zero_index = p.keys.zero_offset[r] + p.keys.zero_base[static_cast<long long>(r) * s.zero_blocks() + t / 32] + before;
+    if (live) zero_index = p.keys.zero_offset[r] + p.keys.zero_base[static_cast<long long>(r) * s.zero_block_stride() + t / 32] + before;
   }
   if (!live) return;
-  const std::uint32_t* row = p.keys.codes + static_cast<long long>(r) * s.code_words() + static_cast<long long>(t) * (D / 32) * Bits;
+  const std::uint32_t* row = p.keys.codes + static_cast<long long>(r) * s.code_stride() + static_cast<long long>(t) * (D / 32) * Bits;
   float score[Group] = {};
   float dot[Group] = {};
 #pragma unroll
@@ -104,8 +104,8 @@ __global__ void __launch_bounds__(D) outputs_token(OutputsParams p) {
   __shared__ int warp_asym[D / 32];
   const int offset = packed::sym_offset(Bits, s.twos);
   float acc[Group] = {};
-  const long long region_groups = static_cast<long long>(r) * s.groups();
-  const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_words();
+  const long long region_groups = static_cast<long long>(r) * s.group_stride();
+  const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_stride();
   for (int blk = b0; blk < b1; ++blk) {
     __syncthreads();
     for (int i = c; i < Group * G; i += D) {
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(D) outputs_token(OutputsParams p) {
       for (int w = 0; w < D / 32; ++w)
         if (w < c / 32) before += warp_asym[w];
       if (asym) {
-        const long long z = p.values.zero_offset[r] + p.values.zero_base[static_cast<long long>(r) * s.zero_blocks() + blk] + before;
+        const long long z = p.values.zero_offset[r] + p.values.zero_base[static_cast<long long>(r) * s.zero_block_stride() + blk] + before;
         zero_eff = zero_value(p.values.zeros, z, s.meta_fp16);
       }
     }

@@ -95,13 +95,13 @@ struct KeySources {
 __device__ __forceinline__ KeySources key_sources(const DeviceRegions& k, const float* token_scale, int r, int t0) {
   const RegionShape& s = k.shape;
   const int mb = s.meta_fp16 ? 2 : 4, gpr = s.head_dim / s.group_size, rw = s.head_dim / 32 * s.bits;
-  const long long group0 = static_cast<long long>(r) * s.groups() + static_cast<long long>(t0) * gpr;
+  const long long group0 = static_cast<long long>(r) * s.group_stride() + static_cast<long long>(t0) * gpr;
   KeySources src;
   src.n = min(kTokens, s.tokens - t0);
-  src.codes = k.codes + static_cast<long long>(r) * s.code_words() + static_cast<long long>(t0) * rw;
+  src.codes = k.codes + static_cast<long long>(r) * s.code_stride() + static_cast<long long>(t0) * rw;
   src.scales = static_cast<const char*>(k.scales) + group0 * mb;
   src.zeros = s.mode == GroupMode::asym ? static_cast<const char*>(k.zeros) + group0 * mb : nullptr;
-  src.zero_base = s.mode == GroupMode::hybrid ? k.zero_base + static_cast<long long>(r) * s.zero_blocks() + t0 / 32 : nullptr;
+  src.zero_base = s.mode == GroupMode::hybrid ? k.zero_base + static_cast<long long>(r) * s.zero_block_stride() + t0 / 32 : nullptr;
   src.token_scale = token_scale ? token_scale + static_cast<long long>(r) * s.tokens + t0 : nullptr;
   return src;
 }
@@ -335,13 +335,13 @@ struct ValueSources {
 __device__ __forceinline__ ValueSources value_sources(const DeviceRegions& v, const float* token_scale, int r, int t0) {
   const RegionShape& s = v.shape;
   const int mb = s.meta_fp16 ? 2 : 4, D = s.head_dim, G = s.group_size;
-  const long long group0 = static_cast<long long>(r) * s.groups() + static_cast<long long>(t0 / G) * D;
+  const long long group0 = static_cast<long long>(r) * s.group_stride() + static_cast<long long>(t0 / G) * D;
   ValueSources src;
   src.n = min(kTokens, s.tokens - t0);
-  src.codes = v.codes + static_cast<long long>(r) * s.code_words() + static_cast<long long>(t0 / 32) * D * s.bits;
+  src.codes = v.codes + static_cast<long long>(r) * s.code_stride() + static_cast<long long>(t0 / 32) * D * s.bits;
   src.scales = static_cast<const char*>(v.scales) + group0 * mb;
   src.zeros = s.mode == GroupMode::asym ? static_cast<const char*>(v.zeros) + group0 * mb : nullptr;
-  src.zero_base = s.mode == GroupMode::hybrid ? v.zero_base + static_cast<long long>(r) * s.zero_blocks() + t0 / G : nullptr;
+  src.zero_base = s.mode == GroupMode::hybrid ? v.zero_base + static_cast<long long>(r) * s.zero_block_stride() + t0 / G : nullptr;
   src.token_scale = token_scale ? token_scale + static_cast<long long>(r) * s.tokens + t0 : nullptr;
   return src;
 }

@@ -14,18 +14,13 @@ struct GroupTerms {
   float a = 0.0f, c = 0.0f;
 };
 
-// Terms of group `index` whose stored |scale| and sign bit were read already; `zero_index` is where
-// its compact zero point sits if it is a hybrid asymmetric group.
+// Terms of a group from its stored |scale|, mode bit and zero point (read only for asym groups and
+// hybrid groups with the bit set; ignored otherwise).
 template <int Bits>
-__device__ __forceinline__ GroupTerms group_terms(const DeviceRegions& m, float scale, bool sign, long long index, long long zero_index) {
-  const RegionShape& s = m.shape;
+__device__ __forceinline__ GroupTerms group_terms(const RegionShape& s, float scale, bool sign, float stored_zero) {
   const float a = scale * static_cast<float>(1 << Bits);
-  float zero = -static_cast<float>(packed::sym_offset(Bits, s.twos)) * scale;
-  if (s.mode == GroupMode::asym) {
-    zero = zero_value(m.zeros, index, s.meta_fp16);
-  } else if (s.mode == GroupMode::hybrid && sign) {
-    zero = zero_value(m.zeros, zero_index, s.meta_fp16);
-  }
+  const bool asym = s.mode == GroupMode::asym || (s.mode == GroupMode::hybrid && sign);
+  const float zero = asym ? stored_zero : -static_cast<float>(packed::sym_offset(Bits, s.twos)) * scale;
   return {a, zero - a};
 }
 

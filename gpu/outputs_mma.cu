@@ -57,7 +57,7 @@ __device__ __forceinline__ void load_stretch(const OutputsParams& p, int r, int 
     for (int k = 0; k < kStretch / s.group_size; ++k) {
       const int blk = min(t0 / s.group_size + k, blocks - 1);
       bool sign;
-      meta_value(p.values.scales, static_cast<long long>(r) * s.groups() + static_cast<long long>(blk) * D + threadIdx.x, s.meta_fp16, sign);
+      meta_value(p.values.scales, static_cast<long long>(r) * s.group_stride() + static_cast<long long>(blk) * D + threadIdx.x, s.meta_fp16, sign);
       in.signs |= static_cast<unsigned>(sign) << k;
     }
   }
@@ -103,8 +103,8 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
   const int stretches = (s.tokens + kStretch - 1) / kStretch, tiles = (s.tokens + 31) / 32, blocks = s.tokens / G;
   const int first = split * stretches_per_split, last = min(stretches, first + stretches_per_split);
   const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
-  const long long groups0 = static_cast<long long>(r) * s.groups();
-  const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_words();
+  const long long groups0 = static_cast<long long>(r) * s.group_stride();
+  const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_stride();
   float acc[Group][kTiles][2] = {};
   for (int i = threadIdx.x; i < 2 * Group * Sh::kSteps; i += kThreads) sh.b[i / (Group * Sh::kSteps)][(i / Sh::kSteps) % Group][i % Sh::kSteps][8] = make_uint2(0, 0);
 
@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
     // Zero points first, so their loads are in flight during the multiplies.
     float zero[kTiles][2];
     const long long zero0 = s.mode == GroupMode::hybrid
-                                ? p.values.zero_offset[r] + p.values.zero_base[static_cast<long long>(r) * s.zero_blocks() + blk]
+                                ? p.values.zero_offset[r] + p.values.zero_base[static_cast<long long>(r) * s.zero_block_stride() + blk]
                                 : 0;
 #pragma unroll
     for (int m = 0; m < kTiles; ++m)

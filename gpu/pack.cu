@@ -25,17 +25,17 @@ __device__ void store_meta(void* array, long long i, std::uint32_t bits, bool fp
   }
 }
 
-// One thread per group: quantize with core/quant_math.h, OR the codes in, store the scale; asym
+// One thread per new group: quantize with core/quant_math.h, OR the codes in, store the scale; asym
 // groups store their zero point (hybrid: into a per-group scratch slot, compacted afterwards).
-__global__ void pack_groups(const float* rows, DeviceRegions out, std::uint32_t* asym_flag, std::uint32_t* zero_scratch) {
+__global__ void pack_groups(const float* rows, DeviceRegions out, int at, std::uint32_t* asym_flag, std::uint32_t* zero_scratch) {
   const RegionShape s = out.shape;
-  const long long groups = s.groups();
+  const int d = s.head_dim, G = s.group_size, count = s.tokens - at;
+  const long long groups = static_cast<long long>(count) * d / G;  // new groups per region
   const long long g = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   const int r = blockIdx.y;
   if (g >= groups) return;
-  const int d = s.head_dim, G = s.group_size;
-  const float* region_rows = rows + static_cast<long long>(r) * s.tokens * d;
-  std::uint32_t* codes = out.codes + r * s.code_words();
+  const float* region_rows = rows + static_cast<long long>(r) * count * d;
+  std::uint32_t* codes = out.codes + r * s.code_stride();
   qmath::GroupParams p;
   p.mode = static_cast<qmath::GroupMode>(static_cast<int>(s.mode));
   p.bits = s.bits;
@@ -45,9 +45,9 @@ __global__ void pack_groups(const float* rows, DeviceRegions out, std::uint32_t*
   std::uint8_t fields[128];
   qmath::GroupQuant q;
   if (s.channel_axis) {
-    const long long t = g / (d / G);
+    const long long local = g / (d / G), t = at + local;
     const int c0 = static_cast<int>(g % (d / G)) * G;
-    q = qmath::quantize_group(region_rows + t * d + c0, 1, G, p, fields);
+    q = qmath::quantize_group(region_rows + local * d + c0, 1, G, p, fields);
     for (int i = 0; i < G; ++i) {
       const int c = c0 + i;
       const packed::CodePlacement pl = packed::place_code(s.bits, c % 32, fields[i]);
@@ -59,51 +59,80 @@ __global__ void pack_groups(const float* rows, DeviceRegions out, std::uint32_t*
     const int c = static_cast<int>(g % d);
     q = qmath::quantize_group(region_rows + blk * G * d + c, d, G, p, fields);
     for (int i = 0; i < G; ++i) {
-      const long long t = blk * G + i;
+      const long long t = at + blk * G + i;
       const packed::CodePlacement pl = packed::place_code(s.bits, static_cast<int>(t % 32), fields[i]);
       std::uint32_t* chunk = codes + ((t / 32) * d + c) * s.bits;
       for (int k = 0; k < pl.count; ++k) atomicOr(chunk + pl.word[k], pl.bits[k]);
     }
   }
-  const long long index = static_cast<long long>(r) * groups + g;
+  // Group indices run on from the groups already packed: at * d / G of them.
+  const long long index = r * s.group_stride() + static_cast<long long>(at) * d / G + g;
   const bool hybrid = s.mode == GroupMode::hybrid;
   store_meta(out.scales, index, meta_bits(q.scale, s.meta_fp16, hybrid && q.asym), s.meta_fp16);
   if (s.mode == GroupMode::asym) store_meta(out.zeros, index, meta_bits(q.zero, s.meta_fp16, false), s.meta_fp16);
   if (hybrid) {
-    asym_flag[index] = q.asym ? 1u : 0u;
-    zero_scratch[index] = meta_bits(q.zero, s.meta_fp16, false);
+    asym_flag[r * groups + g] = q.asym ? 1u : 0u;
+    zero_scratch[r * groups + g] = meta_bits(q.zero, s.meta_fp16, false);
   }
 }
 
+// Where region r's zero points start, and how many it holds before this pack.
+__device__ __forceinline__ long long zero_start(const DeviceRegions& out, int at, const std::uint32_t* position, long long groups, long long r) {
+  if (at > 0) return out.zero_offset[r];
+  return out.shape.capacity > 0 ? r * out.shape.group_stride() : static_cast<long long>(position[r * groups]);
+}
+
 // Hybrid: scatter each asymmetric group's zero point to its compact slot, and record each region's
-// first zero and each zero-block's base (relative to its region).
-__global__ void place_zeros(DeviceRegions out, const std::uint32_t* asym_flag, const std::uint32_t* position,
-                            const std::uint32_t* zero_scratch, long long total) {
+// first zero (fresh regions) and each new zero-block's base (relative to its region).
+__global__ void place_zeros(DeviceRegions out, int at, const std::uint32_t* zero_count, const std::uint32_t* asym_flag, const std::uint32_t* position,
+                            const std::uint32_t* zero_scratch, long long groups, long long total) {
   const RegionShape s = out.shape;
-  const long long groups = s.groups();
   const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   if (i >= total) return;
   const long long r = i / groups, g = i % groups;
-  if (asym_flag[i]) store_meta(out.zeros, position[i], zero_scratch[i], s.meta_fp16);
-  if (g == 0) out.zero_offset[r] = position[i];
+  const long long held = at > 0 ? zero_count[r] : 0;
+  const long long relative = held + position[i] - position[r * groups];
+  if (asym_flag[i]) store_meta(out.zeros, zero_start(out, at, position, groups, r) + relative, zero_scratch[i], s.meta_fp16);
+  if (g == 0 && at == 0) out.zero_offset[r] = static_cast<std::uint32_t>(zero_start(out, at, position, groups, r));
+  const long long index = static_cast<long long>(at) * s.head_dim / s.group_size + g;  // within the region
   const long long groups_per_block = static_cast<long long>(s.zero_block_tokens()) * s.head_dim / s.group_size;
-  if (g % groups_per_block == 0) out.zero_base[r * s.zero_blocks() + g / groups_per_block] = position[i] - position[r * groups];
+  if (index % groups_per_block == 0) out.zero_base[r * s.zero_block_stride() + index / groups_per_block] = static_cast<std::uint32_t>(relative);
+}
+
+// Hybrid: each region's zero-point count after this pack (one thread per region, after place_zeros).
+__global__ void count_zeros(std::uint32_t* zero_count, int at, int regions, const std::uint32_t* asym_flag, const std::uint32_t* position, long long groups) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= regions) return;
+  const long long last = (r + 1) * groups - 1;
+  zero_count[r] = (at > 0 ? zero_count[r] : 0u) + position[last] + asym_flag[last] - position[r * groups];
 }
 
 }  // namespace
 
 cudaError_t pack(const PackParams& params, cudaStream_t stream) {
   const RegionShape& s = params.out.shape;
+  const int at = params.at;
   const bool bits_ok = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
   const bool group_ok = s.group_size == 16 || s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
-  if (!bits_ok || !group_ok || s.head_dim % 32 != 0 || s.tokens < 0 || params.out.regions < 1 ||
-      (s.channel_axis && s.head_dim % s.group_size != 0) || (!s.channel_axis && s.tokens % s.group_size != 0)) {
+  const bool append_ok = at == 0 || (s.capacity >= s.tokens && (s.mode != GroupMode::hybrid || params.zero_count));
+  if (!bits_ok || !group_ok || s.head_dim % 32 != 0 || at < 0 || s.tokens < at || params.out.regions < 1 || !append_ok ||
+      (s.capacity > 0 && s.capacity < s.tokens) || (s.channel_axis && s.head_dim % s.group_size != 0) ||
+      (!s.channel_axis && (s.tokens % s.group_size != 0 || at % s.group_size != 0))) {
     return cudaErrorInvalidValue;
   }
-  if (s.tokens == 0) return cudaSuccess;
+  if (s.tokens == at) return cudaSuccess;
   const DeviceRegions& out = params.out;
-  KVQ_CUDA_TRY(cudaMemsetAsync(out.codes, 0, sizeof(std::uint32_t) * out.regions * s.code_words(), stream));
-  const long long total = static_cast<long long>(out.regions) * s.groups();
+  // Zero the new codes of every region: whole rows (channel axis), or the tiles the new tokens open
+  // (token axis; a tile begun by an earlier pack was zeroed then and holds its codes).
+  const long long first = s.channel_axis ? static_cast<long long>(at) * (s.head_dim / 32) * s.bits
+                                         : static_cast<long long>((at + 31) / 32) * s.head_dim * s.bits;
+  const long long end = s.code_words();
+  if (end > first) {
+    KVQ_CUDA_TRY(cudaMemset2DAsync(out.codes + first, sizeof(std::uint32_t) * s.code_stride(), 0, sizeof(std::uint32_t) * (end - first), out.regions,
+                                   stream));
+  }
+  const long long groups = static_cast<long long>(s.tokens - at) * s.head_dim / s.group_size;
+  const long long total = static_cast<long long>(out.regions) * groups;
   std::uint32_t *flag = nullptr, *position = nullptr, *scratch = nullptr;
   void* temp = nullptr;
   std::size_t temp_bytes = 0;
@@ -113,16 +142,20 @@ cudaError_t pack(const PackParams& params, cudaStream_t stream) {
     KVQ_CUDA_TRY(cudaMallocAsync(&scratch, sizeof(std::uint32_t) * total, stream));
   }
   const dim3 block(128);
-  const dim3 grid(static_cast<unsigned>((s.groups() + 127) / 128), static_cast<unsigned>(out.regions));
-  pack_groups<<<grid, block, 0, stream>>>(params.rows, out, flag, scratch);
+  const dim3 grid(static_cast<unsigned>((groups + 127) / 128), static_cast<unsigned>(out.regions));
+  pack_groups<<<grid, block, 0, stream>>>(params.rows, out, at, flag, scratch);
   KVQ_CUDA_TRY(cudaGetLastError());
   if (s.mode == GroupMode::hybrid) {
-    // Compact zero points: an exclusive scan of the asym flags over every region's groups in order.
+    // Compact zero points: an exclusive scan of the asym flags over every region's new groups in order.
     KVQ_CUDA_TRY(cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, flag, position, total, stream));
     KVQ_CUDA_TRY(cudaMallocAsync(&temp, temp_bytes, stream));
     KVQ_CUDA_TRY(cub::DeviceScan::ExclusiveSum(temp, temp_bytes, flag, position, total, stream));
-    place_zeros<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(out, flag, position, scratch, total);
+    place_zeros<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(out, at, params.zero_count, flag, position, scratch, groups, total);
     KVQ_CUDA_TRY(cudaGetLastError());
+    if (params.zero_count) {
+      count_zeros<<<static_cast<unsigned>((out.regions + 127) / 128), 128, 0, stream>>>(params.zero_count, at, out.regions, flag, position, groups);
+      KVQ_CUDA_TRY(cudaGetLastError());
+    }
     KVQ_CUDA_TRY(cudaFreeAsync(temp, stream));
     KVQ_CUDA_TRY(cudaFreeAsync(flag, stream));
     KVQ_CUDA_TRY(cudaFreeAsync(position, stream));

@@ -1,8 +1,9 @@
 #pragma once
 // Packed regions on the device, in the core/packed.h layout. A launch covers `regions`
-// regions of the same shape (one per batch x kv head), laid out back to back: region r's
-// codes start at codes + r * codes_stride, its scales at r * groups, and (hybrid) its
-// compact zero points at zeros + zero_offset[r], its zero_base at r * zero_blocks.
+// regions of the same shape (one per batch x kv head), laid out back to back at the shape's
+// allocated size (capacity tokens, or tokens): region r's codes start at codes + r * code_stride(),
+// its scales at r * group_stride(), and (hybrid) its compact zero points at zeros + zero_offset[r],
+// its zero_base at r * zero_block_stride().
 #include <cstdint>
 
 namespace kvq::gpu {
@@ -19,6 +20,14 @@ struct RegionShape {
   bool twos = false;         // symmetric levels
   int hybrid_asym_bits = 1;
   bool meta_fp16 = true;
+  int capacity = 0;          // tokens allocated per region, for regions that grow (0: tokens)
+
+  // The shape at its allocated size: regions are laid out at this shape's sizes (the *_stride below).
+  __host__ __device__ RegionShape allocated() const {
+    RegionShape a = *this;
+    if (capacity > tokens) a.tokens = capacity;
+    return a;
+  }
 
   // Sizes, in elements, of one region's arrays.
   __host__ __device__ long long groups() const { return static_cast<long long>(tokens) * head_dim / group_size; }
@@ -29,6 +38,10 @@ struct RegionShape {
   }
   __host__ __device__ int zero_block_tokens() const { return channel_axis ? 32 : group_size; }
   __host__ __device__ long long zero_blocks() const { return (tokens + zero_block_tokens() - 1) / zero_block_tokens(); }
+  // Distances between consecutive regions' arrays, in elements.
+  __host__ __device__ long long code_stride() const { return allocated().code_words(); }
+  __host__ __device__ long long group_stride() const { return allocated().groups(); }
+  __host__ __device__ long long zero_block_stride() const { return allocated().zero_blocks(); }
 };
 
 // Device pointers of `regions` packed regions. scales/zeros hold fp16 bit patterns (uint16) or fp32 bit

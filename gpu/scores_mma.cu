@@ -79,8 +79,8 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 5 : 4) scores_mma_kerne
   // One lane per group adds the group's constant terms (zero point, and the decode's plane constant).
   const bool leader = parity == 0 && first % G == 0;
   const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
-  const long long groups0 = static_cast<long long>(r) * s.groups();
-  const std::uint32_t* codes = p.keys.codes + static_cast<long long>(r) * s.code_words();
+  const long long groups0 = static_cast<long long>(r) * s.group_stride();
+  const std::uint32_t* codes = p.keys.codes + static_cast<long long>(r) * s.code_stride();
   const int units = (s.tokens + kUnit - 1) / kUnit;
   const int u1 = min(units, (blockIdx.x + 1) * units_per_block);
 
@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 5 : 4) scores_mma_kerne
         if (lane >= k) before += up;
       }
       before -= __popc(mask);
-      const long long base = p.keys.zero_offset[r] + p.keys.zero_base[static_cast<long long>(r) * s.zero_blocks() + u];
+      const long long base = p.keys.zero_offset[r] + p.keys.zero_base[static_cast<long long>(r) * s.zero_block_stride() + u];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int row_before = __shfl_sync(0xffffffffu, before, g + 8 * i);

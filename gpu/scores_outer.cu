@@ -60,8 +60,8 @@ __global__ void __launch_bounds__(kWarps * 32) scores_token(ScoresParams p, int 
   __shared__ float q_s[kMaxHeads][D];
   for (int i = threadIdx.x; i < p.group * D; i += blockDim.x) q_s[i / D][i % D] = p.queries[(static_cast<long long>(r) * p.group) * D + i];
   __syncthreads();
-  const std::uint32_t* codes = p.keys.codes + static_cast<long long>(r) * s.code_words();
-  const long long groups0 = static_cast<long long>(r) * s.groups();
+  const std::uint32_t* codes = p.keys.codes + static_cast<long long>(r) * s.code_stride();
+  const long long groups0 = static_cast<long long>(r) * s.group_stride();
   for (int tile = first + warp; tile < last; tile += kWarps) {
     std::uint32_t w[kPer][Bits];
 #pragma unroll
@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kWarps * 32) scores_token(ScoresParams p, int 
       }
       // Hybrid: a group's compact zero sits after the asymmetric groups of lower channels in its row.
       const long long zero_row = s.mode == GroupMode::hybrid
-                                     ? p.keys.zero_offset[r] + static_cast<long long>(p.keys.zero_base[static_cast<long long>(r) * s.zero_blocks() + row])
+                                     ? p.keys.zero_offset[r] + static_cast<long long>(p.keys.zero_base[static_cast<long long>(r) * s.zero_block_stride() + row])
                                      : 0;
       int before = 0;
 #pragma unroll
@@ -92,13 +92,14 @@ __global__ void __launch_bounds__(kWarps * 32) scores_token(ScoresParams p, int 
         const long long index = groups0 + static_cast<long long>(row) * D + lane + 32 * e;
         bool sign;
         const float scale = meta_value(p.keys.scales, index, s.meta_fp16, sign);
-        long long zero_index = 0;
+        float zero = 0.0f;
+        if (s.mode == GroupMode::asym) zero = zero_value(p.keys.zeros, index, s.meta_fp16);
         if (s.mode == GroupMode::hybrid) {
           const unsigned mask = __ballot_sync(0xffffffffu, sign);
-          zero_index = zero_row + before + __popc(mask & ((1u << lane) - 1u));
+          if (sign) zero = zero_value(p.keys.zeros, zero_row + before + __popc(mask & ((1u << lane) - 1u)), s.meta_fp16);
           before += __popc(mask);
         }
-        terms[half][e] = outer::group_terms<Bits>(p.keys, scale, sign, index, zero_index);
+        terms[half][e] = outer::group_terms<Bits>(s, scale, sign, zero);
       }
     }
     const int live = min(32, s.tokens - tile * 32);

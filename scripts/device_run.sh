@@ -25,20 +25,22 @@ echo "== CUDA build =="
 deps="$PWD/.deps/usr"
 export LD_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 { cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA=ON -DCMAKE_PREFIX_PATH="$deps" \
-    && cmake --build build-device -j16 --target test_gpu_device test_gpu_kernels test_gpu_attention test_sweep kvq bench_gpu; } > "$out/build.txt" 2>&1 \
+    && cmake --build build-device -j16 --target test_gpu_device test_gpu_kernels test_gpu_attention test_gpu_cache test_sweep kvq bench_gpu; } > "$out/build.txt" 2>&1 \
   || { echo "build failed"; grep -m 20 -E "error|Error" "$out/build.txt"; exit 1; }
 echo "== GPU tests =="
 [ "${SKIP_TESTS:-0}" = 1 ] || { build-device/tests/test_gpu_device --gtest_brief=1; echo "rc=$?"
   build-device/tests/test_gpu_kernels --gtest_brief=1; echo "rc=$?"
   build-device/tests/test_gpu_attention --gtest_brief=1; echo "rc=$?"
+  build-device/tests/test_gpu_cache --gtest_brief=1; echo "rc=$?"
   build-device/tests/test_sweep --gtest_brief=1 --gtest_filter='Latency.*'; echo "rc=$?"; } > "$out/tests.txt" 2>&1
 [ "${SKIP_TESTS:-0}" = 1 ] || grep -E "FAILED|PASSED|SKIPPED|rc=|Failure" "$out/tests.txt" | head -40
 [ "${SKIP_SANITIZER:-0}" = 1 ] || {
 echo "== compute-sanitizer =="
 filter='Sweep/GpuKernels.*/hybrid3_*:Sweep/GpuKernels.*/asym2_*g16*:GpuFp16.*:GpuRotation.*'
 attention_filter='Sweep/GpuAttention.*gqa4*:Sweep/GpuAttention.*gqa7*:GpuGemvGroups.*'
+cache_filter='Sweep/GpuPackAppend.*hybrid*:Sweep/GpuPackAppend.*asym2*'
 for tool in memcheck racecheck; do
-  for run in "test_gpu_kernels $filter" "test_gpu_attention $attention_filter"; do
+  for run in "test_gpu_kernels $filter" "test_gpu_attention $attention_filter" "test_gpu_cache $cache_filter"; do
     set -- $run
     timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 build-device/tests/$1 --gtest_brief=1 --gtest_filter="$2" > "$out/sanitizer_log.txt" 2>&1
     rc=$?

@@ -12,6 +12,7 @@
 
 #include "core/spec.h"
 #include "cpu_ref/packed_region.h"
+#include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/pack.h"
 #include "gpu/region.h"
@@ -20,6 +21,15 @@
 namespace kvq::test {
 
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
+
+// A parameterized GPU test: skipped where no CUDA device exists.
+template <typename Param>
+class GpuSweep : public ::testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+};
 
 template <typename T>
 T* upload(const std::vector<T>& host) {
@@ -35,18 +45,18 @@ std::vector<T> download(const T* device, std::size_t n) {
   return host;
 }
 
-// Device regions of one shape, freed with the object.
+// Device regions of one shape at its allocated size (capacity), freed with the object.
 struct DeviceCache {
   gpu::DeviceRegions dev;
   DeviceCache(const gpu::RegionShape& s, int regions) {
     dev.shape = s;
     dev.regions = regions;
     const std::size_t meta = s.meta_fp16 ? 2 : 4;
-    EXPECT_EQ(cudaMalloc(&dev.codes, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.code_words())), cudaSuccess);
-    EXPECT_EQ(cudaMalloc(&dev.scales, meta * regions * std::max<long long>(1, s.groups())), cudaSuccess);
-    EXPECT_EQ(cudaMalloc(&dev.zeros, meta * regions * std::max<long long>(1, s.groups())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.codes, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.code_stride())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.scales, meta * regions * std::max<long long>(1, s.group_stride())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.zeros, meta * regions * std::max<long long>(1, s.group_stride())), cudaSuccess);
     EXPECT_EQ(cudaMalloc(&dev.zero_offset, sizeof(std::uint32_t) * regions), cudaSuccess);
-    EXPECT_EQ(cudaMalloc(&dev.zero_base, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.zero_blocks())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&dev.zero_base, sizeof(std::uint32_t) * regions * std::max<long long>(1, s.zero_block_stride())), cudaSuccess);
   }
   DeviceCache(const DeviceCache&) = delete;
   DeviceCache& operator=(const DeviceCache&) = delete;

@@ -51,12 +51,7 @@ std::vector<Case> cases() {
   return out;
 }
 
-class GpuKernels : public ::testing::TestWithParam<Case> {
- protected:
-  void SetUp() override {
-    if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  }
-};
+using GpuKernels = test::GpuSweep<Case>;
 
 TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
   const Case k = GetParam();

@@ -1,0 +1,216 @@
+// The GPU's decode path against the CPU reference: gpu::pack appending to regions in pieces, and
+// gpu::TensorCache (windows, flushes, key normalization) step by step, bit for bit. Skipped where no
+// CUDA device exists.
+#include <gtest/gtest.h>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <random>
+
+#include "core/half.h"
+#include "cpu_ref/packed_region.h"
+#include "cpu_ref/tensor_cache.h"
+#include "gpu/device.h"
+#include "gpu/pack.h"
+#include "gpu/spec_shape.h"
+#include "gpu/tensor_cache.h"
+#include "gpu_fixtures.h"
+
+namespace kvq {
+namespace {
+
+using test::download;
+using test::upload;
+
+// Region r of `dev` (at its capacity strides) equals `cpu`: codes, scales with their mode bits, zero
+// points and zero_base.
+void expect_region_equal(const gpu::DeviceRegions& dev, int r, const cpu::PackedRegion& cpu, const std::string& where) {
+  const gpu::RegionShape& s = dev.shape;
+  const std::size_t meta = s.meta_fp16 ? 2 : 4;
+  ASSERT_EQ(cpu.tokens(), s.tokens) << where;
+  const auto codes = download(dev.codes + r * s.code_stride(), static_cast<std::size_t>(s.code_words()));
+  ASSERT_EQ(codes, cpu.codes()) << where << ": codes, region " << r;
+  const auto scales = download(static_cast<const std::uint8_t*>(dev.scales) + meta * r * s.group_stride(), meta * s.groups());
+  const void* cs = s.meta_fp16 ? static_cast<const void*>(cpu.scales().half_bits().data()) : static_cast<const void*>(cpu.scales().float_bits().data());
+  ASSERT_EQ(std::memcmp(scales.data(), cs, scales.size()), 0) << where << ": scales, region " << r;
+  const std::size_t nz = cpu.zeros().size();
+  if (nz == 0) return;
+  std::size_t z0 = static_cast<std::size_t>(r) * s.group_stride();
+  if (s.mode == gpu::GroupMode::hybrid) z0 = download(dev.zero_offset + r, 1)[0];
+  const auto zeros = download(static_cast<const std::uint8_t*>(dev.zeros) + meta * z0, meta * nz);
+  const void* cz = s.meta_fp16 ? static_cast<const void*>(cpu.zeros().half_bits().data()) : static_cast<const void*>(cpu.zeros().float_bits().data());
+  ASSERT_EQ(std::memcmp(zeros.data(), cz, zeros.size()), 0) << where << ": zeros, region " << r;
+  if (s.mode == gpu::GroupMode::hybrid) {
+    const auto bases = download(dev.zero_base + r * s.zero_block_stride(), cpu.zero_base().size());
+    ASSERT_EQ(bases, cpu.zero_base()) << where << ": zero_base, region " << r;
+  }
+}
+
+struct AppendCase {
+  Mode mode;
+  int bits;
+  bool channel;
+  int group;
+  bool fp16;
+};
+
+using GpuPackAppend = test::GpuSweep<AppendCase>;
+
+// Pieces appended one after another (channel axis: odd counts, single tokens across 32-token
+// zero-blocks; token axis: whole groups, with groups of 16 sharing a tile between pieces) give the
+// regions cpu::PackedRegion::append builds from the same pieces.
+TEST_P(GpuPackAppend, PiecesAreBitIdenticalToTheCpuRegion) {
+  const AppendCase k = GetParam();
+  TensorSpec spec;
+  spec.mode = k.mode;
+  spec.bits = k.bits;
+  spec.group_axis = k.channel ? GroupAxis::channel : GroupAxis::token;
+  spec.group_size = k.group;
+  spec.meta = k.fp16 ? MetaPrecision::fp16 : MetaPrecision::fp32;
+  const int d = 64, regions = 3;
+  const std::vector<int> pieces = k.channel ? std::vector<int>{37, 1, 1, 26, 1, 33, 1} : std::vector<int>{k.group, 3 * k.group, k.group, 2 * k.group};
+  int total = 0;
+  for (int n : pieces) total += n;
+  gpu::RegionShape s = gpu::region_shape(spec, 0, d);
+  s.capacity = (total + 127) / 128 * 128;
+  test::DeviceCache cache(s, regions);  // allocated at the capacity
+  gpu::DeviceRegions dev = cache.dev;
+  std::uint32_t* zero_count = upload(std::vector<std::uint32_t>(regions, 0));
+  std::vector<cpu::PackedRegion> cpu(regions, cpu::PackedRegion(spec, d));
+  std::mt19937_64 rng(77 + k.bits + k.group);
+  std::normal_distribution<float> normal;
+  int at = 0;
+  for (int n : pieces) {
+    std::vector<float> rows(static_cast<std::size_t>(regions) * n * d);
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = round_to_half(normal(rng) * ((i % d) == 3 ? 12.0f : 1.0f));
+    float* d_rows = upload(rows);
+    gpu::PackParams p;
+    p.rows = d_rows;
+    p.out = dev;
+    p.out.shape.tokens = at + n;
+    p.at = at;
+    p.zero_count = zero_count;
+    CUDA_OK(gpu::pack(p));
+    CUDA_OK(cudaDeviceSynchronize());
+    cudaFree(d_rows);
+    at += n;
+    for (int r = 0; r < regions; ++r) {
+      cpu[r].append(rows.data() + static_cast<std::size_t>(r) * n * d, n);
+      expect_region_equal(p.out, r, cpu[r], "after " + std::to_string(at) + " tokens");
+      if (HasFatalFailure()) return;
+    }
+  }
+  cudaFree(zero_count);
+}
+
+std::vector<AppendCase> append_cases() {
+  std::vector<AppendCase> out;
+  for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid})
+    for (int bits : {2, 3, 4})
+      for (bool channel : {true, false})
+        for (int group : {16, 32}) out.push_back({mode, bits, channel, group, bits != 4});
+  return out;
+}
+std::string name(const AppendCase& k) {
+  const char* mode = k.mode == Mode::sym ? "sym" : k.mode == Mode::asym ? "asym" : "hybrid";
+  return std::string(mode) + std::to_string(k.bits) + (k.channel ? "_channel" : "_token") + "_g" + std::to_string(k.group) + (k.fp16 ? "_fp16" : "_fp32");
+}
+INSTANTIATE_TEST_SUITE_P(Sweep, GpuPackAppend, ::testing::ValuesIn(append_cases()), [](const auto& info) { return name(info.param); });
+
+// gpu::TensorCache against cpu::TensorCache, region by region, for keys and values of InnerQ's and
+// KIVI's presets: prefill, then one token at a time through sink, recent window and flushes.
+TEST(GpuTensorCache, StreamsLikeTheCpuCache) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const int d = 128, regions = 3, capacity = 420;
+  for (const char* preset_name : {"innerq_hybrid", "kivi", "kivi_sink"})
+    for (TensorKind kind : {TensorKind::key, TensorKind::value})
+      for (int prefill : {20, 150, 290}) {
+        const CacheSpec cs = preset(preset_name);
+        const bool key = kind == TensorKind::key;
+        const TensorSpec& spec = key ? cs.k : cs.v;
+        const std::string where = std::string(preset_name) + (key ? " keys" : " values") + ", prefill " + std::to_string(prefill);
+        SCOPED_TRACE(where);
+        gpu::TensorCache gpu_cache(spec, regions, d, cs.sink, cs.recent, key && cs.key_norm, capacity);
+        CUDA_OK(gpu_cache.status());
+        std::vector<cpu::TensorCache> cpu_caches;
+        for (int r = 0; r < regions; ++r) cpu_caches.push_back(cpu::make_cache(cs, kind, d));
+        std::mt19937_64 rng(5 + prefill);
+        std::normal_distribution<float> normal;
+        auto draw = [&](int count) {
+          std::vector<float> rows(static_cast<std::size_t>(regions) * count * d);
+          for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = normal(rng) * ((i % d) == 7 ? 30.0f : 1.0f);
+          return rows;
+        };
+        auto compare = [&](const std::string& step) {
+          ASSERT_EQ(gpu_cache.size(), cpu_caches[0].size()) << step;
+          ASSERT_EQ(gpu_cache.sink_tokens(), cpu_caches[0].sink_tokens()) << step;
+          ASSERT_EQ(gpu_cache.quantized_tokens(), cpu_caches[0].quantized_tokens()) << step;
+          ASSERT_EQ(gpu_cache.recent_tokens(), cpu_caches[0].recent_tokens()) << step;
+          CUDA_OK(cudaDeviceSynchronize());
+          const auto window = download(gpu_cache.window(), static_cast<std::size_t>(regions) * gpu_cache.window_stride() * d);
+          for (int r = 0; r < regions; ++r) {
+            const cpu::TensorCache& c = cpu_caches[r];
+            if (c.region()) expect_region_equal(gpu_cache.region(), r, *c.region(), step);
+            if (::testing::Test::HasFatalFailure()) return;
+            // Windows: the CPU's dequantized view holds the window rows exactly (fp16 values).
+            std::vector<float> view(static_cast<std::size_t>(c.size()) * d);
+            c.dequantize(view.data());
+            const int sink = c.sink_tokens(), q = c.quantized_tokens(), recent = c.recent_tokens();
+            for (int i = 0; i < sink + recent; ++i) {
+              const int t = i < sink ? i : sink + q + (i - sink);
+              for (int ch = 0; ch < d; ++ch) {
+                const float got = __half2float(window[(static_cast<std::size_t>(r) * gpu_cache.window_stride() + i) * d + ch]);
+                ASSERT_EQ(got, view[static_cast<std::size_t>(t) * d + ch]) << step << ": window row " << i << ", region " << r;
+              }
+            }
+            if (key && cs.key_norm && q > 0) {
+              ASSERT_NE(gpu_cache.norm(), nullptr) << step;
+              const auto norm = download(gpu_cache.norm() + static_cast<std::size_t>(r) * d, d);
+              for (int ch = 0; ch < d; ++ch) ASSERT_EQ(float_to_half_bits(norm[ch]), c.norm_factor()[ch]) << step << ": norm, channel " << ch;
+            }
+          }
+        };
+        const auto rows = draw(prefill);
+        float* d_rows = upload(rows);
+        CUDA_OK(gpu_cache.prefill(d_rows, prefill));
+        cudaFree(d_rows);
+        for (int r = 0; r < regions; ++r) cpu_caches[r].prefill(rows.data() + static_cast<std::size_t>(r) * prefill * d, prefill);
+        compare("prefill");
+        if (HasFatalFailure()) return;
+        for (int step = 0; step < 100; ++step) {
+          const auto row = draw(1);
+          float* d_row = upload(row);
+          CUDA_OK(gpu_cache.append(d_row));
+          cudaFree(d_row);
+          for (int r = 0; r < regions; ++r) cpu_caches[r].append(row.data() + static_cast<std::size_t>(r) * d);
+          if (step % 7 == 0 || step == 99) compare("append " + std::to_string(step));
+          if (HasFatalFailure()) return;
+        }
+      }
+}
+
+TEST(GpuTensorCache, RefusesWhatItDoesNotTake) {
+  TensorSpec spec;
+  spec.mode = Mode::codebook;
+  gpu::TensorCache codebook(spec, 1, 128, 0, 0, false, 16);
+  EXPECT_EQ(codebook.status(), cudaErrorInvalidValue);
+  EXPECT_NE(codebook.why().find("integer modes"), std::string::npos) << codebook.why();
+  EXPECT_EQ(codebook.prefill(nullptr, 0), cudaErrorInvalidValue);
+  TensorSpec token;
+  token.mode = Mode::asym;
+  token.group_axis = GroupAxis::token;
+  token.group_size = 32;
+  token.flush = 1;  // token-axis groups flush whole groups
+  gpu::TensorCache bad_flush(token, 1, 128, 0, 0, false, 16);
+  EXPECT_EQ(bad_flush.status(), cudaErrorInvalidValue);
+  EXPECT_NE(bad_flush.why().find("flush"), std::string::npos) << bad_flush.why();
+  gpu::PackParams p;
+  p.out.shape.tokens = 8;
+  p.at = 4;  // appending without a capacity
+  EXPECT_EQ(gpu::pack(p), cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace kvq
