@@ -3,6 +3,17 @@
 // returning cudaErrorInvalidValue for a value that is not built.
 #include <cuda_runtime.h>
 
+namespace kvq::gpu {
+
+// The values the switches below build, for launchers' shape checks before they dispatch.
+inline bool bits_built(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
+inline bool head_dim_built(int head_dim) { return head_dim == 64 || head_dim == 128; }
+inline bool heads_built(int group) { return group >= 1 && group <= 8; }  // query heads per kv head
+// Group sizes the packer and the CUDA-core GEMVs take (the tensor-core kernels take fewer).
+inline bool group_size_built(int size) { return size == 16 || size == 32 || size == 64 || size == 128; }
+
+}  // namespace kvq::gpu
+
 #define KVQ_DISPATCH_HEAD_DIM(d, D, ...)      \
   switch (d) {                               \
     case 64: { constexpr int D = 64; __VA_ARGS__ break; } \

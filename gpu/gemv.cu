@@ -265,10 +265,7 @@ __global__ void __launch_bounds__(128) outputs_half(Fp16Params p) {
 }
 
 bool supported(const RegionShape& s, int group) {
-  const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
-  const bool dims = s.head_dim == 64 || s.head_dim == 128;
-  const bool groups = s.group_size == 16 || s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
-  return bits && dims && groups && group >= 1 && group <= kMaxGroup && s.tokens >= 0;
+  return bits_built(s.bits) && head_dim_built(s.head_dim) && group_size_built(s.group_size) && heads_built(group) && s.tokens >= 0;
 }
 
 }  // namespace
@@ -305,8 +302,7 @@ cudaError_t outputs_inner(const OutputsParams& p, cudaStream_t stream) {
       outputs_token<B, D, H><<<grid, D, 0, stream>>>(p);)))
   KVQ_CUDA_TRY(cudaGetLastError());
   const long long n = static_cast<long long>(p.values.regions) * p.group * s.head_dim;
-  sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, p.splits, n, p.outputs);
-  return cudaGetLastError();
+  return add_splits(p.partial, p.splits, n, p.outputs, stream);
 }
 
 cudaError_t scores_fp16(const Fp16Params& p, cudaStream_t stream) {
@@ -329,8 +325,7 @@ cudaError_t outputs_fp16(const Fp16Params& p, cudaStream_t stream) {
   KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, outputs_half<D, H><<<grid, 128, 0, stream>>>(p);))
   KVQ_CUDA_TRY(cudaGetLastError());
   const long long n = static_cast<long long>(p.regions) * p.group * p.head_dim;
-  sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, p.splits, n, p.out);
-  return cudaGetLastError();
+  return add_splits(p.partial, p.splits, n, p.out, stream);
 }
 
 }  // namespace kvq::gpu

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "core/packed.h"
+#include "gpu/dispatch.cuh"
 #include "gpu/gemv.h"
 #include "gpu/meta.cuh"
 #include "gpu/mma.cuh"
@@ -31,11 +32,9 @@ inline constexpr int kBuffers = 4;    // stage buffers: computing s, s+1 landed,
 // (16 too, except for 3 bits, whose bit-2 plane pairs codes 16 apart); channel-axis keys and
 // token-axis values (whose token count is a whole number of groups).
 inline bool supported(const RegionShape& s, int group) {
-  const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
-  const bool dims = s.head_dim == 64 || s.head_dim == 128;
   const bool groups = s.group_size == 32 || s.group_size == 64 || s.group_size == 128 || (s.group_size == 16 && s.bits != 3);
   const bool axis = s.channel_axis ? s.head_dim % s.group_size == 0 : s.tokens % s.group_size == 0;
-  return bits && dims && groups && axis && group >= 1 && group <= 8;
+  return bits_built(s.bits) && head_dim_built(s.head_dim) && groups && axis && heads_built(group);
 }
 
 // Byte offsets of one stage buffer's arrays in shared memory (each with 16 bytes of headroom for the

@@ -18,6 +18,24 @@ struct LaunchInfo {
   }
 };
 
+// A split-sequence launch over `units` pieces of each region's sequence: at most `wanted` splits (the
+// caller's scratch), never more than one wave of resident blocks (a partial second wave would double
+// the last runs' time), each split a run of `per_split` whole pieces.
+struct SplitRuns {
+  int per_split = 1, splits = 1;
+};
+inline SplitRuns split_runs(int units, int wanted, const LaunchInfo& info, int regions) {
+  units = units > 1 ? units : 1;
+  int want = info.wave_per_region(regions);
+  if (wanted < want) want = wanted;
+  if (units < want) want = units;
+  if (want < 1) want = 1;
+  SplitRuns runs;
+  runs.per_split = (units + want - 1) / want;
+  runs.splits = (units + runs.per_split - 1) / runs.per_split;
+  return runs;
+}
+
 // For `kernel` with `threads` threads and `smem` bytes of dynamic shared memory on the current device.
 cudaError_t launch_info(const void* kernel, int threads, std::size_t smem, LaunchInfo& out);
 

@@ -5,7 +5,6 @@
 // straight from global memory (a stretch ahead, with the probabilities and scales, so the loads
 // overlap the current stretch's work), and the group's scale multiplies the lane's accumulator.
 // Outputs stay in registers; runs are summed in order.
-#include <algorithm>
 
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
@@ -211,28 +210,18 @@ cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
   auto kernel = outputs_mma_kernel<Bits, D, Group>;
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, 0, info));
-  // At most one wave of resident blocks (a second, partial wave would double the time of the last
-  // runs), and no more splits than the caller's scratch holds.
-  const int total = std::max(1, (s.tokens + kStretch - 1) / kStretch);
-  const int wave = info.wave_per_region(p.values.regions);
-  const int want = std::min({p.splits, total, wave});
-  const int per_split = (total + want - 1) / want;
-  const int splits = (total + per_split - 1) / per_split;
-  kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.values.regions)), kThreads, 0, stream>>>(p, per_split);
+  const SplitRuns runs = split_runs((s.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
+  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, 0, stream>>>(p, runs.per_split);
   KVQ_CUDA_TRY(cudaGetLastError());
-  const long long n = static_cast<long long>(p.values.regions) * Group * D;
-  sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, splits, n, p.outputs);
-  return cudaGetLastError();
+  return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * Group * D, p.outputs, stream);
 }
 
 }  // namespace
 
 bool outputs_mma_supported(const RegionShape& s, int group) {
-  const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
-  const bool dims = s.head_dim == 64 || s.head_dim == 128;
   // A lane's chunk (32 tokens) must lie in one group.
   const bool groups = s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
-  return bits && dims && groups && !s.channel_axis && s.tokens % s.group_size == 0 && group >= 1 && group <= 8;
+  return bits_built(s.bits) && head_dim_built(s.head_dim) && groups && !s.channel_axis && s.tokens % s.group_size == 0 && heads_built(group);
 }
 
 cudaError_t outputs_mma(const OutputsParams& p, cudaStream_t stream) {

@@ -7,7 +7,6 @@
 // zero-block), loading the next block's slices while it computes one (1-2 heads). Accumulators stay per lane until
 // the end: summed over the lanes of the same slice, then over warps, into this split's partial sums.
 // Codes shrinks as heads grow (32, 16, 8 channels for 1, 2, 4-8 heads) to bound the accumulators.
-#include <algorithm>
 
 #include "gpu/code_slices.cuh"
 #include "gpu/cuda_check.h"
@@ -172,17 +171,10 @@ cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
   const auto kernel = outputs_channel<Bits, D, Heads, Codes>;
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kWarps * 32, 0, info));
-  // At most one wave of resident blocks (a partial second wave would double the last runs' time), and
-  // no more splits than the caller's scratch holds.
-  const int total = std::max(1, (p.values.shape.tokens + 31) / 32);
-  const int want = std::min({p.splits, total, info.wave_per_region(p.values.regions)});
-  const int per_split = (total + want - 1) / want;
-  const int splits = (total + per_split - 1) / per_split;
-  kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.values.regions)), kWarps * 32, 0, stream>>>(p, per_split);
+  const SplitRuns runs = split_runs((p.values.shape.tokens + 31) / 32, p.splits, info, p.values.regions);
+  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kWarps * 32, 0, stream>>>(p, runs.per_split);
   KVQ_CUDA_TRY(cudaGetLastError());
-  const long long n = static_cast<long long>(p.values.regions) * p.group * D;
-  sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(p.partial, splits, n, p.outputs);
-  return cudaGetLastError();
+  return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * p.group * D, p.outputs, stream);
 }
 
 // Slice width: 32 channels for one head, 16 for two, 8 for more (accumulators Heads x Codes <= 64),
@@ -199,10 +191,8 @@ cudaError_t launch_slices(const OutputsParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool outputs_outer_supported(const RegionShape& s, int group) {
-  const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
-  const bool dims = s.head_dim == 64 || s.head_dim == 128;
-  const bool groups = s.group_size == 16 || s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
-  return bits && dims && groups && s.channel_axis && s.head_dim % s.group_size == 0 && s.tokens >= 0 && group >= 1 && group <= 8;
+  return bits_built(s.bits) && head_dim_built(s.head_dim) && group_size_built(s.group_size) && heads_built(group) && s.channel_axis &&
+         s.head_dim % s.group_size == 0 && s.tokens >= 0;
 }
 
 cudaError_t outputs_outer(const OutputsParams& p, cudaStream_t stream) {

@@ -3,6 +3,7 @@
 #include "core/packed.h"
 #include "core/quant_math.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dispatch.cuh"
 #include "gpu/pack.h"
 
 namespace kvq::gpu {
@@ -112,10 +113,8 @@ __global__ void count_zeros(std::uint32_t* zero_count, int at, int regions, cons
 cudaError_t pack(const PackParams& params, cudaStream_t stream) {
   const RegionShape& s = params.out.shape;
   const int at = params.at;
-  const bool bits_ok = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
-  const bool group_ok = s.group_size == 16 || s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
   const bool append_ok = at == 0 || (s.capacity >= s.tokens && (s.mode != GroupMode::hybrid || params.zero_count));
-  if (!bits_ok || !group_ok || s.head_dim % 32 != 0 || at < 0 || s.tokens < at || params.out.regions < 1 || !append_ok ||
+  if (!bits_built(s.bits) || !group_size_built(s.group_size) || s.head_dim % 32 != 0 || at < 0 || s.tokens < at || params.out.regions < 1 || !append_ok ||
       (s.capacity > 0 && s.capacity < s.tokens) || (s.channel_axis && s.head_dim % s.group_size != 0) ||
       (!s.channel_axis && (s.tokens % s.group_size != 0 || at % s.group_size != 0))) {
     return cudaErrorInvalidValue;

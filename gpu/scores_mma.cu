@@ -197,13 +197,11 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool scores_mma_supported(const RegionShape& s, int group) {
-  const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
-  const bool dims = s.head_dim == 64 || s.head_dim == 128;
   // A lane's chunk (half a chunk at head_dim 64) must lie in one group.
   const bool groups = (s.group_size == 32 || s.group_size == 64 || s.group_size == 128) && s.group_size <= s.head_dim;
   // One query head per kv head: with GQA groups the per-head mmas and register spills made it slower
   // than the staged kernel (docs/PERF.md), so only group 1 is built.
-  return bits && dims && groups && s.channel_axis && group == 1;
+  return bits_built(s.bits) && head_dim_built(s.head_dim) && groups && s.channel_axis && group == 1;
 }
 
 cudaError_t scores_mma(const ScoresParams& p, cudaStream_t stream) {

@@ -145,10 +145,8 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool scores_outer_supported(const RegionShape& s, int group) {
-  const bool bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
-  const bool dims = s.head_dim == 64 || s.head_dim == 128;
-  const bool groups = s.group_size == 16 || s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
-  return bits && dims && groups && !s.channel_axis && s.tokens >= 0 && s.tokens % s.group_size == 0 && group >= 1 && group <= kMaxHeads;
+  return bits_built(s.bits) && head_dim_built(s.head_dim) && group_size_built(s.group_size) && heads_built(group) && group <= kMaxHeads &&
+         !s.channel_axis && s.tokens >= 0 && s.tokens % s.group_size == 0;
 }
 
 cudaError_t scores_outer(const ScoresParams& p, cudaStream_t stream) {

@@ -22,6 +22,17 @@ namespace kvq::test {
 
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
+// An integer-mode tensor spec with the sweep's knobs (the rest at their defaults).
+inline TensorSpec swept_spec(Mode mode, int bits, bool channel, int group_size, bool fp16) {
+  TensorSpec spec;
+  spec.mode = mode;
+  spec.bits = bits;
+  spec.group_axis = channel ? GroupAxis::channel : GroupAxis::token;
+  spec.group_size = group_size;
+  spec.meta = fp16 ? MetaPrecision::fp16 : MetaPrecision::fp32;
+  return spec;
+}
+
 // A parameterized GPU test: skipped where no CUDA device exists.
 template <typename Param>
 class GpuSweep : public ::testing::TestWithParam<Param> {

@@ -63,12 +63,7 @@ using GpuPackAppend = test::GpuSweep<AppendCase>;
 // regions cpu::PackedRegion::append builds from the same pieces.
 TEST_P(GpuPackAppend, PiecesAreBitIdenticalToTheCpuRegion) {
   const AppendCase k = GetParam();
-  TensorSpec spec;
-  spec.mode = k.mode;
-  spec.bits = k.bits;
-  spec.group_axis = k.channel ? GroupAxis::channel : GroupAxis::token;
-  spec.group_size = k.group;
-  spec.meta = k.fp16 ? MetaPrecision::fp16 : MetaPrecision::fp32;
+  const TensorSpec spec = test::swept_spec(k.mode, k.bits, k.channel, k.group, k.fp16);
   const int d = 64, regions = 3;
   const std::vector<int> pieces = k.channel ? std::vector<int>{37, 1, 1, 26, 1, 33, 1} : std::vector<int>{k.group, 3 * k.group, k.group, 2 * k.group};
   int total = 0;

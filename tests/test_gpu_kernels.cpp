@@ -55,12 +55,7 @@ using GpuKernels = test::GpuSweep<Case>;
 
 TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
   const Case k = GetParam();
-  TensorSpec spec;
-  spec.mode = k.mode;
-  spec.bits = k.bits;
-  spec.group_axis = k.channel ? GroupAxis::channel : GroupAxis::token;
-  spec.group_size = k.group;
-  spec.meta = k.fp16 ? MetaPrecision::fp16 : MetaPrecision::fp32;
+  TensorSpec spec = test::swept_spec(k.mode, k.bits, k.channel, k.group, k.fp16);
   spec.sym_levels = k.twos ? SymLevels::twos : SymLevels::signmag;
   spec.hybrid_asym_bits = k.hybrid_bits;
   // Scores take the lane-owned kernel for one head per kv head and the staged kernel for GQA groups
