@@ -1,16 +1,19 @@
-// q . K^T over channel-axis keys on the tensor cores, with lane-owned chunks (gpu/lane_chunks.cuh):
-// a warp takes 32 tokens at a time (one hybrid zero-block), each lane loads only its own chunk of
-// its 4 rows straight from global memory, and the scale of the chunk's group multiplies the lane's
-// accumulator. q's B fragments are built once per block in shared memory. Memory-level parallelism
-// comes from the resident warps, each loading its next 32-token unit while it multiplies this one.
+// q . K^T over channel-axis keys on the tensor cores, with lane-owned chunks (gpu/lane_chunks.cuh): a
+// warp takes 32 tokens at a time (one hybrid zero-block, two m16n8k16 row tiles), lane t of each quad
+// loads only its own chunk of its 4 rows straight from global memory, and the scale of the chunk's
+// group multiplies the lane's accumulator. Codes decode in place into fp16 mantissas
+// (gpu/mantissa_pairs.cuh: one LOP3 per two codes), B stays in registers for the whole run, and the
+// group mode and metadata precision are template axes, so the loop carries no per-unit branch on them.
+// The next unit's loads are issued before this one is multiplied.
 #include <algorithm>
+#include <cstdint>
 
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
 #include "gpu/dispatch.cuh"
-#include "gpu/lane_chunks.cuh"
 #include "gpu/launch.h"
-#include "gpu/meta.cuh"
+#include "gpu/mantissa_pairs.cuh"
+#include "gpu/mma.cuh"
 #include "gpu/scores_mma.h"
 
 namespace kvq::gpu {
@@ -19,169 +22,222 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kUnit = 32;  // tokens per warp iteration: two 16-row tiles, one hybrid zero-block
 
-template <int Bits, int D, int Group>
-struct ScoresShared {
-  static constexpr bool kHalf = D == 64;
-  static constexpr int kSteps = lanes::kSteps<Bits, kHalf>;
-  uint2 b[Group][kSteps][32];  // B fragments per (head, step, lane); zero off the lane's unit column
-  float q[Group][D];           // q times its range scale
-  float range[Group];          // the power of two q was scaled by
-  float unit_sum[Group][4];    // sum of scaled q over the group holding unit u's channels
-};
-
-// Channels of unit (lane) u: a whole chunk (head_dim 128), or half of chunk u / 2 (head_dim 64).
-template <int D>
-__device__ __forceinline__ int unit_chunk(int u) {
-  return D == 64 ? u >> 1 : u;
+// Stored metadata as raw bits: fp16 (uint16) or fp32 (uint32), the hybrid mode bit in the sign.
+template <class Meta>
+__device__ __forceinline__ float magnitude(Meta raw) {
+  if constexpr (sizeof(Meta) == 2) return __half2float(__ushort_as_half(static_cast<std::uint16_t>(raw & 0x7fffu)));
+  else return __uint_as_float(raw & 0x7fffffffu);
+}
+template <class Meta>
+__device__ __forceinline__ bool sign_bit(Meta raw) {
+  return (raw >> (8 * sizeof(Meta) - 1)) != 0;
+}
+template <class Meta>
+__device__ __forceinline__ float plain(Meta raw) {
+  if constexpr (sizeof(Meta) == 2) return __half2float(__ushort_as_half(raw));
+  else return __uint_as_float(raw);
 }
 
-template <int Bits, int D, int Group>
-__device__ void prepare_query(const float* q, int group_size, ScoresShared<Bits, D, Group>& sh) {
-  using Sh = ScoresShared<Bits, D, Group>;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int i = threadIdx.x; i < Group * D; i += kThreads) sh.q[i / D][i % D] = q[i];
-  __syncthreads();
-  for (int h = warp; h < Group; h += kThreads / 32) {
-    float m = 0.0f;
-    for (int c = lane; c < D; c += 32) m = fmaxf(m, fabsf(sh.q[h][c]));
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    if (lane == 0) sh.range[h] = mma::fp16_range_scale(m);
+// What a lane multiplies by, built by each warp on its own (no shared memory, no barrier) while its
+// first unit's loads are in flight. Lane (g, t) holds column g of B: unit g / 2's part g % 2 (hi or
+// lo) over quad lane t's span, zero unless g / 2 == t.
+template <int Bits, bool Half>
+struct LaneSetup {
+  static constexpr int kSteps = pairs::kPairs<Bits, Half> / 2;  // k-steps per row tile: 2 pairs per row each
+  std::uint32_t b[kSteps][2];  // [step][pair of the step]: half2 over (code lo, code hi)
+  float constant;              // sum over t's span of the B entries (hi + lo): A's 1s times B
+  float qsum;                  // sum of the scaled q over t's span
+  float inv_range;             // 1 / the power of two q was scaled by
+};
+
+template <int Bits, bool Half, int D>
+__device__ __forceinline__ LaneSetup<Bits, Half> lane_setup(const float* q, int g, int t) {
+  constexpr int kSpan = Half ? 16 : 32;
+  LaneSetup<Bits, Half> out;
+  float m = 0.0f;
+#pragma unroll
+  for (int k = 0; k < D / 32; ++k) m = fmaxf(m, fabsf(__ldg(q + (threadIdx.x & 31) + 32 * k)));
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  // A power of two bringing max|q| into [16, 32): B = q * weight (<= 1024) stays below fp16's max.
+  const float range = m > 0.0f ? exp2f(static_cast<float>(4 - ilogbf(m))) : 1.0f;
+  out.inv_range = 1.0f / range;
+  float v[kSpan];
+#pragma unroll
+  for (int c = 0; c < kSpan; c += 4) {
+    const float4 x = __ldg(reinterpret_cast<const float4*>(q + kSpan * t + c));
+    v[c] = x.x * range, v[c + 1] = x.y * range, v[c + 2] = x.z * range, v[c + 3] = x.w * range;
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < Group * D; i += kThreads) sh.q[i / D][i % D] *= sh.range[i / D];
-  __syncthreads();
-  if (threadIdx.x < Group * 4) {
-    const int h = threadIdx.x / 4, first = 32 * unit_chunk<D>(threadIdx.x % 4), g0 = first - first % group_size;
-    float sum = 0.0f;
-    for (int c = g0; c < g0 + group_size; ++c) sum += sh.q[h][c];
-    sh.unit_sum[h][threadIdx.x % 4] = sum;
+  const int part = g & 1;
+  const bool live = (g >> 1) == t;
+  float mine = 0.0f, qsum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < pairs::kPairs<Bits, Half>; ++i) {
+    const pairs::Pair P = pairs::pair<Bits, Half>(i);
+    const float w = P.weight();
+    const __half lo = mma::split_part(v[P.lo] * w, part), hi = mma::split_part(v[P.hi] * w, part);  // exact products
+    mine += __half2float(lo) + __half2float(hi);
+    out.b[i / 2][i % 2] = live ? mma::pack_half2(lo, hi) : 0u;
+    // Every code appears in one low-plane pair, so q's sum over the span comes from those.
+    if (P.plane == 1) qsum += v[P.lo] + v[P.hi];
   }
-  for (int i = threadIdx.x; i < Group * Sh::kSteps * 32; i += kThreads) {
-    const int l = i % 32, j = (i / 32) % Sh::kSteps, h = i / (32 * Sh::kSteps);
-    const int u = l & 3;
-    const bool live = (l >> 3) == u;  // column g = l >> 2 belongs to unit g >> 1
-    sh.b[h][j][l] = live ? lanes::b_entry<Bits, Sh::kHalf>(sh.q[h] + 32 * unit_chunk<D>(u), j, u & 1, (l >> 2) & 1) : make_uint2(0, 0);
+  // The other part's sum sits on lane g ^ 1 of the same t: 4 lanes away.
+  out.constant = mine + __shfl_xor_sync(0xffffffffu, mine, 4);
+  out.qsum = qsum;
+  return out;
+}
+
+// One unit's loads for the lane: its chunk of rows g, g+8, g+16, g+24, their scales and (asym) zeros.
+template <int Bits, class Meta, GroupMode Mode>
+struct UnitLoads {
+  std::uint32_t w[4][Bits];
+  Meta scale[4];
+  Meta zero[4];
+};
+
+// Rows are 8 tokens apart: codes at a constant distance, metadata at 8 * (groups per token).
+template <int Bits, int D, class Meta, GroupMode Mode>
+__device__ __forceinline__ void load_unit(const std::uint32_t* codes, const Meta* scales, const Meta* zeros, int meta_row_stride, int live_rows,
+                                          UnitLoads<Bits, Meta, Mode>& out) {
+  constexpr int kRowWords = 8 * (D / 32) * Bits;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const bool live = i < live_rows;
+    const std::uint32_t* src = codes + i * kRowWords;
+    if constexpr (Bits == 2) {
+      const uint2 v = live ? __ldg(reinterpret_cast<const uint2*>(src)) : make_uint2(0, 0);
+      out.w[i][0] = v.x, out.w[i][1] = v.y;
+    } else if constexpr (Bits == 4 || Bits == 8) {
+#pragma unroll
+      for (int k = 0; k < Bits; k += 4) {
+        const uint4 v = live ? __ldg(reinterpret_cast<const uint4*>(src + k)) : make_uint4(0, 0, 0, 0);
+        out.w[i][k] = v.x, out.w[i][k + 1] = v.y, out.w[i][k + 2] = v.z, out.w[i][k + 3] = v.w;
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < Bits; ++k) out.w[i][k] = live ? __ldg(src + k) : 0u;
+    }
+    out.scale[i] = live ? __ldg(scales + i * meta_row_stride) : Meta(0);
+    if constexpr (Mode == GroupMode::asym) out.zero[i] = live ? __ldg(zeros + i * meta_row_stride) : Meta(0);
   }
-  __syncthreads();
 }
 
 // Units [u0, u1) of region blockIdx.y; warp w takes units u0 + w, u0 + w + 4, ...
-template <int Bits, int D, int Group>
-__global__ void __launch_bounds__(kThreads, Group == 1 ? 5 : 4) scores_mma_kernel(ScoresParams p, int units_per_block) {
-  using Sh = ScoresShared<Bits, D, Group>;
-  constexpr bool kHalf = Sh::kHalf;
-  __shared__ Sh sh;
+template <int Bits, int D, class Meta, GroupMode Mode>
+__global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p, int units_per_block, std::uint32_t ones) {
+  constexpr bool kHalf = D == 64;
+  constexpr int kSteps = LaneSetup<Bits, kHalf>::kSteps;
   const RegionShape s = p.keys.shape;
-  const int r = blockIdx.y, G = s.group_size, per_row = D / G;
-
+  const int r = blockIdx.y, G = s.group_size, per_row = D / G, tokens = s.tokens;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int chunk = unit_chunk<D>(t), parity = kHalf ? t & 1 : 0, first = 32 * chunk, grp = first / G;
-  // One lane per group adds the group's constant terms (zero point, and the decode's plane constant).
-  const bool leader = parity == 0 && first % G == 0;
-  const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
-  const long long groups0 = static_cast<long long>(r) * s.group_stride();
-  const std::uint32_t* codes = p.keys.codes + static_cast<long long>(r) * s.code_stride();
-  const int units = (s.tokens + kUnit - 1) / kUnit;
-  const int u1 = min(units, (blockIdx.x + 1) * units_per_block);
+  constexpr int kSpan = kHalf ? 16 : 32;
+  const int chunk = kHalf ? t >> 1 : t, parity = kHalf ? t & 1 : 0, grp = kSpan * t / G;
 
-  // Unit u's codes, scales, zero points (asym) and, for hybrid, the lane's token's group signs,
-  // loaded one unit ahead so they are in flight while the previous unit is multiplied.
-  std::uint32_t w[4][Bits], next[4][Bits];
-  float scale[4], zero[4], next_scale[4], next_zero[4];
-  bool asym[4], next_asym[4];
-  unsigned mask = 0, next_mask = 0;
-  auto load = [&](int u) {
-    const int t0 = u * kUnit;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int tok = min(t0 + g + 8 * i, s.tokens - 1);  // past the end: a live row, not written
-      const std::uint32_t* src = codes + (static_cast<long long>(tok) * (D / 32) + chunk) * Bits;
-#pragma unroll
-      for (int k = 0; k < Bits; ++k) next[i][k] = __ldg(src + k);
-      bool sign;
-      const long long gi = groups0 + static_cast<long long>(tok) * per_row + grp;
-      next_scale[i] = meta_value(p.keys.scales, gi, s.meta_fp16, sign);
-      next_asym[i] = s.mode == GroupMode::asym || (s.mode == GroupMode::hybrid && sign);
-      next_zero[i] = s.mode == GroupMode::asym ? zero_value(p.keys.zeros, gi, s.meta_fp16) : -offset * next_scale[i];
-    }
-    next_mask = 0;
-    if (s.mode == GroupMode::hybrid && t0 + lane < s.tokens)
-      for (int k = 0; k < per_row; ++k) {
-        bool sign;
-        meta_value(p.keys.scales, groups0 + static_cast<long long>(t0 + lane) * per_row + k, s.meta_fp16, sign);
-        next_mask |= static_cast<unsigned>(sign) << k;
-      }
+  const std::uint32_t* codes = p.keys.codes + static_cast<long long>(r) * s.code_stride();
+  const Meta* scales = static_cast<const Meta*>(p.keys.scales) + static_cast<long long>(r) * s.group_stride();
+  const Meta* zeros = static_cast<const Meta*>(p.keys.zeros) + (Mode == GroupMode::asym ? static_cast<long long>(r) * s.group_stride() : 0);
+  float* out = p.scores + static_cast<long long>(r) * tokens;
+  const float* token_scale = p.token_scale ? p.token_scale + static_cast<long long>(r) * tokens : nullptr;
+
+  const int units = (tokens + kUnit - 1) / kUnit;
+  const int u1 = min(units, (blockIdx.x + 1) * units_per_block);
+  constexpr int kWarps = kThreads / 32;
+  // The lane's row g of unit u: codes at codes + (32u + g) * D/32 * Bits + chunk * Bits.
+  const int meta_row_stride = 8 * per_row;
+  auto load = [&](int u, UnitLoads<Bits, Meta, Mode>& into) {
+    const int tok0 = u * kUnit + g;
+    const int meta = tok0 * per_row + grp;
+    load_unit<Bits, D>(codes + (tok0 * (D / 32) + chunk) * Bits, scales + meta, zeros + meta, meta_row_stride, (tokens - tok0 + 7) >> 3, into);
   };
   int u = blockIdx.x * units_per_block + warp;
-  if (u < u1) load(u);  // in flight while q's side is prepared
-  prepare_query<Bits, D, Group>(p.queries + static_cast<long long>(r) * Group * D, G, sh);
-  float usum[Group], inv_range[Group];
-#pragma unroll
-  for (int h = 0; h < Group; ++h) usum[h] = leader ? sh.unit_sum[h][t] : 0.0f, inv_range[h] = 1.0f / sh.range[h];
-  for (; u < u1; u += kThreads / 32) {
+  UnitLoads<Bits, Meta, Mode> even, odd;
+  if (u < u1) load(u, even);  // in flight during the set-up
+  const LaneSetup<Bits, kHalf> su = lane_setup<Bits, kHalf, D>(p.queries + static_cast<long long>(r) * D, g, t);
+  const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
+  const float sym_constant = su.constant + offset * su.qsum;  // a symmetric group's zero point folded in
+  // Hybrid: the leading lane of each group votes its group's mode; ballot bit 4g + leader orders a
+  // unit's groups token-major, as the compact zero points are stored.
+  const int lanes_per_group = G / kSpan;
+  const int lead_bit = 4 * g + (t - t % lanes_per_group);
+  const bool leader = t % lanes_per_group == 0;
+
+  auto multiply = [&](int u, const UnitLoads<Bits, Meta, Mode>& cur) {
     const int t0 = u * kUnit;
+    float scale[4], zero[4];
+    bool asym[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int k = 0; k < Bits; ++k) w[i][k] = next[i][k];
-      if constexpr (kHalf) lanes::half_view<Bits>(w[i], parity);
-      scale[i] = next_scale[i], zero[i] = next_zero[i], asym[i] = next_asym[i];
+      scale[i] = magnitude(cur.scale[i]);
+      asym[i] = Mode == GroupMode::asym || (Mode == GroupMode::hybrid && sign_bit(cur.scale[i]));
+      zero[i] = 0.0f;
+      if constexpr (Mode == GroupMode::asym) zero[i] = plain(cur.zero[i]);
     }
-    mask = next_mask;
-    if (u + kThreads / 32 < u1) load(u + kThreads / 32);
-    if (s.mode == GroupMode::hybrid) {
-      // Compact zero index: zero_base of the block + asymmetric groups before (token, group) in it.
-      int before = __popc(mask);
-      for (int k = 1; k < 32; k <<= 1) {
-        const int up = __shfl_up_sync(0xffffffffu, before, k);
-        if (lane >= k) before += up;
-      }
-      before -= __popc(mask);
-      const long long base = p.keys.zero_offset[r] + p.keys.zero_base[static_cast<long long>(r) * s.zero_block_stride() + u];
+    if constexpr (Mode == GroupMode::hybrid) {
+      // Compact zero index: the block's base + asymmetric groups before (token, group) in the block.
+      const Meta* hz = static_cast<const Meta*>(p.keys.zeros) + p.keys.zero_offset[r] + p.keys.zero_base[static_cast<long long>(r) * s.zero_block_stride() + u];
+      int before = 0;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int row_before = __shfl_sync(0xffffffffu, before, g + 8 * i);
-        const unsigned row_mask = __shfl_sync(0xffffffffu, mask, g + 8 * i);
-        if (asym[i]) zero[i] = zero_value(p.keys.zeros, base + row_before + __popc(row_mask & ((1u << grp) - 1u)), s.meta_fp16);
+        const unsigned votes = __ballot_sync(0xffffffffu, leader && asym[i]);
+        const int here = before + __popc(votes & ((1u << lead_bit) - 1u));
+        before += __popc(votes);
+        if (asym[i]) zero[i] = plain(__ldg(hz + here));
       }
     }
+
+    float acc[2][4] = {};
+    std::uint32_t sw[4][pairs::kWords<Bits, kHalf>];
 #pragma unroll
-    for (int tile = 0; tile < 2; ++tile) {
-      float c[Group][4] = {};
+    for (int i = 0; i < 4; ++i) pairs::span_words<Bits, kHalf>(cur.w[i], parity, sw[i]);
 #pragma unroll
-      for (int j = 0; j < Sh::kSteps; ++j) {
-        std::uint32_t a[4];
-        lanes::a_fragment<Bits, kHalf>(w[2 * tile], w[2 * tile + 1], j, a);
+    for (int j = 0; j < kSteps; ++j)
 #pragma unroll
-        for (int h = 0; h < Group; ++h) {
-          const uint2 b = sh.b[h][j][lane];
-          mma::mma(c[h], a, b.x, b.y);
-        }
+      for (int tile = 0; tile < 2; ++tile) {
+        const std::uint32_t a[4] = {pairs::decode<Bits, kHalf>(sw[2 * tile], 2 * j, ones), pairs::decode<Bits, kHalf>(sw[2 * tile + 1], 2 * j, ones),
+                                    pairs::decode<Bits, kHalf>(sw[2 * tile], 2 * j + 1, ones),
+                                    pairs::decode<Bits, kHalf>(sw[2 * tile + 1], 2 * j + 1, ones)};
+        mma::mma(acc[tile], a, su.b[j][0], su.b[j][1]);
       }
+
+    // Row i (token t0 + g + 8i): |s| * (dot - constant) + zero * qsum over this lane's span.
+    float v[4];
 #pragma unroll
-      for (int h = 0; h < Group; ++h)
-#pragma unroll
-        for (int k = 0; k < 2; ++k) {
-          const int i = 2 * tile + k, tok = t0 + 16 * tile + g + 8 * k;
-          // |s| * (dot - plane constant * sum q) + zero * sum q, the constants once per group.
-          float v = scale[i] * (c[h][2 * k] + c[h][2 * k + 1]) + (zero[i] - scale[i] * mma::kPlaneConstant<Bits>) * usum[h];
-          v += __shfl_xor_sync(0xffffffffu, v, 1);
-          v += __shfl_xor_sync(0xffffffffu, v, 2);
-          if (t == ((2 * h + k) & 3) && tok < s.tokens) {
-            v *= inv_range[h];
-            // Token scales (rotation family) multiply the whole score back: s_t = sigma_t * (q' . x'_t).
-            if (p.token_scale) v *= p.token_scale[static_cast<long long>(r) * s.tokens + tok];
-            p.scores[(static_cast<long long>(r) * Group + h) * s.tokens + tok] = v;
-          }
-        }
+    for (int i = 0; i < 4; ++i) {
+      const float dot = acc[i >> 1][2 * (i & 1)] + acc[i >> 1][2 * (i & 1) + 1];
+      v[i] = asym[i] ? scale[i] * (dot - su.constant) + zero[i] * su.qsum : scale[i] * (dot - sym_constant);
     }
+    // Sum the quad's 4 spans and leave row t on lane t: two exchange rounds, 3 shuffles.
+    const bool upper = t & 2;
+    const float send0 = upper ? v[0] : v[2], send1 = upper ? v[1] : v[3];
+    const float keep0 = (upper ? v[2] : v[0]) + __shfl_xor_sync(0xffffffffu, send0, 2);
+    const float keep1 = (upper ? v[3] : v[1]) + __shfl_xor_sync(0xffffffffu, send1, 2);
+    const bool high = t & 1;
+    float total = (high ? keep1 : keep0) + __shfl_xor_sync(0xffffffffu, high ? keep0 : keep1, 1);
+    const int tok = t0 + g + 8 * t;
+    if (tok < tokens) {
+      total *= su.inv_range;
+      // Token scales (rotation family) multiply the whole score back: s_t = sigma_t * (q' . x'_t).
+      if (token_scale) total *= token_scale[tok];
+      out[tok] = total;
+    }
+  };
+
+  // Two buffers taken in turn (no copies between them): the next unit's loads go out before this
+  // unit's multiply.
+  while (u < u1) {
+    if (u + kWarps < u1) load(u + kWarps, odd);
+    multiply(u, even);
+    u += kWarps;
+    if (u >= u1) break;
+    if (u + kWarps < u1) load(u + kWarps, even);
+    multiply(u, odd);
+    u += kWarps;
   }
 }
 
-template <int Bits, int D, int Group>
+template <int Bits, int D, class Meta, GroupMode Mode>
 cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
-  auto kernel = scores_mma_kernel<Bits, D, Group>;
+  auto kernel = scores_mma_kernel<Bits, D, Meta, Mode>;
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, 0, info));
   // One wave of resident blocks, each taking a contiguous run of units (4 warps x several each), so
@@ -190,8 +246,18 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const int want = info.wave_per_region(p.keys.regions);
   const int per_block = std::max(kThreads / 32, (units + want - 1) / want);
   const dim3 grid(static_cast<unsigned>((units + per_block - 1) / per_block), static_cast<unsigned>(p.keys.regions));
-  kernel<<<grid, kThreads, 0, stream>>>(p, per_block);
+  kernel<<<grid, kThreads, 0, stream>>>(p, per_block, pairs::kOnes);  // ones: see pairs::decode
   return cudaGetLastError();
+}
+
+template <int Bits, int D, class Meta>
+cudaError_t by_mode(const ScoresParams& p, cudaStream_t stream) {
+  switch (p.keys.shape.mode) {
+    case GroupMode::sym: return launch<Bits, D, Meta, GroupMode::sym>(p, stream);
+    case GroupMode::asym: return launch<Bits, D, Meta, GroupMode::asym>(p, stream);
+    case GroupMode::hybrid: return launch<Bits, D, Meta, GroupMode::hybrid>(p, stream);
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace
@@ -199,8 +265,8 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
 bool scores_mma_supported(const RegionShape& s, int group) {
   // A lane's chunk (half a chunk at head_dim 64) must lie in one group.
   const bool groups = (s.group_size == 32 || s.group_size == 64 || s.group_size == 128) && s.group_size <= s.head_dim;
-  // One query head per kv head: with GQA groups the per-head mmas and register spills made it slower
-  // than the staged kernel (docs/PERF.md), so only group 1 is built.
+  // One query head per kv head: with GQA groups the per-head mmas made it slower than the staged
+  // kernel (docs/PERF.md), so only group 1 is built.
   return bits_built(s.bits) && head_dim_built(s.head_dim) && groups && s.channel_axis && group == 1;
 }
 
@@ -208,7 +274,10 @@ cudaError_t scores_mma(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
   if (!scores_mma_supported(s, p.group)) return cudaErrorInvalidValue;
   if (s.tokens == 0) return cudaSuccess;
-  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, return launch<B, D, 1>(p, stream);))
+  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, {
+    if (s.meta_fp16) return by_mode<B, D, std::uint16_t>(p, stream);
+    return by_mode<B, D, std::uint32_t>(p, stream);
+  }))
   return cudaErrorInvalidValue;
 }
 

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstring>
 #include <random>
 
@@ -13,6 +14,7 @@
 #include "cpu_ref/packed_region.h"
 #include "cpu_ref/tensor_cache.h"
 #include "gpu/device.h"
+#include "gpu/gemv.h"
 #include "gpu/pack.h"
 #include "gpu/spec_shape.h"
 #include "gpu/tensor_cache.h"
@@ -114,6 +116,48 @@ std::string name(const AppendCase& k) {
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuPackAppend, ::testing::ValuesIn(append_cases()), [](const auto& info) { return name(info.param); });
 
+// The GEMVs over a cache's regions at capacity strides (gpu::TensorCache::region()), one head per
+// region: scores over keys, outputs over values, each on the layout's kernel, against double
+// precision over the CPU cache's dequantized region.
+void expect_products_match(const gpu::DeviceRegions& dev, const std::vector<cpu::TensorCache>& cpu, bool key, std::mt19937_64& rng,
+                           const std::string& where) {
+  const gpu::RegionShape& s = dev.shape;
+  const int n = s.tokens, d = s.head_dim, regions = dev.regions;
+  std::normal_distribution<float> normal;
+  std::vector<float> w(static_cast<std::size_t>(regions) * (key ? d : n));
+  for (auto& x : w) x = key ? normal(rng) : std::fabs(normal(rng)) / n;
+  float* d_w = upload(w);
+  std::vector<float> got;
+  if (key) {
+    float* d_scores = nullptr;
+    CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * n));
+    const gpu::ScoresParams sp{dev, d_w, 1, d_scores};
+    CUDA_OK(s.channel_axis ? gpu::scores_inner(sp) : gpu::scores_outer(sp));
+    got = download(d_scores, static_cast<std::size_t>(regions) * n);
+    cudaFree(d_scores);
+  } else {
+    const test::OutputsRun run(dev, d_w, 1, 3, gpu::GemvKernel::automatic);
+    CUDA_OK(run.status);
+    got = run.host();
+  }
+  cudaFree(d_w);
+  for (int r = 0; r < regions; ++r) {
+    std::vector<float> x_hat(static_cast<std::size_t>(n) * d);
+    cpu[r].region()->dequantize(x_hat.data());
+    std::vector<double> ref(key ? n : d, 0.0);
+    for (int t = 0; t < n; ++t)
+      for (int c = 0; c < d; ++c) {
+        const double x = x_hat[static_cast<std::size_t>(t) * d + c];
+        if (key) ref[t] += double(w[static_cast<std::size_t>(r) * d + c]) * x;
+        else ref[c] += double(w[static_cast<std::size_t>(r) * n + t]) * x;
+      }
+    const auto first = got.begin() + static_cast<std::ptrdiff_t>(r * ref.size());
+    // The GEMV bound of the kernel sweep (test_gpu_kernels.cpp), here over capacity strides.
+    EXPECT_LT(test::nmse({first, first + static_cast<std::ptrdiff_t>(ref.size())}, ref), 1e-6)
+        << where << ": " << (key ? "scores" : "outputs") << ", region " << r;
+  }
+}
+
 // gpu::TensorCache against cpu::TensorCache, region by region, for keys and values of InnerQ's and
 // KIVI's presets: prefill, then one token at a time through sink, recent window and flushes.
 TEST(GpuTensorCache, StreamsLikeTheCpuCache) {
@@ -183,6 +227,9 @@ TEST(GpuTensorCache, StreamsLikeTheCpuCache) {
           if (step % 7 == 0 || step == 99) compare("append " + std::to_string(step));
           if (HasFatalFailure()) return;
         }
+        // Key normalization divides the region by f: the product over the region is what the
+        // kernels take (the query carries f), so the CPU's region is compared as stored.
+        if (gpu_cache.quantized_tokens() > 0) expect_products_match(gpu_cache.region(), cpu_caches, key, rng, "after the appends");
       }
 }
 

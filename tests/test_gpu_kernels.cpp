@@ -59,9 +59,9 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
   spec.sym_levels = k.twos ? SymLevels::twos : SymLevels::signmag;
   spec.hybrid_asym_bits = k.hybrid_bits;
   // Scores take the lane-owned kernel for one head per kv head and the staged kernel for GQA groups
-  // (gpu/gemv.cu): signed-magnitude fp16 cases run one head, the others four, so each kernel sees
-  // every mode, width, group size and head_dim. Outputs run four heads (GpuGemvGroups covers 1..8).
-  const int d = k.head_dim, regions = 3, group = k.channel && !k.twos && k.fp16 ? 1 : 4;
+  // (gpu/gemv.cu): every channel-axis case runs both, four heads here and one head (with the 3-bit
+  // cases' token scales) below. Outputs run four heads (GpuGemvGroups covers 1..8).
+  const int d = k.head_dim, regions = 3, group = 4;
   const std::vector<int> lengths = k.channel ? std::vector<int>{1, 3, 31, 33, 257, 4097}
                                              : std::vector<int>{k.group, 3 * k.group, 4096 / k.group * k.group + k.group};
   std::mt19937_64 rng(1000 + k.bits * 31 + k.group + d);
@@ -123,6 +123,21 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       }
       cudaFree(d_w);
       cudaFree(d_sigma);
+    }
+    // One query head per kv head: the lane-owned scores kernel (CUDA cores for groups of 16).
+    std::vector<float> q1, lane_out;
+    if (k.channel) {
+      q1.resize(static_cast<std::size_t>(regions) * d);
+      for (auto& x : q1) x = normal(rng);
+      float* d_q1 = upload(q1);
+      float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
+      float* d_scores = nullptr;
+      CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * n));
+      CUDA_OK(gpu::scores_inner({dev, d_q1, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores}));
+      lane_out = download(d_scores, static_cast<std::size_t>(regions) * n);
+      cudaFree(d_q1);
+      cudaFree(d_sigma);
+      cudaFree(d_scores);
     }
     std::vector<float> gpu_out, cuda_core_out;
     if (k.channel) {
@@ -200,9 +215,23 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       // fp32 accumulation in another order and the zero-point form: ~1e-12 expected; 1e-6 is the bound.
       EXPECT_LT(num / std::max(den, 1e-30), 1e-6) << "region " << r;
       EXPECT_LT(num_cc / std::max(den, 1e-30), 1e-6) << "CUDA-core kernel, region " << r;
+      const auto sig = [&](int t) { return sigma.empty() ? 1.0 : double(sigma[static_cast<std::size_t>(r) * n + t]); };
+      if (k.channel) {
+        // The in-place mantissa decode takes back a constant up to ~2^8 times a code's term (gpu/mantissa_pairs.cuh):
+        // ~1e-12 expected as well.
+        double num1 = 0, den1 = 0;
+        for (int t = 0; t < n; ++t) {
+          double ref = 0;
+          for (int c = 0; c < d; ++c) ref += double(q1[static_cast<std::size_t>(r) * d + c]) * x_hat[static_cast<std::size_t>(t) * d + c];
+          ref *= sig(t);
+          const double e = lane_out[static_cast<std::size_t>(r) * n + t] - ref;
+          num1 += e * e;
+          den1 += ref * ref;
+        }
+        EXPECT_LT(num1 / std::max(den1, 1e-30), 1e-6) << "one query head, region " << r;
+      }
       // Outer layout: token scales multiply each token's row.
       double num_outer = 0, den_outer = 0;
-      const auto sig = [&](int t) { return sigma.empty() ? 1.0 : double(sigma[static_cast<std::size_t>(r) * n + t]); };
       for (int h = 0; h < outer_group; ++h) {
         const float* wv = outer_w.data() + (static_cast<std::size_t>(r) * outer_group + h) * (k.channel ? n : d);
         for (int i = 0; i < (k.channel ? d : n); ++i) {

@@ -1,0 +1,109 @@
+#pragma once
+// Codes to fp16 pairs in place: the decode of the lean lane-owned scores kernel (scores_mma.cu).
+//
+// A lane's span is one 32-code chunk of a row (core/packed.h), or half of one (codes 16p..16p+15,
+// head_dim 64). Its words are first arranged so that each holds code pairs at the same bit position P
+// of its two 16-bit halves (span_words): then one pair is `(word >> shift & mask) | 0x3C00'3C00`, the
+// field f landing at mantissa bit `pos` of 1.0 in both halves: A = 1 + f * 2^(pos - 10), exact, with
+// no per-pair shift. Pairs of one word share at most two shifts. B carries the vector entry times
+// weight = plane * 2^(10 - pos), so A * B = v * weight + f * plane * v: the first term, summed over
+// the span, is a constant of the vector that the kernel takes back once per row.
+//
+// Word kinds (P runs over the field positions of a 16-bit half):
+//   2-bit codes, and the low planes of 3-bit ones: 8 pairs per word, P = 2k, codes (16m+k, 16m+k+8);
+//   the bit-2 plane of 3-bit codes (plane weight 4): a whole chunk's word has 16 pairs, P = s, codes
+//     (s, s+16); a half chunk's 16 bits are spread to 8 pairs per half first (one PRMT), codes (s, s+8);
+//   4-bit codes: 4 pairs per word, P = 4k, codes (8m+k, 8m+k+4);
+//   8-bit codes: 2 pairs per word, P = 8k, codes (4m+k, 4m+k+2).
+// Fields land high in the mantissa (bits 6..9; 6 for 4-bit fields, 2 for 8-bit ones), so the constant
+// outweighs a code's unit by at most 16 (256 for 8-bit codes, whose values reach 255): the accumulator
+// keeps the precision of the shift-per-pair decode within a few bits, at up to four shifts per word
+// instead of one per pair. B's weights are then at most 64 (256 for 8-bit codes).
+#include <cstdint>
+
+namespace kvq::gpu::pairs {
+
+// Words of a span after span_words(), and pairs per row of a span.
+template <int Bits, bool Half>
+inline constexpr int kWords = Half ? (Bits == 3 ? 2 : Bits / 2) : Bits;
+template <int Bits, bool Half>
+inline constexpr int kPairs = (Half ? 16 : 32) * (Bits == 3 ? 2 : 1) / 2;
+
+struct Pair {
+  int word;     // span word
+  int shift;    // right shift (negative: left) before the mask
+  int pos;      // mantissa bit of the field's lowest bit
+  int width;    // field bits
+  int plane;    // weight of the field in the code (4 for the bit-2 plane)
+  int lo, hi;   // codes (within the span) in the low and high halves
+  __host__ __device__ constexpr std::uint32_t mask() const {
+    const std::uint32_t m = ((1u << width) - 1u) << pos;
+    return m | (m << 16);
+  }
+  // B's factor on the vector entry: plane * 2^(10 - pos).
+  __host__ __device__ constexpr float weight() const { return static_cast<float>(plane << (10 - pos)); }
+};
+
+// Field at half-word position P of width w: the shift that lands it in mantissa bits 6..9 (width 1),
+// 6 or 8 (width 2), 6 (width 4) or 2 (width 8).
+__host__ __device__ constexpr int shift_for(int width, int P) {
+  if (width == 1) return P < 2 ? -8 : P < 6 ? -4 : P <= 9 ? 0 : P <= 13 ? 4 : 8;
+  if (width == 2) return P == 0 ? -8 : P < 6 ? -4 : P <= 8 ? 0 : P <= 12 ? 4 : 8;
+  return width == 4 ? P - 6 : P - 2;
+}
+
+__host__ __device__ constexpr Pair make_pair(int word, int width, int plane, int P, int lo, int hi) {
+  const int sh = shift_for(width, P);
+  return {word, sh, P - sh, width, plane, lo, hi};
+}
+
+// Pair i (0 .. kPairs - 1) of a span: words in order, positions in order within a word.
+template <int Bits, bool Half>
+__host__ __device__ constexpr Pair pair(int i) {
+  if (Bits == 2 || (Bits == 3 && i < (Half ? 8 : 16))) {
+    const int m = i / 8, k = i % 8;  // low-plane word m
+    return make_pair(m, 2, 1, 2 * k, 16 * m + k, 16 * m + k + 8);
+  }
+  if (Bits == 3) {
+    const int s = i - (Half ? 8 : 16);
+    return Half ? make_pair(1, 1, 4, s, s, s + 8) : make_pair(2, 1, 4, s, s, s + 16);
+  }
+  if (Bits == 4) {
+    const int m = i / 4, k = i % 4;
+    return make_pair(m, 4, 1, 4 * k, 8 * m + k, 8 * m + k + 4);
+  }
+  const int m = i / 2, k = i % 2;
+  return make_pair(m, 8, 1, 8 * k, 4 * m + k, 4 * m + k + 2);
+}
+
+// The span's words from its chunk's Bits words: the whole chunk, or half p of it.
+template <int Bits, bool Half>
+__device__ __forceinline__ void span_words(const std::uint32_t (&chunk)[Bits], int p, std::uint32_t (&w)[kWords<Bits, Half>]) {
+  if constexpr (!Half) {
+#pragma unroll
+    for (int k = 0; k < Bits; ++k) w[k] = chunk[k];
+  } else if constexpr (Bits == 3) {
+    w[0] = p ? chunk[1] : chunk[0];
+    // Bytes 2p and 2p+1 of the bit-2 plane (codes 16p..16p+7, 16p+8..+15) to the two halves' low bytes.
+    w[1] = __byte_perm(chunk[2], 0u, p ? 0x4342u : 0x4140u);
+  } else {
+#pragma unroll
+    for (int k = 0; k < Bits / 2; ++k) w[k] = p ? chunk[Bits / 2 + k] : chunk[k];
+  }
+}
+
+// 1.0 in both fp16 halves: the exponent the fields are placed under.
+inline constexpr std::uint32_t kOnes = 0x3C003C00u;
+
+// The fp16 pair (low half: code lo, high half: code hi) of pair i; i is a constant once its loop is
+// unrolled, so the shift and mask fold into immediates. `ones` must hold kOnes in a register the
+// compiler cannot see through (a kernel argument): with both constants known it splits the AND-OR
+// into two LOP3s, since a LOP3 takes one immediate.
+template <int Bits, bool Half>
+__device__ __forceinline__ std::uint32_t decode(const std::uint32_t (&w)[kWords<Bits, Half>], int i, std::uint32_t ones) {
+  const Pair P = pair<Bits, Half>(i);
+  const std::uint32_t x = P.shift > 0 ? w[P.word] >> P.shift : P.shift < 0 ? w[P.word] << -P.shift : w[P.word];
+  return (x & P.mask()) | ones;
+}
+
+}  // namespace kvq::gpu::pairs
