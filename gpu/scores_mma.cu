@@ -2,9 +2,9 @@
 // warp takes 32 tokens at a time (one hybrid zero-block, two m16n8k16 row tiles), lane t of each quad
 // loads only its own chunk of its 4 rows straight from global memory, and the scale of the chunk's
 // group multiplies the lane's accumulator. Codes decode in place into fp16 mantissas
-// (gpu/mantissa_pairs.cuh: one LOP3 per two codes), B stays in registers for the whole run, and the
+// (gpu/mantissa_pairs.cuh: one LOP3 per two codes), each warp builds its B once per run, and the
 // group mode and metadata precision are template axes, so the loop carries no per-unit branch on them.
-// The next unit's loads are issued before this one is multiplied.
+// The loads of the unit two ahead are issued before a unit is multiplied.
 #include <algorithm>
 #include <cstdint>
 
@@ -38,9 +38,9 @@ __device__ __forceinline__ float plain(Meta raw) {
   else return __uint_as_float(raw);
 }
 
-// What a lane multiplies by, built by each warp on its own (no shared memory, no barrier) while its
-// first unit's loads are in flight. Lane (g, t) holds column g of B: unit g / 2's part g % 2 (hi or
-// lo) over quad lane t's span, zero unless g / 2 == t.
+// What a lane multiplies by, built by each warp on its own (no barrier) while its first units' loads
+// are in flight. Lane (g, t) holds column g of B: unit g / 2's part g % 2 (hi or lo) over quad lane
+// t's span, zero unless g / 2 == t.
 template <int Bits, bool Half>
 struct LaneSetup {
   static constexpr int kSteps = pairs::kPairs<Bits, Half> / 2;  // k-steps per row tile: 2 pairs per row each
@@ -149,9 +149,20 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
     load_unit<Bits, D>(codes + (tok0 * (D / 32) + chunk) * Bits, scales + meta, zeros + meta, meta_row_stride, (tokens - tok0 + 7) >> 3, into);
   };
   int u = blockIdx.x * units_per_block + warp;
-  UnitLoads<Bits, Meta, Mode> even, odd;
-  if (u < u1) load(u, even);  // in flight during the set-up
+  // Load buffers taken in turn: the loads of the unit kAhead ahead go out before a unit's multiply,
+  // so each warp keeps kAhead units in flight (one for 8-bit codes, whose buffers are 4x larger).
+  constexpr int kAhead = Bits == 8 ? 1 : 2;
+  UnitLoads<Bits, Meta, Mode> buf0, buf1, buf2;
+  if (u < u1) load(u, buf0);
+  if (kAhead == 2 && u + kWarps < u1) load(u + kWarps, buf1);
   const LaneSetup<Bits, kHalf> su = lane_setup<Bits, kHalf, D>(p.queries + static_cast<long long>(r) * D, g, t);
+  // B goes to the warp's own slice of shared memory (read back per step): its registers would cost
+  // the third load buffer or a resident block.
+  __shared__ uint2 warp_b[kWarps][kSteps][32];
+#pragma unroll
+  for (int j = 0; j < kSteps; ++j) warp_b[warp][j][lane] = make_uint2(su.b[j][0], su.b[j][1]);
+  __syncwarp();
+  const auto b_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(&warp_b[warp][0][lane]));
   const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
   const float sym_constant = su.constant + offset * su.qsum;  // a symmetric group's zero point folded in
   // Hybrid: the leading lane of each group votes its group's mode; ballot bit 4g + leader orders a
@@ -189,14 +200,19 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
 #pragma unroll
     for (int i = 0; i < 4; ++i) pairs::span_words<Bits, kHalf>(cur.w[i], parity, sw[i]);
 #pragma unroll
-    for (int j = 0; j < kSteps; ++j)
+    for (int j = 0; j < kSteps; ++j) {
+      // A volatile load: ptxas would otherwise see a loop-invariant load and keep B in registers
+      // across units again.
+      std::uint32_t b0, b1;
+      asm volatile("ld.volatile.shared.v2.u32 {%0, %1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(b_base + 8u * (32u * j)));
 #pragma unroll
       for (int tile = 0; tile < 2; ++tile) {
         const std::uint32_t a[4] = {pairs::decode<Bits, kHalf>(sw[2 * tile], 2 * j, ones), pairs::decode<Bits, kHalf>(sw[2 * tile + 1], 2 * j, ones),
                                     pairs::decode<Bits, kHalf>(sw[2 * tile], 2 * j + 1, ones),
                                     pairs::decode<Bits, kHalf>(sw[2 * tile + 1], 2 * j + 1, ones)};
-        mma::mma(acc[tile], a, su.b[j][0], su.b[j][1]);
+        mma::mma(acc[tile], a, b0, b1);
       }
+    }
 
     // Row i (token t0 + g + 8i): |s| * (dot - constant) + zero * qsum over this lane's span.
     float v[4];
@@ -221,16 +237,30 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
     }
   };
 
-  // Two buffers taken in turn (no copies between them): the next unit's loads go out before this
-  // unit's multiply.
-  while (u < u1) {
-    if (u + kWarps < u1) load(u + kWarps, odd);
-    multiply(u, even);
-    u += kWarps;
-    if (u >= u1) break;
-    if (u + kWarps < u1) load(u + kWarps, even);
-    multiply(u, odd);
-    u += kWarps;
+  if constexpr (kAhead == 1) {
+    while (u < u1) {
+      if (u + kWarps < u1) load(u + kWarps, buf1);
+      multiply(u, buf0);
+      u += kWarps;
+      if (u >= u1) break;
+      if (u + kWarps < u1) load(u + kWarps, buf0);
+      multiply(u, buf1);
+      u += kWarps;
+    }
+  } else {
+    while (u < u1) {
+      if (u + 2 * kWarps < u1) load(u + 2 * kWarps, buf2);
+      multiply(u, buf0);
+      u += kWarps;
+      if (u >= u1) break;
+      if (u + 2 * kWarps < u1) load(u + 2 * kWarps, buf0);
+      multiply(u, buf1);
+      u += kWarps;
+      if (u >= u1) break;
+      if (u + 2 * kWarps < u1) load(u + 2 * kWarps, buf1);
+      multiply(u, buf2);
+      u += kWarps;
+    }
   }
 }
 
