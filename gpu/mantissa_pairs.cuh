@@ -5,7 +5,7 @@
 // head_dim 64). Its words are first arranged so that each holds code pairs at the same bit position P
 // of its two 16-bit halves (span_words): then one pair is `(word >> shift & mask) | 0x3C00'3C00`, the
 // field f landing at mantissa bit `pos` of 1.0 in both halves: A = 1 + f * 2^(pos - 10), exact, with
-// no per-pair shift. Pairs of one word share at most two shifts. B carries the vector entry times
+// no per-pair shift (the pairs of a word share up to four shifts). B carries the vector entry times
 // weight = plane * 2^(10 - pos), so A * B = v * weight + f * plane * v: the first term, summed over
 // the span, is a constant of the vector that the kernel takes back once per row.
 //

@@ -58,7 +58,7 @@ __device__ __forceinline__ LaneSetup<Bits, Half> lane_setup(const float* q, int 
 #pragma unroll
   for (int k = 0; k < D / 32; ++k) m = fmaxf(m, fabsf(__ldg(q + (threadIdx.x & 31) + 32 * k)));
   for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  // A power of two bringing max|q| into [16, 32): B = q * weight (<= 1024) stays below fp16's max.
+  // A power of two bringing max|q| into [16, 32): B = q * weight (<= 256) stays far below fp16's max.
   const float range = m > 0.0f ? exp2f(static_cast<float>(4 - ilogbf(m))) : 1.0f;
   out.inv_range = 1.0f / range;
   float v[kSpan];
@@ -271,7 +271,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, 0, info));
   // One wave of resident blocks, each taking a contiguous run of units (4 warps x several each), so
-  // the per-block set-up of q is paid once per resident block.
+  // each warp builds its B once per run.
   const int units = (s.tokens + kUnit - 1) / kUnit;
   const int want = info.wave_per_region(p.keys.regions);
   const int per_block = std::max(kThreads / 32, (units + want - 1) / want);
