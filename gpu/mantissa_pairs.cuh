@@ -1,5 +1,15 @@
 #pragma once
-// Codes to fp16 pairs in place: the decode of the lean lane-owned scores kernel (scores_mma.cu).
+// Lane-owned chunks, and codes to fp16 pairs in place: the tensor-core layout and decode of the
+// inner-layout GEMVs (scores_mma.cu, outputs_mma.cu).
+//
+// In an m16n8k16 tile, lane (g, t) holds rows g and g+8 and, in every k-step, the k-slots 2t, 2t+1,
+// 2t+8, 2t+9. Since the reduction may visit its steps in any order, lane t feeds all its slots from
+// ONE 32-code chunk of each of its rows (or one half of it, for head_dim 64 keys): it loads only that
+// chunk straight from global memory, and the 4 lanes of a quad cover 4 chunks per step. B's 8 columns
+// are then (unit u, part): column 2u + part is zero except in lane u's slots, where it carries the
+// hi or lo fp16 part of the vector. So the accumulator columns 2t, 2t+1 on lane t hold the dot
+// product of lane t's own chunk, which lies in one quantization group: the group's scale multiplies
+// it in registers, with no cross-group mixing and no shared-memory staging of the codes.
 //
 // A lane's span is one 32-code chunk of a row (core/packed.h), or half of one (codes 16p..16p+15,
 // head_dim 64). Its words are first arranged so that each holds code pairs at the same bit position P
@@ -20,6 +30,8 @@
 // keeps the precision of the shift-per-pair decode within a few bits, at up to four shifts per word
 // instead of one per pair. B's weights are then at most 64 (256 for 8-bit codes).
 #include <cstdint>
+
+#include "gpu/mma.cuh"
 
 namespace kvq::gpu::pairs {
 
@@ -90,6 +102,34 @@ __device__ __forceinline__ void span_words(const std::uint32_t (&chunk)[Bits], i
 #pragma unroll
     for (int k = 0; k < Bits / 2; ++k) w[k] = p ? chunk[Bits / 2 + k] : chunk[k];
   }
+}
+
+// B's half2 for pair i: part (0 hi, 1 lo) of weight * v at the pair's two codes (v indexed by code
+// within the span). The products are exact: weights are powers of two.
+template <int Bits, bool Half>
+__device__ __forceinline__ std::uint32_t b_pair(const float* v, int i, int part) {
+  const Pair P = pair<Bits, Half>(i);
+  const float w = P.weight();
+  return mma::pack_half2(mma::split_part(v[P.lo] * w, part), mma::split_part(v[P.hi] * w, part));
+}
+
+// Sum of the B weights a code carries over the span's pairs (its low-plane pair, plus its bit-2-plane
+// pair for 3-bit codes): v[code] times this, summed over the span, is the constant A's 1s add.
+template <int Bits, bool Half>
+__device__ __forceinline__ float weight_sum(int code) {
+  float sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPairs<Bits, Half>; ++i) {
+    const Pair P = pair<Bits, Half>(i);
+    if (P.lo == code || P.hi == code) sum += P.weight();
+  }
+  return sum;
+}
+
+// A power of two bringing max|v| (> 0) into [16, 32): B = v * weight (weights <= 256) stays far below
+// fp16's max.
+__device__ __forceinline__ float range_scale(float max_abs) {
+  return max_abs > 0.0f ? exp2f(static_cast<float>(4 - ilogbf(max_abs))) : 1.0f;
 }
 
 // 1.0 in both fp16 halves: the exponent the fields are placed under.

@@ -1,15 +1,16 @@
-// p . V^ over token-axis values on the tensor cores, with lane-owned chunks (gpu/lane_chunks.cuh).
+// p . V^ over token-axis values on the tensor cores, with lane-owned chunks (gpu/mantissa_pairs.cuh).
 // A block walks its run of 128-token stretches; per stretch, warp u turns tile u's probabilities into
 // B fragments (range-scaled per tile, so small probabilities keep their bits), one barrier, then each
 // warp multiplies its m-tiles of 16 channels: lane t loads the chunk of tile t for its two channels
 // straight from global memory (a stretch ahead, with the probabilities and scales, so the loads
-// overlap the current stretch's work), and the group's scale multiplies the lane's accumulator.
-// Outputs stay in registers; runs are summed in order.
+// overlap the current stretch's work), and the group's scale multiplies the lane's accumulator. Codes
+// decode in place into fp16 mantissas (one LOP3 per two codes); each tile's constant from A's 1s is
+// taken back with its sum. Outputs stay in registers; runs are summed in order.
 
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
 #include "gpu/dispatch.cuh"
-#include "gpu/lane_chunks.cuh"
+#include "gpu/mantissa_pairs.cuh"
 #include "gpu/launch.h"
 #include "gpu/meta.cuh"
 #include "gpu/outputs_mma.h"
@@ -24,11 +25,12 @@ constexpr int kStretch = 128;  // tokens per block iteration: 4 tiles of 32, one
 
 template <int Bits, int D, int Group>
 struct OutputsShared {
-  static constexpr int kSteps = lanes::kSteps<Bits, false>;
+  static constexpr int kSteps = pairs::kPairs<Bits, false> / 2;
   // B fragments per (buffer, head, step, slot): slot 2u + part for unit u's live column, slot 8 zero.
   uint2 b[2][Group][kSteps][9];
   float inv_range[2][Group][4];  // 1 / the power of two tile u's probabilities were scaled by
   float tile_sum[2][Group][4];   // sum of tile u's scaled probabilities
+  float tile_constant[2][Group][4];  // what A's 1s add over tile u: sum of its B entries (pairs::weight_sum)
   unsigned asym[2][4][D / 32];   // hybrid: asymmetric channels of each G-token block of the stretch
   float p[4][Group][32];         // warp u's scratch: tile u's scaled probabilities
 };
@@ -65,23 +67,27 @@ __device__ __forceinline__ void load_stretch(const OutputsParams& p, int r, int 
 // Warp u's share of a stretch's set-up: tile u's probabilities into B fragments, and (hybrid) the
 // asymmetric-channel masks of the stretch's zero-blocks.
 template <int Bits, int D, int Group>
-__device__ void prepare_stretch(const StretchInputs<Group>& in, int blocks_in_stretch, bool hybrid, int buf, OutputsShared<Bits, D, Group>& sh) {
+__device__ void prepare_stretch(const StretchInputs<Group>& in, float weight_sum, int blocks_in_stretch, bool hybrid, int buf,
+                                OutputsShared<Bits, D, Group>& sh) {
   using Sh = OutputsShared<Bits, D, Group>;
   const int lane = threadIdx.x & 31, u = threadIdx.x >> 5;
 #pragma unroll
   for (int h = 0; h < Group; ++h) {
     float m = fabsf(in.p[h]);
     for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    const float range = mma::fp16_range_scale(m);
-    float sum = in.p[h] * range;
+    const float range = pairs::range_scale(m);
+    float sum = in.p[h] * range, constant = sum * weight_sum;
     sh.p[u][h][lane] = sum;
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (lane == 0) sh.inv_range[buf][h][u] = 1.0f / range, sh.tile_sum[buf][h][u] = sum;
+    for (int off = 16; off > 0; off >>= 1) {
+      sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      constant += __shfl_xor_sync(0xffffffffu, constant, off);
+    }
+    if (lane == 0) sh.inv_range[buf][h][u] = 1.0f / range, sh.tile_sum[buf][h][u] = sum, sh.tile_constant[buf][h][u] = constant;
   }
   __syncwarp();
   for (int i = lane; i < Group * Sh::kSteps * 2; i += 32) {
     const int part = i & 1, j = (i >> 1) % Sh::kSteps, h = i / (2 * Sh::kSteps);
-    sh.b[buf][h][j][2 * u + part] = lanes::b_entry<Bits, false>(sh.p[u][h], j, 0, part);
+    sh.b[buf][h][j][2 * u + part] = make_uint2(pairs::b_pair<Bits, false>(sh.p[u][h], 2 * j, part), pairs::b_pair<Bits, false>(sh.p[u][h], 2 * j + 1, part));
   }
   if (hybrid && threadIdx.x < D)
     for (int k = 0; k < blocks_in_stretch; ++k) {
@@ -91,7 +97,7 @@ __device__ void prepare_stretch(const StretchInputs<Group>& in, int blocks_in_st
 }
 
 template <int Bits, int D, int Group>
-__global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kernel(OutputsParams p, int stretches_per_split) {
+__global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kernel(OutputsParams p, int stretches_per_split, std::uint32_t ones) {
   using Sh = OutputsShared<Bits, D, Group>;
   constexpr int kTiles = D / 64;  // m-tiles of 16 channels per warp
   __shared__ Sh sh;
@@ -105,6 +111,7 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
   const long long groups0 = static_cast<long long>(r) * s.group_stride();
   const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_stride();
   float acc[Group][kTiles][2] = {};
+  const float weight_sum = pairs::weight_sum<Bits, false>(lane);  // lane = the token's position in its tile
   for (int i = threadIdx.x; i < 2 * Group * Sh::kSteps; i += kThreads) sh.b[i / (Group * Sh::kSteps)][(i / Sh::kSteps) % Group][i % Sh::kSteps][8] = make_uint2(0, 0);
 
   // Lane t's tile of stretch st (clamped: past the end its probabilities are 0) and its group.
@@ -142,7 +149,7 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
       }
     in = next_in;
     if (st + 1 < last) load(st + 1), load_stretch<D, Group>(p, r, t0 + kStretch, next_in);
-    prepare_stretch<Bits, D, Group>(in, kStretch / G, s.mode == GroupMode::hybrid, buf, sh);
+    prepare_stretch<Bits, D, Group>(in, weight_sum, kStretch / G, s.mode == GroupMode::hybrid, buf, sh);
     __syncthreads();
     // Zero points first, so their loads are in flight during the multiplies.
     float zero[kTiles][2];
@@ -171,8 +178,8 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
       float c[Group][4] = {};
 #pragma unroll
       for (int j = 0; j < Sh::kSteps; ++j) {
-        std::uint32_t a[4];
-        lanes::a_fragment<Bits, false>(w[m][0], w[m][1], j, a);
+        const std::uint32_t a[4] = {pairs::decode<Bits, false>(w[m][0], 2 * j, ones), pairs::decode<Bits, false>(w[m][1], 2 * j, ones),
+                                    pairs::decode<Bits, false>(w[m][0], 2 * j + 1, ones), pairs::decode<Bits, false>(w[m][1], 2 * j + 1, ones)};
 #pragma unroll
         for (int h = 0; h < Group; ++h) {
           const uint2 b = sh.b[buf][h][j][slot];
@@ -181,11 +188,11 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
       }
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
-        // Lane t's tile: (|s| (dot - plane constant * sum p) + zero * sum p), in the tile's range scale.
+        // Lane t's tile: (|s| (dot - constant) + zero * sum p), in the tile's range scale.
 #pragma unroll
         for (int h = 0; h < Group; ++h) {
           const float sum = sh.tile_sum[buf][h][t];
-          acc[h][m][k] += (scale[m][k] * (c[h][2 * k] + c[h][2 * k + 1] - mma::kPlaneConstant<Bits> * sum) + zero[m][k] * sum) * sh.inv_range[buf][h][t];
+          acc[h][m][k] += (scale[m][k] * (c[h][2 * k] + c[h][2 * k + 1] - sh.tile_constant[buf][h][t]) + zero[m][k] * sum) * sh.inv_range[buf][h][t];
         }
       }
     }
@@ -211,7 +218,7 @@ cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, 0, info));
   const SplitRuns runs = split_runs((s.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
-  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, 0, stream>>>(p, runs.per_split);
+  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, 0, stream>>>(p, runs.per_split, pairs::kOnes);
   KVQ_CUDA_TRY(cudaGetLastError());
   return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * Group * D, p.outputs, stream);
 }

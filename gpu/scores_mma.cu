@@ -1,4 +1,4 @@
-// q . K^T over channel-axis keys on the tensor cores, with lane-owned chunks (gpu/lane_chunks.cuh): a
+// q . K^T over channel-axis keys on the tensor cores, with lane-owned chunks (gpu/mantissa_pairs.cuh): a
 // warp takes 32 tokens at a time (one hybrid zero-block, two m16n8k16 row tiles), lane t of each quad
 // loads only its own chunk of its 4 rows straight from global memory, and the scale of the chunk's
 // group multiplies the lane's accumulator. Codes decode in place into fp16 mantissas
@@ -58,8 +58,7 @@ __device__ __forceinline__ LaneSetup<Bits, Half> lane_setup(const float* q, int 
 #pragma unroll
   for (int k = 0; k < D / 32; ++k) m = fmaxf(m, fabsf(__ldg(q + (threadIdx.x & 31) + 32 * k)));
   for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  // A power of two bringing max|q| into [16, 32): B = q * weight (<= 256) stays far below fp16's max.
-  const float range = m > 0.0f ? exp2f(static_cast<float>(4 - ilogbf(m))) : 1.0f;
+  const float range = pairs::range_scale(m);
   out.inv_range = 1.0f / range;
   float v[kSpan];
 #pragma unroll
