@@ -30,7 +30,7 @@ struct OutputsShared {
   uint2 b[2][Group][kSteps][9];
   float inv_range[2][Group][4];  // 1 / the power of two tile u's probabilities were scaled by
   float tile_sum[2][Group][4];   // sum of tile u's scaled probabilities
-  float tile_constant[2][Group][4];  // what A's 1s add over tile u: sum of its B entries (pairs::weight_sum)
+  float tile_constant[2][Group][4];  // what A's 1s add over tile u: its scaled p times pairs::weight_sum, summed (fp32, ~2^-22 off hi + lo)
   unsigned asym[2][4][D / 32];   // hybrid: asymmetric channels of each G-token block of the stretch
   float p[4][Group][32];         // warp u's scratch: tile u's scaled probabilities
 };
