@@ -26,4 +26,21 @@ __device__ __forceinline__ float zero_value(const void* array, long long i, bool
   return fp16 ? __half2float(static_cast<const __half*>(array)[i]) : static_cast<const float*>(array)[i];
 }
 
+// The same from raw bits whose width is a template axis (Meta: std::uint16_t for fp16,
+// std::uint32_t for fp32), for kernels built per metadata precision.
+template <class Meta>
+__device__ __forceinline__ float magnitude(Meta raw) {
+  if constexpr (sizeof(Meta) == 2) return __half2float(__ushort_as_half(static_cast<std::uint16_t>(raw & 0x7fffu)));
+  else return __uint_as_float(raw & 0x7fffffffu);
+}
+template <class Meta>
+__device__ __forceinline__ bool sign_bit(Meta raw) {
+  return (raw >> (8 * sizeof(Meta) - 1)) != 0;
+}
+template <class Meta>
+__device__ __forceinline__ float plain(Meta raw) {
+  if constexpr (sizeof(Meta) == 2) return __half2float(__ushort_as_half(raw));
+  else return __uint_as_float(raw);
+}
+
 }  // namespace kvq::gpu

@@ -13,6 +13,7 @@
 #include "gpu/dispatch.cuh"
 #include "gpu/launch.h"
 #include "gpu/mantissa_pairs.cuh"
+#include "gpu/meta.cuh"
 #include "gpu/mma.cuh"
 #include "gpu/scores_mma.h"
 
@@ -21,22 +22,6 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kUnit = 32;  // tokens per warp iteration: two 16-row tiles, one hybrid zero-block
-
-// Stored metadata as raw bits: fp16 (uint16) or fp32 (uint32), the hybrid mode bit in the sign.
-template <class Meta>
-__device__ __forceinline__ float magnitude(Meta raw) {
-  if constexpr (sizeof(Meta) == 2) return __half2float(__ushort_as_half(static_cast<std::uint16_t>(raw & 0x7fffu)));
-  else return __uint_as_float(raw & 0x7fffffffu);
-}
-template <class Meta>
-__device__ __forceinline__ bool sign_bit(Meta raw) {
-  return (raw >> (8 * sizeof(Meta) - 1)) != 0;
-}
-template <class Meta>
-__device__ __forceinline__ float plain(Meta raw) {
-  if constexpr (sizeof(Meta) == 2) return __half2float(__ushort_as_half(raw));
-  else return __uint_as_float(raw);
-}
 
 // What a lane multiplies by, built by each warp on its own (no barrier) while its first units' loads
 // are in flight. Lane (g, t) holds column g of B: unit g / 2's part g % 2 (hi or lo) over quad lane
