@@ -2,8 +2,10 @@
 // Fused decode attention, FlashDecoding style: the sequence is split across blocks, each block runs
 // scores, an online softmax and the weighted sum of values over its part in one pass over the cache,
 // and a second kernel merges the parts (max-rescaled sums, in part order: deterministic).
-//   attention_inner: over an InnerQ cache, channel-axis keys and token-axis values streamed through
-//                    the tensor-core stages of gpu/inner_stage.cuh, plus fp16 windows (sink + recent);
+//   attention_inner: over an InnerQ cache, channel-axis keys and token-axis values, plus fp16 windows
+//                    (sink + recent). One query head per kv head with fp16 metadata: warps streaming
+//                    their own stretches on the GEMVs' lane-owned decode (gpu/attention_lane.cuh);
+//                    otherwise the tensor-core stages of gpu/inner_stage.cuh (gpu/attention_inner.cuh);
 //   attention_fp16:  the fp16 baseline over dense fp16 keys and values.
 // softmax_rows (with scores_fp16/outputs_fp16 or cuBLAS) is the unfused path for comparison.
 #include <cuda_fp16.h>

@@ -1,9 +1,12 @@
-// Fused attention instances for 4-bit keys and 4-bit values (gpu/attention_inner.cuh).
+// Fused attention instances for 4-bit keys and 4-bit values (gpu/attention_lane.cuh for one query
+// head per kv head and fp16 metadata, else gpu/attention_inner.cuh).
 #include "gpu/attention_inner.cuh"
+#include "gpu/attention_lane.cuh"
 
 namespace kvq::gpu::attention_detail {
 
 cudaError_t inner_k4v4(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream) {
+  if (lane_attention_supported(p)) return lane_by_shape<4, 4>(p, parts, used, stream);
   KVQ_DISPATCH_HEAD_DIM(p.keys.shape.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, return (launch_inner<4, 4, D, H>(p, parts, used, stream));))
   return cudaErrorInvalidValue;
 }

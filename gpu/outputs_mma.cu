@@ -1,11 +1,15 @@
 // p . V^ over token-axis values on the tensor cores, with lane-owned chunks (gpu/mantissa_pairs.cuh).
-// A block walks its run of 128-token stretches; per stretch, warp u turns tile u's probabilities into
-// B fragments (range-scaled per tile, so small probabilities keep their bits), one barrier, then each
-// warp multiplies its m-tiles of 16 channels: lane t loads the chunk of tile t for its two channels
-// straight from global memory (a stretch ahead, with the probabilities and scales, so the loads
-// overlap the current stretch's work), and the group's scale multiplies the lane's accumulator. Codes
-// decode in place into fp16 mantissas (one LOP3 per two codes); each tile's constant from A's 1s is
-// taken back with its sum. Outputs stay in registers; runs are summed in order.
+// One query head per kv head (outputs_warp_kernel): each warp streams its own 128-token stretches on
+// gpu/value_tiles.cuh, with no barrier per stretch. GQA groups (outputs_mma_kernel): a block walks
+// its run of 128-token stretches; per stretch, warp u turns tile u's probabilities into B fragments
+// for every head (range-scaled per tile, so small probabilities keep their bits), one barrier, then
+// each warp multiplies its m-tiles of 16 channels: lane t loads the chunk of tile t for its two
+// channels straight from global memory (a stretch ahead, with the probabilities and scales, so the
+// loads overlap the current stretch's work), and the group's scale multiplies the lane's accumulator.
+// Codes decode in place into fp16 mantissas (one LOP3 per two codes); each tile's constant from A's
+// 1s is taken back with its sum. Outputs stay in registers; runs are summed in order.
+
+#include <cstdint>
 
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
@@ -15,6 +19,7 @@
 #include "gpu/meta.cuh"
 #include "gpu/outputs_mma.h"
 #include "gpu/reduce.cuh"
+#include "gpu/value_tiles.cuh"
 
 namespace kvq::gpu {
 
@@ -211,16 +216,85 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
       }
 }
 
-template <int Bits, int D, int Group>
-cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
+// One query head: each warp streams its own stretches (gpu/value_tiles.cuh: B per warp, every m-tile
+// of the values per warp), with no barrier per stretch; the loads run three m-tiles ahead, across
+// stretches, and a stretch's probabilities a stretch ahead. The block's warps add up at the end.
+template <int Bits, int D, class Meta>
+__global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split, std::uint32_t ones) {
+  using Values = value_tiles::ValueTiles<Bits, D, Meta>;
+  constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
+  __shared__ typename Values::WarpB warp_b[kWarps];
+  __shared__ float probs[kWarps][4][33];  // per warp: a stretch's scaled probabilities, tile-major (33: no bank conflicts)
+  __shared__ float sums[kWarps][D];
+  const int tokens = p.values.shape.tokens, r = blockIdx.y, split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int stretches = (tokens + kStretch - 1) / kStretch;
+  const int first = split * stretches_per_split, last = min(stretches, first + stretches_per_split);
+  const float* prob = p.probs + static_cast<long long>(r) * tokens;
+  const float* sigma = p.token_scale ? p.token_scale + static_cast<long long>(r) * tokens : nullptr;
+  Values values;
+  values.init(p.values, r, warp_b[warp]);
+  auto load_probs = [&](int st, float (&into)[4]) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int tok = st * kStretch + 32 * u + lane;
+      into[u] = tok < tokens ? __ldg(prob + tok) * (sigma ? __ldg(sigma + tok) : 1.0f) : 0.0f;
+    }
+  };
+  float acc[kMTiles][2] = {};
+  typename Values::Loads vb[4];  // m-tile m in buffer m % 4 (kMTiles is 4 or 8)
+  float next_p[4];
+  int st = first + warp;
+  if (st < last) {
+    load_probs(st, next_p);
+#pragma unroll
+    for (int m = 0; m < 3; ++m) values.load(st, m, vb[m]);
+  }
+  for (; st < last; st += kWarps) {
+    float pc[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) pc[u] = next_p[u];
+    const int next = st + kWarps;
+    if (next < last) load_probs(next, next_p);
+    float pmax = fmaxf(fmaxf(fabsf(pc[0]), fabsf(pc[1])), fmaxf(fabsf(pc[2]), fabsf(pc[3])));
+    for (int off = 16; off > 0; off >>= 1) pmax = fmaxf(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
+    const float range = pairs::range_scale(pmax), inv_range = 1.0f / range;  // per stretch: small probabilities keep their bits
+    __syncwarp();  // the previous stretch's reads of probs and B are done
+#pragma unroll
+    for (int u = 0; u < 4; ++u) probs[warp][u][lane] = pc[u] * range;
+    __syncwarp();
+    values.set_probs(st, &probs[warp][0][0], 33, warp_b[warp]);
+    __syncwarp();
+#pragma unroll
+    for (int m = 0; m < kMTiles; ++m) {
+      const int ahead = m + 3;
+      if (ahead < kMTiles) values.load(st, ahead, vb[ahead % 4]);
+      else if (next < last) values.load(next, ahead - kMTiles, vb[ahead % 4]);
+      float out[2];
+      values.product(m, vb[m % 4], ones, out);
+#pragma unroll
+      for (int k = 0; k < 2; ++k) acc[m][k] += out[k] * inv_range;
+    }
+  }
+  values.store_sums(acc, sums[warp]);
+  __syncthreads();
+  for (int c = threadIdx.x; c < D; c += kThreads) {
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) v += sums[w][c];
+    p.partial[(static_cast<long long>(split) * gridDim.y + r) * D + c] = v;
+  }
+}
+
+// A split-sequence launch of either kernel over stretches, then the splits added in order.
+template <class Kernel>
+cudaError_t launch_splits(Kernel kernel, int heads, int head_dim, const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
-  auto kernel = outputs_mma_kernel<Bits, D, Group>;
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, 0, info));
   const SplitRuns runs = split_runs((s.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
   kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, 0, stream>>>(p, runs.per_split, pairs::kOnes);
   KVQ_CUDA_TRY(cudaGetLastError());
-  return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * Group * D, p.outputs, stream);
+  return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * heads * head_dim, p.outputs, stream);
 }
 
 }  // namespace
@@ -234,7 +308,13 @@ bool outputs_mma_supported(const RegionShape& s, int group) {
 cudaError_t outputs_mma(const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
   if (!outputs_mma_supported(s, p.group) || p.splits < 1) return cudaErrorInvalidValue;
-  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H, return launch<B, D, H>(p, stream);)))
+  if (p.group == 1) {
+    KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, {
+      if (s.meta_fp16) return launch_splits(outputs_warp_kernel<B, D, std::uint16_t>, 1, D, p, stream);
+      return launch_splits(outputs_warp_kernel<B, D, std::uint32_t>, 1, D, p, stream);
+    }))
+  }
+  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H, return launch_splits(outputs_mma_kernel<B, D, H>, H, D, p, stream);)))
   return cudaErrorInvalidValue;
 }
 

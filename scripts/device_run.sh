@@ -37,7 +37,7 @@ echo "== GPU tests =="
 [ "${SKIP_SANITIZER:-0}" = 1 ] || {
 echo "== compute-sanitizer =="
 filter='Sweep/GpuKernels.*/hybrid3_*:Sweep/GpuKernels.*/asym2_*g16*:GpuFp16.*:GpuRotation.*'
-attention_filter='Sweep/GpuAttention.*gqa4*:Sweep/GpuAttention.*gqa7*:GpuGemvGroups.*'
+attention_filter='Sweep/GpuAttention.*gqa4*:Sweep/GpuAttention.*gqa7*:Sweep/GpuAttention.*v2hybrid*gqa1*:GpuGemvGroups.*'
 cache_filter='Sweep/GpuPackAppend.*hybrid*:Sweep/GpuPackAppend.*asym2*'
 for tool in memcheck racecheck; do
   for run in "test_gpu_kernels $filter" "test_gpu_attention $attention_filter" "test_gpu_cache $cache_filter"; do

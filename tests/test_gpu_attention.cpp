@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -55,23 +56,44 @@ struct AttentionCase {
   int key_bits, value_bits, head_dim, group;
   Mode key_mode, value_mode;
   bool token_scales;
+  int key_group = 32, value_group = 32;
+  bool meta_fp32 = false;
 };
 
 std::vector<AttentionCase> attention_cases() {
-  // Every built (key bits, value bits, head_dim, group) kernel, with the modes taken in turn.
+  // Every built (key bits, value bits, head_dim, group) kernel of the staged machinery (groups 2..8),
+  // with the modes taken in turn.
   std::vector<AttentionCase> out;
   const Mode modes[] = {Mode::sym, Mode::asym, Mode::hybrid};
   int i = 0;
   for (auto [kb, vb] : {std::pair{3, 2}, std::pair{3, 3}, std::pair{2, 2}, std::pair{4, 4}})
     for (int d : {64, 128})
-      for (int group = 1; group <= 8; ++group, ++i) out.push_back({kb, vb, d, group, modes[i % 3], modes[(i / 3) % 3], i % 4 == 1});
+      for (int group = 1; group <= 8; ++group, ++i)
+        if (group > 1) out.push_back({kb, vb, d, group, modes[i % 3], modes[(i / 3) % 3], i % 4 == 1});
+  // One query head per kv head runs the lane-owned kernel (fp16 metadata; fp32 takes the staged one):
+  // every pair of modes, with group sizes, token scales and the metadata precision taken in turn.
+  int j = 0;
+  for (auto [kb, vb] : {std::pair{3, 2}, std::pair{3, 3}, std::pair{2, 2}, std::pair{4, 4}})
+    for (int d : {64, 128})
+      for (Mode km : modes)
+        for (Mode vm : modes) {
+          const int sizes[] = {32, 64, 128};
+          AttentionCase c{kb, vb, d, 1, km, vm, j % 2 == 1};
+          c.key_group = std::min(sizes[j % 3], d);
+          c.value_group = sizes[(j / 3) % 3];
+          c.meta_fp32 = j % 7 == 3;
+          out.push_back(c);
+          ++j;
+        }
   return out;
 }
 
 std::string attention_name(const AttentionCase& c) {
   auto mode = [](Mode m) { return m == Mode::sym ? "sym" : m == Mode::asym ? "asym" : "hybrid"; };
   return "k" + std::to_string(c.key_bits) + mode(c.key_mode) + "_v" + std::to_string(c.value_bits) + mode(c.value_mode) + "_d" +
-         std::to_string(c.head_dim) + "_gqa" + std::to_string(c.group) + (c.token_scales ? "_scaled" : "");
+         std::to_string(c.head_dim) + "_gqa" + std::to_string(c.group) + (c.token_scales ? "_scaled" : "") +
+         (c.group == 1 ? "_kg" + std::to_string(c.key_group) + "_vg" + std::to_string(c.value_group) : "") +
+         (c.meta_fp32 ? "_meta32" : "");
 }
 
 class GpuAttention : public ::testing::TestWithParam<AttentionCase> {
@@ -83,13 +105,15 @@ class GpuAttention : public ::testing::TestWithParam<AttentionCase> {
 
 TEST_P(GpuAttention, FusedMatchesDoubleOnTheDequantizedCache) {
   const AttentionCase k = GetParam();
-  const int d = k.head_dim, group = k.group, regions = 3, vgroup = 32;
-  const TensorSpec kspec = quantized(k.key_mode, k.key_bits, GroupAxis::channel, 32);
-  const TensorSpec vspec = quantized(k.value_mode, k.value_bits, GroupAxis::token, vgroup);
+  const int d = k.head_dim, group = k.group, regions = 3, vg = k.value_group;
+  TensorSpec kspec = quantized(k.key_mode, k.key_bits, GroupAxis::channel, k.key_group);
+  TensorSpec vspec = quantized(k.value_mode, k.value_bits, GroupAxis::token, vg);
+  if (k.meta_fp32) kspec.meta = vspec.meta = MetaPrecision::fp32;
   std::mt19937_64 rng(77 + k.key_bits * 7 + k.value_bits * 13 + d + group);
   std::normal_distribution<float> normal;
-  // (quantized tokens, window tokens): window only, one stage, stages crossing parts, many parts.
-  for (auto [n, w] : {std::pair{0, 1}, std::pair{0, 3}, std::pair{32, 0}, std::pair{32, 31}, std::pair{288, 33}, std::pair{4128, 1}}) {
+  // (quantized tokens, window tokens): window only, one value group, partial stretches crossing parts,
+  // many parts (quantized tokens are whole value groups).
+  for (auto [n, w] : {std::pair{0, 1}, std::pair{0, 3}, std::pair{vg, 0}, std::pair{vg, 31}, std::pair{9 * vg, 33}, std::pair{129 * vg, 1}}) {
     SCOPED_TRACE("quantized " + std::to_string(n) + " window " + std::to_string(w));
     std::vector<float> krows(static_cast<std::size_t>(regions) * n * d), vrows(krows.size());
     for (std::size_t i = 0; i < krows.size(); ++i) {

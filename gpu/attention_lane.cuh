@@ -1,0 +1,173 @@
+#pragma once
+// The fused attention over an InnerQ cache for one query head per kv head (gpu/attention.h), on the
+// lane-owned in-place decode of the GEMVs. Each warp streams its own 128-token stretches with no
+// block barrier: the stretch's four key units (gpu/key_units.cuh) leave one score per lane per unit
+// in registers, an online softmax runs over them with warp shuffles, the probabilities become B
+// fragments for the stretch's four value tiles, and the warp takes every m-tile of the values
+// (gpu/value_tiles.cuh), accumulating in registers rescaled by each new maximum. Loads run ahead:
+// two key units (across stretches) and two value m-tiles. The block's warps merge into one part.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "gpu/attention_parts.h"
+#include "gpu/cuda_check.h"
+#include "gpu/key_units.cuh"
+#include "gpu/launch.h"
+#include "gpu/value_tiles.cuh"
+
+namespace kvq::gpu::attention_detail {
+
+constexpr int kLaneThreads = 128;
+
+// Keys of channel-axis groups 32..128 (a lane's span in one group), values of token-axis groups
+// 32..128, fp16 metadata, one query head per kv head.
+inline bool lane_attention_supported(const AttentionParams& p) {
+  const RegionShape &ks = p.keys.shape, &vs = p.values.shape;
+  const auto size = [](int g) { return g == 32 || g == 64 || g == 128; };
+  return p.group == 1 && ks.meta_fp16 && vs.meta_fp16 && size(ks.group_size) && ks.group_size <= ks.head_dim && size(vs.group_size) &&
+         vs.tokens % vs.group_size == 0;
+}
+
+template <int D>
+struct LaneAttentionSmem {
+  float probs[kLaneThreads / 32][4][33];  // per warp: a stretch's scaled probabilities, tile-major (33: no bank conflicts)
+  float o[kLaneThreads / 32][D];
+  float m[kLaneThreads / 32], l[kLaneThreads / 32];
+};
+
+// Part blockIdx.x of region blockIdx.y: stretches [first, last), warp w taking first + w, first + w + 4, ...
+template <int KBits, int VBits, int D, GroupMode KMode>
+__global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, std::uint32_t ones) {
+  using Meta = std::uint16_t;
+  using Keys = key_units::KeyUnits<KBits, D, Meta, KMode>;
+  using Values = value_tiles::ValueTiles<VBits, D, Meta>;
+  constexpr int kWarps = kLaneThreads / 32, kMTiles = Values::kMTiles, kUnit = key_units::kUnit;
+  __shared__ typename Keys::WarpB key_b[kWarps];
+  __shared__ typename Values::WarpB value_b[kWarps];
+  __shared__ LaneAttentionSmem<D> sh;
+  const int r = blockIdx.y, part = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tokens = p.keys.shape.tokens, units = (tokens + kUnit - 1) / kUnit;
+  const int stretches = (tokens + value_tiles::kStretch - 1) / value_tiles::kStretch;
+  const int first = part * stretches_per_part, last = min(stretches, first + stretches_per_part);
+  const float* key_sigma = p.key_token_scale ? p.key_token_scale + static_cast<long long>(r) * tokens : nullptr;
+  const float* value_sigma = p.value_token_scale ? p.value_token_scale + static_cast<long long>(r) * tokens : nullptr;
+
+  Keys keys;
+  keys.init(p.keys, r);
+  Values values;
+  values.init(p.values, r, value_b[warp]);
+  // Unit loads by a unit's place in its stretch: the unit two ahead goes into buffer (k + 2) % 4.
+  typename Keys::Loads kb[4];
+  int st = first + warp;
+  if (st < last) {
+    if (4 * st < units) keys.load(4 * st, kb[0]);
+    if (4 * st + 1 < units) keys.load(4 * st + 1, kb[1]);
+  }
+  keys.set_query(p.queries + static_cast<long long>(r) * D, p.keys.shape.twos, key_b[warp]);
+  const int g = keys.g, t = keys.t;
+
+  float m_run = -INFINITY, l_run = 0.0f;  // l: this lane's share of the running sum
+  float acc[kMTiles][2] = {};
+  for (; st < last; st += kWarps) {
+    typename Values::Loads vb[3];
+    values.load(st, 0, vb[0]);
+    values.load(st, 1, vb[1]);
+    const int next = st + kWarps;
+    // Keys: lane t's token 32u + g + 8t of unit u of the stretch.
+    float s[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int ahead = k < 2 ? 4 * st + k + 2 : 4 * next + k - 2;
+      if ((k < 2 || next < last) && ahead < units) keys.load(ahead, kb[(k + 2) % 4]);
+      const int u = 4 * st + k, tok = u * kUnit + g + 8 * t;
+      s[k] = -INFINITY;
+      if (u < units) {
+        const float score = keys.score(u, kb[k], ones);
+        if (tok < tokens) s[k] = score * p.scale * (key_sigma ? key_sigma[tok] : 1.0f);
+      }
+    }
+    // Online softmax over the stretch's 128 scores, 4 per lane.
+    float mx = fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3]));
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    const float m_new = fmaxf(m_run, mx);
+    const float corr = __expf(m_run - m_new);  // 0 on the first stretch
+    m_run = m_new;
+    float pv[4], pmax = 0.0f, psum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int tok = (4 * st + k) * kUnit + g + 8 * t;
+      const float e = __expf(s[k] - m_new);
+      psum += e;
+      pv[k] = value_sigma && tok < tokens ? e * value_sigma[tok] : e;
+      pmax = fmaxf(pmax, fabsf(pv[k]));
+    }
+    l_run = l_run * corr + psum;
+    for (int off = 16; off > 0; off >>= 1) pmax = fmaxf(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
+    const float range = pairs::range_scale(pmax), inv_range = 1.0f / range;
+    __syncwarp();  // the previous stretch's reads of probs and B are done
+#pragma unroll
+    for (int k = 0; k < 4; ++k) sh.probs[warp][k][g + 8 * t] = pv[k] * range;
+    __syncwarp();
+    values.set_probs(st, &sh.probs[warp][0][0], 33, value_b[warp]);
+    __syncwarp();
+    // Values: every m-tile, two loads ahead.
+#pragma unroll
+    for (int m = 0; m < kMTiles; ++m) {
+      if (m + 2 < kMTiles) values.load(st, m + 2, vb[(m + 2) % 3]);
+      float out[2];
+      values.product(m, vb[m % 3], ones, out);
+#pragma unroll
+      for (int k = 0; k < 2; ++k) acc[m][k] = acc[m][k] * corr + out[k] * inv_range;
+    }
+  }
+
+  // The warp's part: the quad's tiles summed onto one lane per channel, then the block's warps merged.
+  for (int off = 16; off > 0; off >>= 1) l_run += __shfl_xor_sync(0xffffffffu, l_run, off);
+  values.store_sums(acc, sh.o[warp]);
+  if (lane == 0) sh.m[warp] = m_run, sh.l[warp] = l_run;
+  __syncthreads();
+  for (int c = threadIdx.x; c < D; c += kLaneThreads) {
+    float mm = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, sh.m[w]);
+    float o = 0.0f, ll = 0.0f;
+    for (int w = 0; w < kWarps; ++w)
+      if (sh.m[w] != -INFINITY) {
+        const float f = __expf(sh.m[w] - mm);
+        o += f * sh.o[w][c];
+        ll += f * sh.l[w];
+      }
+    const long long row = parts.row(part, r, 0);
+    parts.o[row * D + c] = o;
+    if (c == 0) parts.ml[2 * row] = mm, parts.ml[2 * row + 1] = ll;
+  }
+}
+
+template <int KBits, int VBits, int D, GroupMode KMode>
+cudaError_t launch_lane(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream) {
+  auto kernel = lane_attention_kernel<KBits, VBits, D, KMode>;
+  LaunchInfo info;
+  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kLaneThreads, 0, info));
+  const int stretches = (p.keys.shape.tokens + value_tiles::kStretch - 1) / value_tiles::kStretch;
+  const SplitRuns runs = split_runs(stretches, p.splits, info, p.keys.regions);
+  used = runs.splits;
+  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.keys.regions)), kLaneThreads, 0, stream>>>(p, runs.per_split, parts,
+                                                                                                                      pairs::kOnes);
+  return cudaGetLastError();
+}
+
+// The lane-owned kernel for keys of any group mode, when lane_attention_supported(p).
+template <int KBits, int VBits>
+cudaError_t lane_by_shape(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream) {
+  KVQ_DISPATCH_HEAD_DIM(p.keys.shape.head_dim, D, {
+    switch (p.keys.shape.mode) {
+      case GroupMode::sym: return launch_lane<KBits, VBits, D, GroupMode::sym>(p, parts, used, stream);
+      case GroupMode::asym: return launch_lane<KBits, VBits, D, GroupMode::asym>(p, parts, used, stream);
+      case GroupMode::hybrid: return launch_lane<KBits, VBits, D, GroupMode::hybrid>(p, parts, used, stream);
+    }
+    return cudaErrorInvalidValue;
+  })
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace kvq::gpu::attention_detail
