@@ -40,10 +40,7 @@ __global__ void merge_parts(Parts p, int parts, float* out) {
 // own online softmax (lane l holds channels [l * D/32, (l+1) * D/32)), then the 4 warps merge in
 // shared memory and the block writes one part.
 template <int D, int Group>
-struct Fp16Smem {
-  float m[4][Group], l[4][Group];
-  float o[4][Group][D];
-};
+using Fp16Smem = WarpParts<4, Group, D>;
 
 template <int D, int Group>
 __device__ void fp16_part(const __half* keys, const __half* values, int a, int b, const float* q, float scale, Parts parts, int part, int r,
@@ -118,20 +115,7 @@ __device__ void fp16_part(const __half* keys, const __half* values, int a, int b
     for (int e = 0; e < kPer; ++e) sh.o[warp][h][lane * kPer + e] = acc[h][e];
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < Group * D; i += blockDim.x) {
-    const int h = i / D, c = i % D;
-    float mm = -INFINITY;
-    for (int w = 0; w < 4; ++w) mm = fmaxf(mm, sh.m[w][h]);
-    float o = 0.0f, ll = 0.0f;
-    for (int w = 0; w < 4; ++w)
-      if (sh.m[w][h] != -INFINITY) {
-        const float f = __expf(sh.m[w][h] - mm);
-        o += f * sh.o[w][h][c];
-        ll += f * sh.l[w][h];
-      }
-    parts.o[parts.row(part, r, h) * D + c] = o;
-    if (c == 0) parts.ml[2 * parts.row(part, r, h)] = mm, parts.ml[2 * parts.row(part, r, h) + 1] = ll;
-  }
+  write_part(sh, parts, part, r);
 }
 
 // Part `part0 + blockIdx.x` of region blockIdx.y covers tokens [blockIdx.x * per_part, +per_part).

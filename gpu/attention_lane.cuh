@@ -29,13 +29,6 @@ inline bool lane_attention_supported(const AttentionParams& p) {
          vs.tokens % vs.group_size == 0;
 }
 
-template <int D>
-struct LaneAttentionSmem {
-  float probs[kLaneThreads / 32][4][33];  // per warp: a stretch's scaled probabilities, tile-major (33: no bank conflicts)
-  float o[kLaneThreads / 32][D];
-  float m[kLaneThreads / 32], l[kLaneThreads / 32];
-};
-
 // Part blockIdx.x of region blockIdx.y: stretches [first, last), warp w taking first + w, first + w + 4, ...
 template <int KBits, int VBits, int D, GroupMode KMode>
 __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, std::uint32_t ones) {
@@ -45,7 +38,8 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   constexpr int kWarps = kLaneThreads / 32, kMTiles = Values::kMTiles, kUnit = key_units::kUnit;
   __shared__ typename Keys::WarpB key_b[kWarps];
   __shared__ typename Values::WarpB value_b[kWarps];
-  __shared__ LaneAttentionSmem<D> sh;
+  __shared__ typename Values::ProbScratch probs[kWarps];
+  __shared__ WarpParts<kWarps, 1, D> warp_parts;
   const int r = blockIdx.y, part = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int tokens = p.keys.shape.tokens, units = (tokens + kUnit - 1) / kUnit;
   const int stretches = (tokens + value_tiles::kStretch - 1) / value_tiles::kStretch;
@@ -93,24 +87,16 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
     const float m_new = fmaxf(m_run, mx);
     const float corr = __expf(m_run - m_new);  // 0 on the first stretch
     m_run = m_new;
-    float pv[4], pmax = 0.0f, psum = 0.0f;
+    float pv[4], psum = 0.0f;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int tok = (4 * st + k) * kUnit + g + 8 * t;
       const float e = __expf(s[k] - m_new);
       psum += e;
       pv[k] = value_sigma && tok < tokens ? e * value_sigma[tok] : e;
-      pmax = fmaxf(pmax, fabsf(pv[k]));
     }
     l_run = l_run * corr + psum;
-    for (int off = 16; off > 0; off >>= 1) pmax = fmaxf(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
-    const float range = pairs::range_scale(pmax), inv_range = 1.0f / range;
-    __syncwarp();  // the previous stretch's reads of probs and B are done
-#pragma unroll
-    for (int k = 0; k < 4; ++k) sh.probs[warp][k][g + 8 * t] = pv[k] * range;
-    __syncwarp();
-    values.set_probs(st, &sh.probs[warp][0][0], 33, value_b[warp]);
-    __syncwarp();
+    const float inv_range = values.stage_probs(st, pv, g + 8 * t, probs[warp], value_b[warp]);
     // Values: every m-tile, two loads ahead.
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
@@ -124,23 +110,10 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
 
   // The warp's part: the quad's tiles summed onto one lane per channel, then the block's warps merged.
   for (int off = 16; off > 0; off >>= 1) l_run += __shfl_xor_sync(0xffffffffu, l_run, off);
-  values.store_sums(acc, sh.o[warp]);
-  if (lane == 0) sh.m[warp] = m_run, sh.l[warp] = l_run;
+  values.store_sums(acc, warp_parts.o[warp][0]);
+  if (lane == 0) warp_parts.m[warp][0] = m_run, warp_parts.l[warp][0] = l_run;
   __syncthreads();
-  for (int c = threadIdx.x; c < D; c += kLaneThreads) {
-    float mm = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, sh.m[w]);
-    float o = 0.0f, ll = 0.0f;
-    for (int w = 0; w < kWarps; ++w)
-      if (sh.m[w] != -INFINITY) {
-        const float f = __expf(sh.m[w] - mm);
-        o += f * sh.o[w][c];
-        ll += f * sh.l[w];
-      }
-    const long long row = parts.row(part, r, 0);
-    parts.o[row * D + c] = o;
-    if (c == 0) parts.ml[2 * row] = mm, parts.ml[2 * row + 1] = ll;
-  }
+  write_part(warp_parts, parts, part, r);
 }
 
 template <int KBits, int VBits, int D, GroupMode KMode>

@@ -2,6 +2,8 @@
 // Internal to gpu/attention*.cu: the parts a split sequence writes (unnormalized output o, running max
 // m and sum l per head), and the fused attention over an InnerQ cache, one translation unit per pair of
 // key/value bit widths (attention_inner_k*v*.cu) so that they compile in parallel.
+#include <cmath>
+
 #include "gpu/attention.h"
 
 namespace kvq::gpu::attention_detail {
@@ -12,6 +14,34 @@ struct Parts {
   int regions, group, head_dim;
   __host__ __device__ long long row(int part, int r, int h) const { return (static_cast<long long>(part) * regions + r) * group + h; }
 };
+
+// A block's warps, each with its own running max m, sum l and unnormalized output o per head, in
+// shared memory.
+template <int Warps, int Group, int D>
+struct WarpParts {
+  float m[Warps][Group], l[Warps][Group];
+  float o[Warps][Group][D];
+};
+
+// After a barrier: the block's warps merged (max-rescaled, in warp order) into part `part` of region r.
+template <int Warps, int Group, int D>
+__device__ void write_part(const WarpParts<Warps, Group, D>& w, const Parts& parts, int part, int r) {
+  for (int i = threadIdx.x; i < Group * D; i += blockDim.x) {
+    const int h = i / D, c = i % D;
+    float mm = -INFINITY;
+    for (int k = 0; k < Warps; ++k) mm = fmaxf(mm, w.m[k][h]);
+    float o = 0.0f, ll = 0.0f;
+    for (int k = 0; k < Warps; ++k)
+      if (w.m[k][h] != -INFINITY) {
+        const float f = __expf(w.m[k][h] - mm);
+        o += f * w.o[k][h][c];
+        ll += f * w.l[k][h];
+      }
+    const long long row = parts.row(part, r, h);
+    parts.o[row * D + c] = o;
+    if (c == 0) parts.ml[2 * row] = mm, parts.ml[2 * row + 1] = ll;
+  }
+}
 
 inline Parts parts_of(float* scratch, int regions, int group, int head_dim, int splits) {
   return {scratch, scratch + static_cast<long long>(splits + 1) * regions * group * head_dim, regions, group, head_dim};

@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   using Values = value_tiles::ValueTiles<Bits, D, Meta>;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
   __shared__ typename Values::WarpB warp_b[kWarps];
-  __shared__ float probs[kWarps][4][33];  // per warp: a stretch's scaled probabilities, tile-major (33: no bank conflicts)
+  __shared__ typename Values::ProbScratch probs[kWarps];
   __shared__ float sums[kWarps][D];
   const int tokens = p.values.shape.tokens, r = blockIdx.y, split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int stretches = (tokens + kStretch - 1) / kStretch;
@@ -257,15 +257,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
     for (int u = 0; u < 4; ++u) pc[u] = next_p[u];
     const int next = st + kWarps;
     if (next < last) load_probs(next, next_p);
-    float pmax = fmaxf(fmaxf(fabsf(pc[0]), fabsf(pc[1])), fmaxf(fabsf(pc[2]), fabsf(pc[3])));
-    for (int off = 16; off > 0; off >>= 1) pmax = fmaxf(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
-    const float range = pairs::range_scale(pmax), inv_range = 1.0f / range;  // per stretch: small probabilities keep their bits
-    __syncwarp();  // the previous stretch's reads of probs and B are done
-#pragma unroll
-    for (int u = 0; u < 4; ++u) probs[warp][u][lane] = pc[u] * range;
-    __syncwarp();
-    values.set_probs(st, &probs[warp][0][0], 33, warp_b[warp]);
-    __syncwarp();
+    const float inv_range = values.stage_probs(st, pc, lane, probs[warp], warp_b[warp]);
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
       const int ahead = m + 3;

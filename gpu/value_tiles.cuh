@@ -25,6 +25,7 @@ struct ValueTiles {
   static constexpr int kSteps = pairs::kPairs<Bits, false> / 2;
   static constexpr int kMTiles = D / 16;  // m-tiles of 16 channels
   using WarpB = uint2[kSteps][32];        // [step][lane]: the warp's B fragments
+  using ProbScratch = float[4][33];       // a stretch's scaled probabilities, tile-major (33: no bank conflicts)
   // m-tile m's loads for the lane: its tile's chunk of channels 16m + g and 16m + g + 8, their scales
   // and (asym) zero points.
   struct Loads {
@@ -89,8 +90,24 @@ struct ValueTiles {
     }
   }
 
+  // Stretch st's probabilities (p[u]: token pos of tile u, on this lane) into B: scaled by one power
+  // of two per stretch, so small probabilities keep their bits, and passed through the warp's
+  // scratch. Returns 1 / that power of two.
+  __device__ __forceinline__ float stage_probs(int st, const float (&p)[4], int pos, ProbScratch& scratch, WarpB& b) {
+    float pmax = fmaxf(fmaxf(fabsf(p[0]), fabsf(p[1])), fmaxf(fabsf(p[2]), fabsf(p[3])));
+    for (int off = 16; off > 0; off >>= 1) pmax = fmaxf(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
+    const float range = pairs::range_scale(pmax);
+    __syncwarp();  // the previous stretch's reads of scratch and B are done
+#pragma unroll
+    for (int u = 0; u < 4; ++u) scratch[u][pos] = p[u] * range;
+    __syncwarp();
+    set_probs(st, &scratch[0][0], 33, b);
+    __syncwarp();
+    return 1.0f / range;
+  }
+
   // Stretch st's B from its scaled probabilities (`probs`: the warp's [4][stride] floats, tile u's
-  // token i at probs[u * stride + i]), and lane t's tile sums. The caller syncs the warp around it.
+  // token i at probs[u * stride + i]), and lane t's tile sums; stage_probs syncs the warp around it.
   __device__ __forceinline__ void set_probs(int st, const float* probs, int stride, WarpB& b) {
     const float* v = probs + t * stride;
     const int lane = threadIdx.x & 31, part = g & 1;
