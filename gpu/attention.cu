@@ -8,6 +8,7 @@
 #include "gpu/cuda_check.h"
 #include "gpu/dispatch.cuh"
 #include "gpu/attention_parts.h"
+#include "gpu/fp16_part.cuh"
 #include "gpu/inner_stage.cuh"
 
 namespace kvq::gpu {
@@ -33,89 +34,6 @@ __global__ void merge_parts(Parts p, int parts, float* out) {
       l += w * p.ml[2 * p.row(s, r, h) + 1];
     }
   out[i] = l > 0.0f ? o / l : 0.0f;
-}
-
-// ---------------------------------------------------------------------------------------------
-// fp16 attention over tokens [a, b) of one region: each warp takes 8-token chunks in turn, with its
-// own online softmax (lane l holds channels [l * D/32, (l+1) * D/32)), then the 4 warps merge in
-// shared memory and the block writes one part.
-template <int D, int Group>
-using Fp16Smem = WarpParts<4, Group, D>;
-
-template <int D, int Group>
-__device__ void fp16_part(const __half* keys, const __half* values, int a, int b, const float* q, float scale, Parts parts, int part, int r,
-                          Fp16Smem<D, Group>& sh) {
-  constexpr int kPer = D / 32, kChunk = 8;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float qr[Group][kPer], m[Group], l[Group], acc[Group][kPer];
-#pragma unroll
-  for (int h = 0; h < Group; ++h) {
-    m[h] = -INFINITY, l[h] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) qr[h][e] = q[h * D + lane * kPer + e] * scale, acc[h][e] = 0.0f;
-  }
-  for (int base = a + warp * kChunk; base < b; base += 4 * kChunk) {
-    float k[kChunk][kPer], v[kChunk][kPer];
-#pragma unroll
-    for (int j = 0; j < kChunk; ++j) {
-      const int tok = min(base + j, b - 1);  // past the end: a live row, masked below
-      const __half* krow = keys + static_cast<long long>(tok) * D + lane * kPer;
-      const __half* vrow = values + static_cast<long long>(tok) * D + lane * kPer;
-      if constexpr (kPer == 4) {
-        const uint2 kw = __ldg(reinterpret_cast<const uint2*>(krow)), vw = __ldg(reinterpret_cast<const uint2*>(vrow));
-        const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(&kw.x)), k1 = __half22float2(*reinterpret_cast<const __half2*>(&kw.y));
-        const float2 v0 = __half22float2(*reinterpret_cast<const __half2*>(&vw.x)), v1 = __half22float2(*reinterpret_cast<const __half2*>(&vw.y));
-        k[j][0] = k0.x, k[j][1] = k0.y, k[j][2] = k1.x, k[j][3] = k1.y;
-        v[j][0] = v0.x, v[j][1] = v0.y, v[j][2] = v1.x, v[j][3] = v1.y;
-      } else {
-        const unsigned kw = __ldg(reinterpret_cast<const unsigned*>(krow)), vw = __ldg(reinterpret_cast<const unsigned*>(vrow));
-        const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(&kw)), v0 = __half22float2(*reinterpret_cast<const __half2*>(&vw));
-        k[j][0] = k0.x, k[j][1] = k0.y;
-        v[j][0] = v0.x, v[j][1] = v0.y;
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < Group; ++h) {
-      float s[kChunk];
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) {
-        float dot = 0.0f;
-#pragma unroll
-        for (int e = 0; e < kPer; ++e) dot += qr[h][e] * k[j][e];
-        s[j] = dot;
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1)
-#pragma unroll
-        for (int j = 0; j < kChunk; ++j) s[j] += __shfl_xor_sync(0xffffffffu, s[j], off);
-      float mx = m[h];
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) {
-        if (base + j >= b) s[j] = -INFINITY;
-        mx = fmaxf(mx, s[j]);
-      }
-      const float corr = __expf(m[h] - mx);  // m = -inf at first: 0
-      m[h] = mx;
-      l[h] *= corr;
-#pragma unroll
-      for (int e = 0; e < kPer; ++e) acc[h][e] *= corr;
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) {
-        const float pj = __expf(s[j] - mx);
-        l[h] += pj;
-#pragma unroll
-        for (int e = 0; e < kPer; ++e) acc[h][e] += pj * v[j][e];
-      }
-    }
-  }
-#pragma unroll
-  for (int h = 0; h < Group; ++h) {
-    if (lane == 0) sh.m[warp][h] = m[h], sh.l[warp][h] = l[h];
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) sh.o[warp][h][lane * kPer + e] = acc[h][e];
-  }
-  __syncthreads();
-  write_part(sh, parts, part, r);
 }
 
 // Part `part0 + blockIdx.x` of region blockIdx.y covers tokens [blockIdx.x * per_part, +per_part).
@@ -204,7 +122,10 @@ cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
       default: return cudaErrorInvalidValue;
     }
   }
-  if (p.window > 0) {
+  // The lane-owned kernel took the windows into part `used` when it ran.
+  if (p.window > 0 && ks.tokens > 0 && lane_attention_supported(p)) {
+    window_parts = 1;
+  } else if (p.window > 0) {
     KVQ_DISPATCH_HEAD_DIM(ks.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, KVQ_CUDA_TRY((launch_fp16<D, H>(p.window_keys, p.window_values, p.keys.regions, p.window, 1,
                                                                                                      p.queries, p.scale, parts, used, window_parts, stream)));))
   }

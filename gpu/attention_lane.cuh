@@ -5,13 +5,15 @@
 // in registers, an online softmax runs over them with warp shuffles, the probabilities become B
 // fragments for the stretch's four value tiles, and the warp takes every m-tile of the values
 // (gpu/value_tiles.cuh), accumulating in registers rescaled by each new maximum. Loads run ahead:
-// two key units (across stretches) and two value m-tiles. The block's warps merge into one part.
+// two key units (across stretches) and two value m-tiles. The block's warps merge into one part; the
+// fp16 windows are one more part, taken by the last block of each region (no launch of their own).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
 #include "gpu/attention_parts.h"
 #include "gpu/cuda_check.h"
+#include "gpu/fp16_part.cuh"
 #include "gpu/key_units.cuh"
 #include "gpu/launch.h"
 #include "gpu/value_tiles.cuh"
@@ -20,24 +22,17 @@ namespace kvq::gpu::attention_detail {
 
 constexpr int kLaneThreads = 128;
 
-// Keys of channel-axis groups 32..128 (a lane's span in one group), values of token-axis groups
-// 32..128, fp16 metadata, one query head per kv head.
-inline bool lane_attention_supported(const AttentionParams& p) {
-  const RegionShape &ks = p.keys.shape, &vs = p.values.shape;
-  const auto size = [](int g) { return g == 32 || g == 64 || g == 128; };
-  return p.group == 1 && ks.meta_fp16 && vs.meta_fp16 && size(ks.group_size) && ks.group_size <= ks.head_dim && size(vs.group_size) &&
-         vs.tokens % vs.group_size == 0;
-}
-
 // Part blockIdx.x of region blockIdx.y: stretches [first, last), warp w taking first + w, first + w + 4, ...
+// The last part's block, whose run is the shortest, then takes the fp16 windows into part
+// `window_part` (none where it is negative), in the time the other blocks still stream.
 template <int KBits, int VBits, int D, GroupMode KMode>
-__global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, std::uint32_t ones) {
+__global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, int window_part,
+                                                                         std::uint32_t ones) {
   using Meta = std::uint16_t;
   using Keys = key_units::KeyUnits<KBits, D, Meta, KMode>;
   using Values = value_tiles::ValueTiles<VBits, D, Meta>;
   constexpr int kWarps = kLaneThreads / 32, kMTiles = Values::kMTiles, kUnit = key_units::kUnit;
   __shared__ typename Keys::WarpB key_b[kWarps];
-  __shared__ typename Values::WarpB value_b[kWarps];
   __shared__ typename Values::ProbScratch probs[kWarps];
   __shared__ WarpParts<kWarps, 1, D> warp_parts;
   const int r = blockIdx.y, part = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -50,7 +45,7 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   Keys keys;
   keys.init(p.keys, r);
   Values values;
-  values.init(p.values, r, value_b[warp]);
+  values.init(p.values, r);
   // Unit loads by a unit's place in its stretch: the unit two ahead goes into buffer (k + 2) % 4.
   typename Keys::Loads kb[4];
   int st = first + warp;
@@ -96,13 +91,13 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
       pv[k] = value_sigma && tok < tokens ? e * value_sigma[tok] : e;
     }
     l_run = l_run * corr + psum;
-    const float inv_range = values.stage_probs(st, pv, g + 8 * t, probs[warp], value_b[warp]);
+    const float inv_range = values.stage_probs(st, pv, g + 8 * t, probs[warp]);
     // Values: every m-tile, two loads ahead.
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
       if (m + 2 < kMTiles) values.load(st, m + 2, vb[(m + 2) % 3]);
       float out[2];
-      values.product(m, vb[m % 3], ones, out);
+      values.product(vb[m % 3], out);
 #pragma unroll
       for (int k = 0; k < 2; ++k) acc[m][k] = acc[m][k] * corr + out[k] * inv_range;
     }
@@ -114,6 +109,12 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   if (lane == 0) warp_parts.m[warp][0] = m_run, warp_parts.l[warp][0] = l_run;
   __syncthreads();
   write_part(warp_parts, parts, part, r);
+  if (window_part >= 0 && part == static_cast<int>(gridDim.x) - 1) {
+    __syncthreads();  // write_part's reads of warp_parts are done
+    const long long base = static_cast<long long>(r) * p.window * D;
+    fp16_part<D, 1>(p.window_keys + base, p.window_values + base, 0, p.window, p.queries + static_cast<long long>(r) * D, p.scale, parts, window_part, r,
+                    warp_parts);
+  }
 }
 
 template <int KBits, int VBits, int D, GroupMode KMode>
@@ -124,8 +125,9 @@ cudaError_t launch_lane(const AttentionParams& p, const Parts& parts, int& used,
   const int stretches = (p.keys.shape.tokens + value_tiles::kStretch - 1) / value_tiles::kStretch;
   const SplitRuns runs = split_runs(stretches, p.splits, info, p.keys.regions);
   used = runs.splits;
+  const int window_part = p.window > 0 ? runs.splits : -1;
   kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.keys.regions)), kLaneThreads, 0, stream>>>(p, runs.per_split, parts,
-                                                                                                                      pairs::kOnes);
+                                                                                                                      window_part, pairs::kOnes);
   return cudaGetLastError();
 }
 

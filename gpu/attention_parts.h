@@ -43,6 +43,16 @@ __device__ void write_part(const WarpParts<Warps, Group, D>& w, const Parts& par
   }
 }
 
+// The lane-owned fused kernel (gpu/attention_lane.cuh), which also takes the fp16 windows: keys of
+// channel-axis groups 32..128 (a lane's span in one group), values of token-axis groups 32..128, fp16
+// metadata, one query head per kv head.
+inline bool lane_attention_supported(const AttentionParams& p) {
+  const RegionShape &ks = p.keys.shape, &vs = p.values.shape;
+  const auto size = [](int g) { return g == 32 || g == 64 || g == 128; };
+  return p.group == 1 && ks.meta_fp16 && vs.meta_fp16 && size(ks.group_size) && ks.group_size <= ks.head_dim && size(vs.group_size) &&
+         vs.tokens % vs.group_size == 0;
+}
+
 inline Parts parts_of(float* scratch, int regions, int group, int head_dim, int splits) {
   return {scratch, scratch + static_cast<long long>(splits + 1) * regions * group * head_dim, regions, group, head_dim};
 }

@@ -220,10 +220,9 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
 // of the values per warp), with no barrier per stretch; the loads run three m-tiles ahead, across
 // stretches, and a stretch's probabilities a stretch ahead. The block's warps add up at the end.
 template <int Bits, int D, class Meta>
-__global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split, std::uint32_t ones) {
+__global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split, std::uint32_t /*ones: the int8 values need none*/) {
   using Values = value_tiles::ValueTiles<Bits, D, Meta>;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
-  __shared__ typename Values::WarpB warp_b[kWarps];
   __shared__ typename Values::ProbScratch probs[kWarps];
   __shared__ float sums[kWarps][D];
   const int tokens = p.values.shape.tokens, r = blockIdx.y, split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -232,7 +231,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   const float* prob = p.probs + static_cast<long long>(r) * tokens;
   const float* sigma = p.token_scale ? p.token_scale + static_cast<long long>(r) * tokens : nullptr;
   Values values;
-  values.init(p.values, r, warp_b[warp]);
+  values.init(p.values, r);
   auto load_probs = [&](int st, float (&into)[4]) {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
@@ -257,14 +256,14 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
     for (int u = 0; u < 4; ++u) pc[u] = next_p[u];
     const int next = st + kWarps;
     if (next < last) load_probs(next, next_p);
-    const float inv_range = values.stage_probs(st, pc, lane, probs[warp], warp_b[warp]);
+    const float inv_range = values.stage_probs(st, pc, lane, probs[warp]);
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
       const int ahead = m + 3;
       if (ahead < kMTiles) values.load(st, ahead, vb[ahead % 4]);
       else if (next < last) values.load(next, ahead - kMTiles, vb[ahead % 4]);
       float out[2];
-      values.product(m, vb[m % 4], ones, out);
+      values.product(vb[m % 4], out);
 #pragma unroll
       for (int k = 0; k < 2; ++k) acc[m][k] += out[k] * inv_range;
     }
