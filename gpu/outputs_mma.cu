@@ -1,6 +1,7 @@
-// p . V^ over token-axis values on the tensor cores, with lane-owned chunks (gpu/mantissa_pairs.cuh).
-// One query head per kv head (outputs_warp_kernel): each warp streams its own 128-token stretches on
-// gpu/value_tiles.cuh, with no barrier per stretch. GQA groups (outputs_mma_kernel): a block walks
+// p . V^ over token-axis values on the tensor cores, with lane-owned chunks. One query head per kv
+// head (outputs_warp_kernel): each warp streams its own 128-token stretches on gpu/value_tiles.cuh
+// (int8 mmas, gpu/byte_planes.cuh), with no barrier per stretch. GQA groups (outputs_mma_kernel, fp16
+// mmas on gpu/mantissa_pairs.cuh): a block walks
 // its run of 128-token stretches; per stretch, warp u turns tile u's probabilities into B fragments
 // for every head (range-scaled per tile, so small probabilities keep their bits), one barrier, then
 // each warp multiplies its m-tiles of 16 channels: lane t loads the chunk of tile t for its two

@@ -58,9 +58,9 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
   TensorSpec spec = test::swept_spec(k.mode, k.bits, k.channel, k.group, k.fp16);
   spec.sym_levels = k.twos ? SymLevels::twos : SymLevels::signmag;
   spec.hybrid_asym_bits = k.hybrid_bits;
-  // Scores take the lane-owned kernel for one head per kv head and the staged kernel for GQA groups
-  // (gpu/gemv.cu): every channel-axis case runs both, four heads here and one head (with the 3-bit
-  // cases' token scales) below. Outputs run four heads (GpuGemvGroups covers 1..8).
+  // Both GEMVs take a lane-owned kernel for one head per kv head (outputs: on int8 tensor cores) and
+  // another for GQA groups (gpu/gemv.cu): every case runs both, four heads here and one head (with
+  // the 3-bit cases' token scales) below. GpuGemvGroups covers 1..8 heads.
   const int d = k.head_dim, regions = 3, group = 4;
   const std::vector<int> lengths = k.channel ? std::vector<int>{1, 3, 31, 33, 257, 4097}
                                              : std::vector<int>{k.group, 3 * k.group, 4096 / k.group * k.group + k.group};
@@ -124,20 +124,26 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       cudaFree(d_w);
       cudaFree(d_sigma);
     }
-    // One query head per kv head: the lane-owned scores kernel (CUDA cores for groups of 16).
+    // One query head per kv head: the lane-owned kernels (CUDA cores for groups of 16).
     std::vector<float> q1, lane_out;
-    if (k.channel) {
-      q1.resize(static_cast<std::size_t>(regions) * d);
-      for (auto& x : q1) x = normal(rng);
+    {
+      q1.resize(static_cast<std::size_t>(regions) * (k.channel ? d : n));
+      for (auto& x : q1) x = k.channel ? normal(rng) : std::fabs(normal(rng)) / n;
       float* d_q1 = upload(q1);
       float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
-      float* d_scores = nullptr;
-      CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * n));
-      CUDA_OK(gpu::scores_inner({dev, d_q1, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores}));
-      lane_out = download(d_scores, static_cast<std::size_t>(regions) * n);
+      if (k.channel) {
+        float* d_scores = nullptr;
+        CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * n));
+        CUDA_OK(gpu::scores_inner({dev, d_q1, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores}));
+        lane_out = download(d_scores, static_cast<std::size_t>(regions) * n);
+        cudaFree(d_scores);
+      } else {
+        const OutputsRun run(dev, d_q1, 1, 3, gpu::GemvKernel::tensor_cores, d_sigma);
+        CUDA_OK(run.status);
+        lane_out = run.host();
+      }
       cudaFree(d_q1);
       cudaFree(d_sigma);
-      cudaFree(d_scores);
     }
     std::vector<float> gpu_out, cuda_core_out;
     if (k.channel) {
@@ -216,15 +222,21 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       EXPECT_LT(num / std::max(den, 1e-30), 1e-6) << "region " << r;
       EXPECT_LT(num_cc / std::max(den, 1e-30), 1e-6) << "CUDA-core kernel, region " << r;
       const auto sig = [&](int t) { return sigma.empty() ? 1.0 : double(sigma[static_cast<std::size_t>(r) * n + t]); };
-      if (k.channel) {
-        // The in-place mantissa decode takes back a constant up to ~2^8 times a code's term (gpu/mantissa_pairs.cuh):
-        // ~1e-12 expected as well.
+      {
+        // Scores: the in-place mantissa decode takes back a constant up to ~2^8 times a code's term
+        // (gpu/mantissa_pairs.cuh): ~1e-12 expected as well. Outputs: the probabilities as 16-bit
+        // fixed point per 128-token stretch (gpu/byte_planes.cuh), each off by <= 2^-16 of the
+        // stretch's largest: ~1e-10 expected.
         double num1 = 0, den1 = 0;
-        for (int t = 0; t < n; ++t) {
+        for (int i = 0; i < (k.channel ? n : d); ++i) {
           double ref = 0;
-          for (int c = 0; c < d; ++c) ref += double(q1[static_cast<std::size_t>(r) * d + c]) * x_hat[static_cast<std::size_t>(t) * d + c];
-          ref *= sig(t);
-          const double e = lane_out[static_cast<std::size_t>(r) * n + t] - ref;
+          if (k.channel) {
+            for (int c = 0; c < d; ++c) ref += double(q1[static_cast<std::size_t>(r) * d + c]) * x_hat[static_cast<std::size_t>(i) * d + c];
+            ref *= sig(i);
+          } else {
+            for (int t = 0; t < n; ++t) ref += double(q1[static_cast<std::size_t>(r) * n + t]) * sig(t) * x_hat[static_cast<std::size_t>(t) * d + i];
+          }
+          const double e = lane_out[static_cast<std::size_t>(r) * (k.channel ? n : d) + i] - ref;
           num1 += e * e;
           den1 += ref * ref;
         }
