@@ -23,8 +23,8 @@ namespace kvq::gpu::attention_detail {
 constexpr int kLaneThreads = 128;
 
 // Part blockIdx.x of region blockIdx.y: stretches [first, last), warp w taking first + w, first + w + 4, ...
-// The last part's block, whose run is the shortest, then takes the fp16 windows into part
-// `window_part` (none where it is negative), in the time the other blocks still stream.
+// The last part's block, whose run is no longer than the others', then takes the fp16 windows into
+// part `window_part` (none where it is negative), in the time the other blocks still stream.
 template <int KBits, int VBits, int D, GroupMode KMode>
 __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, int window_part,
                                                                          std::uint32_t ones) {
