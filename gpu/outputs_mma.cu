@@ -27,7 +27,7 @@ namespace kvq::gpu {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kStretch = 128;  // tokens per block iteration: 4 tiles of 32, one per lane of a quad
+constexpr int kStretch = value_tiles::kStretch;  // tokens per block iteration: 4 tiles of 32, one per lane of a quad
 
 template <int Bits, int D, int Group>
 struct OutputsShared {
