@@ -5,8 +5,9 @@
 
 namespace kvq::gpu::attention_detail {
 
-cudaError_t inner_k4v4(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream) {
-  if (lane_attention_supported(p)) return lane_by_shape<4, 4>(p, parts, used, stream);
+cudaError_t inner_k4v4(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream) {
+  windows_taken = false;
+  if (lane_attention_supported(p)) return lane_by_shape<4, 4>(p, parts, used, windows_taken, stream);
   KVQ_DISPATCH_HEAD_DIM(p.keys.shape.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, return (launch_inner<4, 4, D, H>(p, parts, used, stream));))
   return cudaErrorInvalidValue;
 }

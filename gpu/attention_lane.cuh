@@ -5,7 +5,8 @@
 // in registers, an online softmax runs over them with warp shuffles, the probabilities become B
 // fragments for the stretch's four value tiles, and the warp takes every m-tile of the values
 // (gpu/value_tiles.cuh), accumulating in registers rescaled by each new maximum. Loads run ahead:
-// two key units (across stretches) and two value m-tiles. The block's warps merge into one part; the
+// two key units (across stretches), and the next stretch's values into the other of the warp's two
+// shared-memory stages (cp.async), read two m-tiles ahead. The block's warps merge into one part; the
 // fp16 windows are one more part, taken by the last block of each region (no launch of their own).
 #include <algorithm>
 #include <cmath>
@@ -35,6 +36,8 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   __shared__ typename Keys::WarpB key_b[kWarps];
   __shared__ typename Values::ProbScratch probs[kWarps];
   __shared__ WarpParts<kWarps, 1, D> warp_parts;
+  extern __shared__ __align__(16) unsigned char dynamic_smem[];
+  using Stage = typename Values::Stage;
   const int r = blockIdx.y, part = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int tokens = p.keys.shape.tokens, units = (tokens + kUnit - 1) / kUnit;
   const int stretches = (tokens + value_tiles::kStretch - 1) / value_tiles::kStretch;
@@ -49,6 +52,8 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   // Unit loads by a unit's place in its stretch: the unit two ahead goes into buffer (k + 2) % 4.
   typename Keys::Loads kb[4];
   int st = first + warp;
+  Stage* stages = reinterpret_cast<Stage*>(dynamic_smem) + 2 * warp;
+  if (st < last) values.copy_stretch(st, stages[0]);
   if (st < last) {
     if (4 * st < units) keys.load(4 * st, kb[0]);
     if (4 * st + 1 < units) keys.load(4 * st + 1, kb[1]);
@@ -58,11 +63,12 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
 
   float m_run = -INFINITY, l_run = 0.0f;  // l: this lane's share of the running sum
   float acc[kMTiles][2] = {};
-  for (; st < last; st += kWarps) {
+  for (int i = 0; st < last; st += kWarps, ++i) {
     typename Values::Loads vb[3];
-    values.load(st, 0, vb[0]);
-    values.load(st, 1, vb[1]);
     const int next = st + kWarps;
+    __syncwarp();  // every lane is done reading the stage the next copy overwrites
+    if (next < last) values.copy_stretch(next, stages[(i + 1) & 1]);
+    else copy_commit();  // an empty group, so that the wait below always leaves exactly one pending
     // Keys: lane t's token 32u + g + 8t of unit u of the stretch.
     float s[4];
 #pragma unroll
@@ -92,10 +98,15 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
     }
     l_run = l_run * corr + psum;
     const float inv_range = values.stage_probs(st, pv, g + 8 * t, probs[warp]);
-    // Values: every m-tile, two loads ahead.
+    copy_wait<1>();
+    __syncwarp();  // the other lanes' copies of this stage have landed too
+    const typename Values::Stage& cur = stages[i & 1];
+    values.load(cur, st, 0, vb[0]);
+    values.load(cur, st, 1, vb[1]);
+    // Values: every m-tile, two loads ahead, from shared memory.
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
-      if (m + 2 < kMTiles) values.load(st, m + 2, vb[(m + 2) % 3]);
+      if (m + 2 < kMTiles) values.load(cur, st, m + 2, vb[(m + 2) % 3]);
       float out[2];
       values.product(vb[m % 3], out);
 #pragma unroll
@@ -118,27 +129,30 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
 }
 
 template <int KBits, int VBits, int D, GroupMode KMode>
-cudaError_t launch_lane(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream) {
+cudaError_t launch_lane(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream) {
   auto kernel = lane_attention_kernel<KBits, VBits, D, KMode>;
+  // Two value stages per warp.
+  const std::size_t smem = 2 * (kLaneThreads / 32) * sizeof(typename value_tiles::ValueTiles<VBits, D, std::uint16_t>::Stage);
   LaunchInfo info;
-  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kLaneThreads, 0, info));
+  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kLaneThreads, smem, info));
   const int stretches = (p.keys.shape.tokens + value_tiles::kStretch - 1) / value_tiles::kStretch;
   const SplitRuns runs = split_runs(stretches, p.splits, info, p.keys.regions);
-  used = runs.splits;
-  const int window_part = p.window > 0 ? runs.splits : -1;
-  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.keys.regions)), kLaneThreads, 0, stream>>>(p, runs.per_split, parts,
+  windows_taken = p.window > 0;
+  used = runs.splits + (windows_taken ? 1 : 0);
+  const int window_part = windows_taken ? runs.splits : -1;
+  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.keys.regions)), kLaneThreads, smem, stream>>>(p, runs.per_split, parts,
                                                                                                                       window_part, pairs::kOnes);
   return cudaGetLastError();
 }
 
 // The lane-owned kernel for keys of any group mode, when lane_attention_supported(p).
 template <int KBits, int VBits>
-cudaError_t lane_by_shape(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream) {
+cudaError_t lane_by_shape(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream) {
   KVQ_DISPATCH_HEAD_DIM(p.keys.shape.head_dim, D, {
     switch (p.keys.shape.mode) {
-      case GroupMode::sym: return launch_lane<KBits, VBits, D, GroupMode::sym>(p, parts, used, stream);
-      case GroupMode::asym: return launch_lane<KBits, VBits, D, GroupMode::asym>(p, parts, used, stream);
-      case GroupMode::hybrid: return launch_lane<KBits, VBits, D, GroupMode::hybrid>(p, parts, used, stream);
+      case GroupMode::sym: return launch_lane<KBits, VBits, D, GroupMode::sym>(p, parts, used, windows_taken, stream);
+      case GroupMode::asym: return launch_lane<KBits, VBits, D, GroupMode::asym>(p, parts, used, windows_taken, stream);
+      case GroupMode::hybrid: return launch_lane<KBits, VBits, D, GroupMode::hybrid>(p, parts, used, windows_taken, stream);
     }
     return cudaErrorInvalidValue;
   })

@@ -45,12 +45,13 @@ __device__ void write_part(const WarpParts<Warps, Group, D>& w, const Parts& par
 
 // The lane-owned fused kernel (gpu/attention_lane.cuh), which also takes the fp16 windows: keys of
 // channel-axis groups 32..128 (a lane's span in one group), values of token-axis groups 32..128, fp16
-// metadata, one query head per kv head.
+// metadata, one query head per kv head, values on 16 bytes (aligned16: their stretches are copied with
+// cp.async).
 inline bool lane_attention_supported(const AttentionParams& p) {
   const RegionShape &ks = p.keys.shape, &vs = p.values.shape;
   const auto size = [](int g) { return g == 32 || g == 64 || g == 128; };
   return p.group == 1 && ks.meta_fp16 && vs.meta_fp16 && size(ks.group_size) && ks.group_size <= ks.head_dim && size(vs.group_size) &&
-         vs.tokens % vs.group_size == 0;
+         vs.tokens % vs.group_size == 0 && aligned16(p.values);
 }
 
 inline Parts parts_of(float* scratch, int regions, int group, int head_dim, int splits) {
@@ -58,9 +59,10 @@ inline Parts parts_of(float* scratch, int regions, int group, int head_dim, int 
 }
 
 // Launches the fused kernel over p's quantized tokens into parts [0, used); one per built bit pair.
-cudaError_t inner_k3v2(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream);
-cudaError_t inner_k3v3(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream);
-cudaError_t inner_k2v2(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream);
-cudaError_t inner_k4v4(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream);
+// windows_taken: the kernel also took the fp16 windows (part used - 1), so they need no launch.
+cudaError_t inner_k3v2(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream);
+cudaError_t inner_k3v3(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream);
+cudaError_t inner_k2v2(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream);
+cudaError_t inner_k4v4(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream);
 
 }  // namespace kvq::gpu::attention_detail

@@ -296,7 +296,7 @@ cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
 cudaError_t outputs_inner(const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
   if (!supported(s, p.group) || s.channel_axis || s.tokens % s.group_size != 0 || p.splits < 1) return cudaErrorInvalidValue;
-  if (p.kernel != GemvKernel::cuda_cores && outputs_mma_supported(s, p.group)) return outputs_mma(p, stream);  // else CUDA cores
+  if (p.kernel != GemvKernel::cuda_cores && outputs_mma_supported(p.values, p.group)) return outputs_mma(p, stream);  // else CUDA cores
   const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.values.regions));
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H,
       outputs_token<B, D, H><<<grid, D, 0, stream>>>(p);)))

@@ -10,6 +10,7 @@
 // Codes decode in place into fp16 mantissas (one LOP3 per two codes); each tile's constant from A's
 // 1s is taken back with its sum. Outputs stay in registers; runs are summed in order.
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/packed.h"
@@ -218,15 +219,19 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
 }
 
 // One query head: each warp streams its own stretches (gpu/value_tiles.cuh: B per warp, every m-tile
-// of the values per warp), with no barrier per stretch; the loads run three m-tiles ahead, across
-// stretches, and a stretch's probabilities a stretch ahead. The block's warps add up at the end.
+// of the values per warp), with no barrier per stretch. The warp copies its next stretch into the
+// other of its two shared-memory stages (cp.async) while it works on the current one, and loads a
+// stretch's probabilities a stretch ahead. The block's warps add up at the end.
 template <int Bits, int D, class Meta>
 __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split, std::uint32_t /*ones: the int8 values need none*/) {
   using Values = value_tiles::ValueTiles<Bits, D, Meta>;
+  using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
+  extern __shared__ __align__(16) unsigned char dynamic_smem[];  // [kWarps][2] stages
   __shared__ typename Values::ProbScratch probs[kWarps];
   __shared__ float sums[kWarps][D];
   const int tokens = p.values.shape.tokens, r = blockIdx.y, split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  Stage* stages = reinterpret_cast<Stage*>(dynamic_smem) + 2 * warp;
   const int stretches = (tokens + kStretch - 1) / kStretch;
   const int first = split * stretches_per_split, last = min(stretches, first + stretches_per_split);
   const float* prob = p.probs + static_cast<long long>(r) * tokens;
@@ -241,30 +246,28 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
     }
   };
   float acc[kMTiles][2] = {};
-  // m-tile m in buffer m % 4 (kMTiles is 4 or 8). A whole stretch ahead (8 buffers, 2-bit codes, the
-  // zero points moved out of the buffers) measured no faster: 39.5 against 38.3 us (docs/PERF.md).
-  typename Values::Loads vb[4];
   float next_p[4];
   int st = first + warp;
-  if (st < last) {
-    load_probs(st, next_p);
-#pragma unroll
-    for (int m = 0; m < 3; ++m) values.load(st, m, vb[m]);
-  }
-  for (; st < last; st += kWarps) {
+  if (st < last) load_probs(st, next_p), values.copy_stretch(st, stages[0]);
+  for (int i = 0; st < last; st += kWarps, ++i) {
     float pc[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u) pc[u] = next_p[u];
     const int next = st + kWarps;
-    if (next < last) load_probs(next, next_p);
+    __syncwarp();  // every lane is done reading the stage the next copy overwrites
+    if (next < last) load_probs(next, next_p), values.copy_stretch(next, stages[(i + 1) & 1]);
+    else copy_commit();  // an empty group, so that the wait below always leaves exactly one pending
     const float inv_range = values.stage_probs(st, pc, lane, probs[warp]);
+    copy_wait<1>();
+    __syncwarp();  // the other lanes' copies of this stage have landed too
+    const Stage& cur = stages[i & 1];
+    typename Values::Loads l[2];
+    values.load(cur, st, 0, l[0]);
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
-      const int ahead = m + 3;
-      if (ahead < kMTiles) values.load(st, ahead, vb[ahead % 4]);
-      else if (next < last) values.load(next, ahead - kMTiles, vb[ahead % 4]);
+      if (m + 1 < kMTiles) values.load(cur, st, m + 1, l[(m + 1) & 1]);
       float out[2];
-      values.product(vb[m % 4], out);
+      values.product(l[m & 1], out);
 #pragma unroll
       for (int k = 0; k < 2; ++k) acc[m][k] += out[k] * inv_range;
     }
@@ -281,31 +284,40 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
 
 // A split-sequence launch of either kernel over stretches, then the splits added in order.
 template <class Kernel>
-cudaError_t launch_splits(Kernel kernel, int heads, int head_dim, const OutputsParams& p, cudaStream_t stream) {
+cudaError_t launch_splits(Kernel kernel, int heads, int head_dim, const OutputsParams& p, cudaStream_t stream, std::size_t smem = 0) {
   const RegionShape& s = p.values.shape;
   LaunchInfo info;
-  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, 0, info));
+  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, smem, info));
   const SplitRuns runs = split_runs((s.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
-  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, 0, stream>>>(p, runs.per_split, pairs::kOnes);
+  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, smem, stream>>>(p, runs.per_split, pairs::kOnes);
   KVQ_CUDA_TRY(cudaGetLastError());
   return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * heads * head_dim, p.outputs, stream);
 }
 
+// Two stages per warp of dynamic shared memory.
+template <int Bits, int D, class Meta>
+cudaError_t launch_warps(const OutputsParams& p, cudaStream_t stream) {
+  constexpr std::size_t kStages = 2 * (kThreads / 32) * sizeof(typename value_tiles::ValueTiles<Bits, D, Meta>::Stage);
+  return launch_splits(outputs_warp_kernel<Bits, D, Meta>, 1, D, p, stream, kStages);
+}
+
 }  // namespace
 
-bool outputs_mma_supported(const RegionShape& s, int group) {
+bool outputs_mma_supported(const DeviceRegions& values, int group) {
+  const RegionShape& s = values.shape;
   // A lane's chunk (32 tokens) must lie in one group.
   const bool groups = s.group_size == 32 || s.group_size == 64 || s.group_size == 128;
-  return bits_built(s.bits) && head_dim_built(s.head_dim) && groups && !s.channel_axis && s.tokens % s.group_size == 0 && heads_built(group);
+  return bits_built(s.bits) && head_dim_built(s.head_dim) && groups && !s.channel_axis && s.tokens % s.group_size == 0 && heads_built(group) &&
+         (group > 1 || aligned16(values));
 }
 
 cudaError_t outputs_mma(const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
-  if (!outputs_mma_supported(s, p.group) || p.splits < 1) return cudaErrorInvalidValue;
+  if (!outputs_mma_supported(p.values, p.group) || p.splits < 1) return cudaErrorInvalidValue;
   if (p.group == 1) {
     KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, {
-      if (s.meta_fp16) return launch_splits(outputs_warp_kernel<B, D, std::uint16_t>, 1, D, p, stream);
-      return launch_splits(outputs_warp_kernel<B, D, std::uint32_t>, 1, D, p, stream);
+      if (s.meta_fp16) return launch_warps<B, D, std::uint16_t>(p, stream);
+      return launch_warps<B, D, std::uint32_t>(p, stream);
     }))
   }
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H, return launch_splits(outputs_mma_kernel<B, D, H>, H, D, p, stream);)))

@@ -7,8 +7,9 @@
 namespace kvq::gpu {
 
 // Whether outputs_mma handles the shape: bits 2/3/4/8, head_dim 64/128, GQA group up to 8, token-axis
-// groups of 32, 64 or 128 tokens (a lane's 32-token chunk must lie in one group).
-bool outputs_mma_supported(const RegionShape& shape, int group);
+// groups of 32, 64 or 128 tokens (a lane's 32-token chunk must lie in one group); with one query head,
+// arrays on 16 bytes (aligned16: the warps copy stretches with cp.async).
+bool outputs_mma_supported(const DeviceRegions& values, int group);
 // Splits the sequence into at most params.splits runs of whole 128-token stretches (at most one wave of
 // resident blocks), partial sums in
 // params.partial ([splits][regions][group][head_dim]), added in split order (deterministic).

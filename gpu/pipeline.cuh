@@ -33,6 +33,11 @@ __device__ __forceinline__ int copy_async(void* smem, const void* src, long long
   return static_cast<int>(begin - start);
 }
 
+// One 16-byte cp.async (both addresses 16-byte aligned), kept in L2 only: streamed data is read once.
+__device__ __forceinline__ void copy16(unsigned smem, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(src) : "memory");
+}
+
 __device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 // Waits until at most `Pending` committed groups of this thread are still in flight.

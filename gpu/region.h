@@ -56,4 +56,13 @@ struct DeviceRegions {
   std::uint32_t* zero_base = nullptr;      // hybrid: [regions * zero_blocks], relative to the region
 };
 
+// Whether every region's codes, scales and (asym) zero points start on 16 bytes, as the cp.async
+// stages of the kernels need (16-byte pieces): base pointers and the strides between regions.
+inline bool aligned16(const DeviceRegions& r) {
+  const auto on16 = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; };
+  const long long meta = r.shape.meta_fp16 ? 2 : 4;
+  const bool zeros = r.shape.mode != GroupMode::asym || on16(r.zeros);
+  return on16(r.codes) && on16(r.scales) && zeros && r.shape.code_stride() * 4 % 16 == 0 && r.shape.group_stride() * meta % 16 == 0;
+}
+
 }  // namespace kvq::gpu

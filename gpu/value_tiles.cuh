@@ -6,19 +6,22 @@
 // columns 2t, 2t+1, zero outside lane t's k-slots), so each lane's accumulator pair is its own tile's
 // exact integer dot product, which lies in one group: the group's scale multiplies it in registers.
 // The fixed point is relative to the stretch's largest |p|: 15 bits, ~2^-16 of it per probability.
+#include <cstddef>
 #include <cstdint>
 
 #include "core/packed.h"
 #include "gpu/byte_planes.cuh"
 #include "gpu/meta.cuh"
+#include "gpu/pipeline.cuh"
 #include "gpu/region.h"
 
 namespace kvq::gpu::value_tiles {
 
 constexpr int kStretch = 128;  // tokens per stretch: four tiles of 32, one per lane of a quad
 
-// One region's values as a warp sees them. Per stretch: stage_probs (B into registers through the
-// warp's scratch), then product() on m-tiles 0, 1, ... in order, each from its load().
+// One region's values as a warp sees them. Per stretch: copy_stretch into a stage a stretch ahead,
+// stage_probs (B into registers through the warp's scratch), then product() on m-tiles 0, 1, ... in
+// order, each from its load() out of the landed stage.
 template <int Bits, int D, class Meta>
 struct ValueTiles {
   static constexpr int kMmas = planes::kMmas<Bits>;
@@ -35,6 +38,20 @@ struct ValueTiles {
     Meta scale[2];
     Meta zero[2];
   };
+
+  // A stretch's codes, scales and (asym) zero points in shared memory, where the warp copies them
+  // with cp.async (copy_stretch) while it works on the stretch before: a whole stretch in flight per
+  // warp with no registers held for it. Each tile's rows and each block's metadata are padded by 32
+  // bytes so that one load's lanes (4 tiles x 8 channels) fall on distinct banks.
+  struct alignas(16) Stage {
+    static constexpr int kTileBytes = D * Bits * 4;
+    static constexpr int kTilePitch = kTileBytes + 32;
+    static constexpr int kMetaPitch = D + 32 / static_cast<int>(sizeof(Meta));
+    std::uint8_t codes[4][kTilePitch];
+    Meta scales[4][kMetaPitch];
+    Meta zeros[4][kMetaPitch];
+  };
+  static_assert(Stage::kTileBytes % 16 == 0 && (D * sizeof(Meta)) % 16 == 0, "cp.async moves 16-byte pieces");
 
   const std::uint32_t* codes;
   const Meta* scales;
@@ -68,27 +85,55 @@ struct ValueTiles {
   // Lane t's tile of stretch st (clamped: past the end its probabilities are 0) and that tile's block.
   __device__ __forceinline__ int tile_of(int st) const { return min(st * (kStretch / 32) + t, tiles - 1); }
 
-  __device__ __forceinline__ void load(int st, int m, Loads& into) const {
-    const int tile = tile_of(st), blk = tile >> block_shift;
+  // Starts the copy of stretch st into `stage` (whole tiles and blocks: past the region's end nothing
+  // is copied) and commits it as one cp.async group of this lane. Every lane of the warp must call it.
+  // Needs codes, scales and zeros 16-byte aligned (aligned16).
+  __device__ __forceinline__ void copy_stretch(int st, Stage& stage) const {
+    const int lane = threadIdx.x & 31, tile0 = st * (kStretch / 32), live = min(4, tiles - tile0);
+    const int blk0 = tile0 >> block_shift, blocks = ((tile0 + live - 1) >> block_shift) - blk0 + 1;
+    constexpr int kPieces = Stage::kTileBytes / 16, kMetaPieces = D * static_cast<int>(sizeof(Meta)) / 16;
+    const char* src = reinterpret_cast<const char*>(codes + static_cast<long long>(tile0) * D * Bits);
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&stage));
+#pragma unroll
+    for (int i = lane; i < 4 * kPieces; i += 32) {
+      const int tile = i / kPieces, piece = i % kPieces;
+      if (tile < live) copy16(dst + tile * Stage::kTilePitch + 16 * piece, src + 16 * static_cast<long long>(i));
+    }
+    // The stretch's blocks are contiguous in global memory: piece i is block i / kMetaPieces's.
+    const unsigned meta_dst = dst + static_cast<unsigned>(offsetof(Stage, scales)), zero_dst = dst + static_cast<unsigned>(offsetof(Stage, zeros));
+    const long long meta0 = static_cast<long long>(blk0) * D * static_cast<long long>(sizeof(Meta));
+    for (int i = lane; i < blocks * kMetaPieces; i += 32) {
+      const int blk = i / kMetaPieces, piece = i % kMetaPieces;
+      const unsigned at = static_cast<unsigned>(blk * Stage::kMetaPitch * static_cast<int>(sizeof(Meta)) + 16 * piece);
+      copy16(meta_dst + at, reinterpret_cast<const char*>(scales) + meta0 + 16 * i);
+      if (mode == GroupMode::asym) copy16(zero_dst + at, reinterpret_cast<const char*>(zeros) + meta0 + 16 * i);
+    }
+    copy_commit();
+  }
+
+  // m-tile m's loads for the lane (channels 16m + g and 16m + g + 8) from the landed stage of stretch
+  // st, lane t's tile clamped to the stretch's live ones.
+  __device__ __forceinline__ void load(const Stage& stage, int st, int m, Loads& into) const {
+    const int tile0 = st * (kStretch / 32), tile = tile_of(st) - tile0, blk = (tile_of(st) >> block_shift) - (tile0 >> block_shift);
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       const int ch = 16 * m + g + 8 * k;
-      const std::uint32_t* src = codes + (tile * D + ch) * Bits;
+      const std::uint8_t* row = stage.codes[tile] + ch * Bits * 4;
       if constexpr (Bits == 2) {
-        const uint2 v = __ldg(reinterpret_cast<const uint2*>(src));
+        const uint2 v = *reinterpret_cast<const uint2*>(row);
         into.w[k][0] = v.x, into.w[k][1] = v.y;
       } else if constexpr (Bits == 4 || Bits == 8) {
 #pragma unroll
         for (int b = 0; b < Bits; b += 4) {
-          const uint4 v = __ldg(reinterpret_cast<const uint4*>(src + b));
+          const uint4 v = reinterpret_cast<const uint4*>(row)[b / 4];
           into.w[k][b] = v.x, into.w[k][b + 1] = v.y, into.w[k][b + 2] = v.z, into.w[k][b + 3] = v.w;
         }
       } else {
 #pragma unroll
-        for (int b = 0; b < Bits; ++b) into.w[k][b] = __ldg(src + b);
+        for (int b = 0; b < Bits; ++b) into.w[k][b] = reinterpret_cast<const std::uint32_t*>(row)[b];
       }
-      into.scale[k] = __ldg(scales + blk * D + ch);
-      into.zero[k] = mode == GroupMode::asym ? __ldg(zeros + blk * D + ch) : Meta(0);
+      into.scale[k] = stage.scales[blk][ch];
+      into.zero[k] = mode == GroupMode::asym ? stage.zeros[blk][ch] : Meta(0);
     }
   }
 
@@ -146,7 +191,8 @@ struct ValueTiles {
     if (mode == GroupMode::hybrid) {
       // Compact index: the block's base + asymmetric channels before ch in the block. Ballot bit
       // 4g' + t' is channel 16m + g' + 8k of tile t', and a tile's signs are its block's. Resolving
-      // these a step ahead, once the scales have landed, measured no faster (docs/PERF.md).
+      // these a step ahead, or a stretch's all at once from the landed stage, measured no faster
+      // (docs/PERF.md).
       const unsigned mine = 0x11111111u << t, lower = (1u << (4 * g)) - 1u;
       const unsigned b0 = __ballot_sync(0xffffffffu, sign[0]) & mine, b1 = __ballot_sync(0xffffffffu, sign[1]) & mine;
       const int at0 = before + __popc(b0 & lower), at1 = before + __popc(b0) + __popc(b1 & lower);

@@ -448,6 +448,51 @@ TEST(GpuRotation, TransformIsBitIdenticalAndFoldsIntoTheGemvs) {
           }
 }
 
+// The one-head values kernel copies stretches with cp.async in 16-byte pieces; regions whose codes or
+// scales do not start on 16 bytes (here 4 and 2 bytes off) take the CUDA-core kernel instead, with
+// the same result bit for bit, rather than a misaligned copy.
+TEST(GpuLaunchers, ValuesOffSixteenBytesTakeTheCudaCoreKernel) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  gpu::RegionShape s;
+  s.tokens = 4096 + 32;
+  s.head_dim = 128;
+  s.bits = 2;
+  s.group_size = 32;
+  s.channel_axis = false;
+  s.mode = gpu::GroupMode::hybrid;
+  const int regions = 2, d = s.head_dim, n = s.tokens;
+  std::mt19937_64 rng(77);
+  std::normal_distribution<float> normal;
+  std::vector<float> rows(static_cast<std::size_t>(regions) * n * d), probs(static_cast<std::size_t>(regions) * n);
+  for (auto& x : rows) x = round_to_half(normal(rng));
+  for (auto& x : probs) x = std::fabs(normal(rng)) / n;
+  DeviceCache cache(s, regions);
+  float* d_rows = upload(rows);
+  float* d_probs = upload(probs);
+  CUDA_OK(gpu::pack({d_rows, cache.dev}));
+  // The same regions, moved 4 bytes (codes) and 2 bytes (fp16 scales) off 16.
+  const std::size_t code_bytes = 4 * regions * s.code_words(), scale_bytes = 2 * regions * s.groups();
+  std::uint8_t *codes = nullptr, *scales = nullptr;
+  CUDA_OK(cudaMalloc(&codes, code_bytes + 16));
+  CUDA_OK(cudaMalloc(&scales, scale_bytes + 16));
+  CUDA_OK(cudaMemcpy(codes + 4, cache.dev.codes, code_bytes, cudaMemcpyDeviceToDevice));
+  CUDA_OK(cudaMemcpy(scales + 2, cache.dev.scales, scale_bytes, cudaMemcpyDeviceToDevice));
+  gpu::DeviceRegions off = cache.dev;
+  off.codes = reinterpret_cast<std::uint32_t*>(codes + 4);
+  off.scales = scales + 2;
+  const OutputsRun tensor_cores(cache.dev, d_probs, 1, 16, gpu::GemvKernel::automatic);
+  const OutputsRun cuda_cores(cache.dev, d_probs, 1, 16, gpu::GemvKernel::cuda_cores);
+  const OutputsRun moved(off, d_probs, 1, 16, gpu::GemvKernel::automatic);
+  CUDA_OK(tensor_cores.status);
+  CUDA_OK(cuda_cores.status);
+  CUDA_OK(moved.status);
+  const std::vector<float> a = tensor_cores.host(), b = cuda_cores.host(), c = moved.host();
+  EXPECT_EQ(b, c);
+  // The int8 kernel against the CUDA-core one: the 16-bit fixed point of p, ~1e-10 (the GEMV sweep).
+  EXPECT_LT(test::nmse(a, std::vector<double>(b.begin(), b.end())), 1e-8);
+  for (void* p : std::initializer_list<void*>{d_rows, d_probs, codes, scales}) cudaFree(p);
+}
+
 TEST(GpuLaunchers, UnsupportedShapesAreErrorsNotCrashes) {
   gpu::ScoresParams sp;
   sp.keys.shape.head_dim = 96;
