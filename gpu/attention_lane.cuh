@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   // Unit loads by a unit's place in its stretch: the unit two ahead goes into buffer (k + 2) % 4.
   typename Keys::Loads kb[4];
   int st = first + warp;
-  Stage* stages = reinterpret_cast<Stage*>(dynamic_smem) + 2 * warp;
+  Stage* stages = reinterpret_cast<Stage*>(dynamic_smem) + Values::kStages * warp;
   if (st < last) values.copy_stretch(st, stages[0]);
   if (st < last) {
     if (4 * st < units) keys.load(4 * st, kb[0]);
@@ -66,9 +66,7 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   for (int i = 0; st < last; st += kWarps, ++i) {
     typename Values::Loads vb[3];
     const int next = st + kWarps;
-    __syncwarp();  // every lane is done reading the stage the next copy overwrites
-    if (next < last) values.copy_stretch(next, stages[(i + 1) & 1]);
-    else copy_commit();  // an empty group, so that the wait below always leaves exactly one pending
+    values.copy_next(i, next, last, stages);
     // Keys: lane t's token 32u + g + 8t of unit u of the stretch.
     float s[4];
 #pragma unroll
@@ -98,9 +96,7 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
     }
     l_run = l_run * corr + psum;
     const float inv_range = values.stage_probs(st, pv, g + 8 * t, probs[warp]);
-    copy_wait<1>();
-    __syncwarp();  // the other lanes' copies of this stage have landed too
-    const typename Values::Stage& cur = stages[i & 1];
+    const Stage& cur = values.landed(i, stages);
     values.load(cur, st, 0, vb[0]);
     values.load(cur, st, 1, vb[1]);
     // Values: every m-tile, two loads ahead, from shared memory.
@@ -131,8 +127,9 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
 template <int KBits, int VBits, int D, GroupMode KMode>
 cudaError_t launch_lane(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream) {
   auto kernel = lane_attention_kernel<KBits, VBits, D, KMode>;
-  // Two value stages per warp.
-  const std::size_t smem = 2 * (kLaneThreads / 32) * sizeof(typename value_tiles::ValueTiles<VBits, D, std::uint16_t>::Stage);
+  // The warps' value stages (the kernel's metadata is fp16).
+  using Values = value_tiles::ValueTiles<VBits, D, std::uint16_t>;
+  const std::size_t smem = (kLaneThreads / 32) * Values::kStages * sizeof(typename Values::Stage);
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kLaneThreads, smem, info));
   const int stretches = (p.keys.shape.tokens + value_tiles::kStretch - 1) / value_tiles::kStretch;

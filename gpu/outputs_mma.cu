@@ -227,11 +227,11 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   using Values = value_tiles::ValueTiles<Bits, D, Meta>;
   using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
-  extern __shared__ __align__(16) unsigned char dynamic_smem[];  // [kWarps][2] stages
+  extern __shared__ __align__(16) unsigned char dynamic_smem[];  // [kWarps][Values::kStages] stages
   __shared__ typename Values::ProbScratch probs[kWarps];
   __shared__ float sums[kWarps][D];
   const int tokens = p.values.shape.tokens, r = blockIdx.y, split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  Stage* stages = reinterpret_cast<Stage*>(dynamic_smem) + 2 * warp;
+  Stage* stages = reinterpret_cast<Stage*>(dynamic_smem) + Values::kStages * warp;
   const int stretches = (tokens + kStretch - 1) / kStretch;
   const int first = split * stretches_per_split, last = min(stretches, first + stretches_per_split);
   const float* prob = p.probs + static_cast<long long>(r) * tokens;
@@ -254,13 +254,10 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
 #pragma unroll
     for (int u = 0; u < 4; ++u) pc[u] = next_p[u];
     const int next = st + kWarps;
-    __syncwarp();  // every lane is done reading the stage the next copy overwrites
-    if (next < last) load_probs(next, next_p), values.copy_stretch(next, stages[(i + 1) & 1]);
-    else copy_commit();  // an empty group, so that the wait below always leaves exactly one pending
+    if (next < last) load_probs(next, next_p);
+    values.copy_next(i, next, last, stages);
     const float inv_range = values.stage_probs(st, pc, lane, probs[warp]);
-    copy_wait<1>();
-    __syncwarp();  // the other lanes' copies of this stage have landed too
-    const Stage& cur = stages[i & 1];
+    const Stage& cur = values.landed(i, stages);
     typename Values::Loads l[2];
     values.load(cur, st, 0, l[0]);
 #pragma unroll
@@ -294,11 +291,12 @@ cudaError_t launch_splits(Kernel kernel, int heads, int head_dim, const OutputsP
   return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * heads * head_dim, p.outputs, stream);
 }
 
-// Two stages per warp of dynamic shared memory.
+// The warps' stages in dynamic shared memory.
 template <int Bits, int D, class Meta>
 cudaError_t launch_warps(const OutputsParams& p, cudaStream_t stream) {
-  constexpr std::size_t kStages = 2 * (kThreads / 32) * sizeof(typename value_tiles::ValueTiles<Bits, D, Meta>::Stage);
-  return launch_splits(outputs_warp_kernel<Bits, D, Meta>, 1, D, p, stream, kStages);
+  using Values = value_tiles::ValueTiles<Bits, D, Meta>;
+  constexpr std::size_t kSmem = (kThreads / 32) * Values::kStages * sizeof(typename Values::Stage);
+  return launch_splits(outputs_warp_kernel<Bits, D, Meta>, 1, D, p, stream, kSmem);
 }
 
 }  // namespace

@@ -6,6 +6,11 @@
 
 namespace kvq::gpu {
 
+// One 16-byte cp.async (both addresses 16-byte aligned), kept in L2 only: streamed data is read once.
+__device__ __forceinline__ void copy16(unsigned smem, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(src) : "memory");
+}
+
 // Starts copying [src, src + bytes) to shared memory, split among `threads` threads: whole 16-byte
 // pieces from src rounded down to 16 bytes (cp.async moves aligned pieces, so smem needs 16 bytes of
 // headroom), then the tail in 4-byte pieces and a last 2-byte value (fp16 metadata) copied directly:
@@ -21,7 +26,7 @@ __device__ __forceinline__ int copy_async(void* smem, const void* src, long long
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   for (int i = thread; i < pieces + words + (half ? 1 : 0); i += threads) {
     if (i < pieces) {
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst + 16u * i), "l"(start + 16u * i) : "memory");
+      copy16(dst + 16u * i, reinterpret_cast<const void*>(start + 16u * i));
     } else if (i < pieces + words) {
       const unsigned at = 16u * pieces + 4u * (i - pieces);
       asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst + at), "l"(start + at) : "memory");
@@ -31,11 +36,6 @@ __device__ __forceinline__ int copy_async(void* smem, const void* src, long long
     }
   }
   return static_cast<int>(begin - start);
-}
-
-// One 16-byte cp.async (both addresses 16-byte aligned), kept in L2 only: streamed data is read once.
-__device__ __forceinline__ void copy16(unsigned smem, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(src) : "memory");
 }
 
 __device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }

@@ -52,6 +52,9 @@ struct ValueTiles {
     Meta zeros[4][kMetaPitch];
   };
   static_assert(Stage::kTileBytes % 16 == 0 && (D * sizeof(Meta)) % 16 == 0, "cp.async moves 16-byte pieces");
+  // Stages per warp: the stretch being worked on and the next one in flight (stretch i of the warp's
+  // sequence in stages[i % kStages]).
+  static constexpr int kStages = 2;
 
   const std::uint32_t* codes;
   const Meta* scales;
@@ -109,6 +112,22 @@ struct ValueTiles {
       if (mode == GroupMode::asym) copy16(zero_dst + at, reinterpret_cast<const char*>(zeros) + meta0 + 16 * i);
     }
     copy_commit();
+  }
+
+  // Before the warp works on its i-th stretch: once every lane is done reading the stage it
+  // overwrites, starts the copy of the warp's next stretch `next` into the other stage. Past `last` it
+  // commits an empty group, so that landed() always leaves exactly one group pending.
+  __device__ __forceinline__ void copy_next(unsigned i, int next, int last, Stage* stages) const {
+    __syncwarp();
+    if (next < last) copy_stretch(next, stages[(i + 1) % kStages]);
+    else copy_commit();
+  }
+
+  // The warp's i-th stretch once every lane's copies of it have landed.
+  __device__ __forceinline__ const Stage& landed(unsigned i, const Stage* stages) const {
+    copy_wait<1>();
+    __syncwarp();
+    return stages[i % kStages];
   }
 
   // m-tile m's loads for the lane (channels 16m + g and 16m + g + 8) from the landed stage of stretch
