@@ -103,9 +103,10 @@ void time_calls(benchmark::State& state, Launch launch, int copies, double bytes
 
 // *_cuda_cores, *_tensor_cores: the same product on each kernel, for the ratio; innerq_scores_scaled:
 // the rotation family's scores, with a token scale per key (q rotated beforehand).
-// kivi_*: the outer layouts (2-bit asym, groups of 32: per-channel keys, per-token values).
+// kivi_*: the outer layouts (2-bit asym, groups of 32: per-channel keys, per-token values); kivi_outputs
+// on tensor cores by default, kivi_outputs_cuda_cores on the CUDA-core kernel.
 enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs, innerq_scores_scaled, innerq_scores_tensor_cores, innerq_scores_cuda_cores,
-                    innerq_outputs_cuda_cores, kivi_scores, kivi_outputs };
+                    innerq_outputs_cuda_cores, kivi_scores, kivi_outputs, kivi_outputs_cuda_cores };
 
 struct Shape {
   int regions, group;
@@ -121,7 +122,7 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   }
   const bool scaled = kernel == Kernel::innerq_scores_scaled;
   const bool forced = kernel == Kernel::innerq_scores_cuda_cores || kernel == Kernel::innerq_scores_tensor_cores;
-  const bool outer = kernel == Kernel::kivi_scores || kernel == Kernel::kivi_outputs;
+  const bool outer = kernel == Kernel::kivi_scores || kernel == Kernel::kivi_outputs || kernel == Kernel::kivi_outputs_cuda_cores;
   const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores || kernel == Kernel::kivi_scores || scaled || forced;
   const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores || scaled ||
                          forced || outer;
@@ -195,9 +196,10 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
                                      kernel == Kernel::innerq_scores_cuda_cores ? kvq::gpu::GemvKernel::cuda_cores
                                                                                 : kvq::gpu::GemvKernel::tensor_cores});
     }
-    if (kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores || kernel == Kernel::kivi_outputs) {
+    if (kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores || kernel == Kernel::kivi_outputs ||
+        kernel == Kernel::kivi_outputs_cuda_cores) {
       kvq::gpu::OutputsParams p;
-      if (kernel == Kernel::innerq_outputs_cuda_cores) p.kernel = kvq::gpu::GemvKernel::cuda_cores;
+      if (kernel == Kernel::innerq_outputs_cuda_cores || kernel == Kernel::kivi_outputs_cuda_cores) p.kernel = kvq::gpu::GemvKernel::cuda_cores;
       p.values = packed[c];
       p.probs = vectors;
       p.group = group;
@@ -480,6 +482,7 @@ BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_pv, Kernel::innerq_outputs, kPaper)
 BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_cudacores_pv, Kernel::innerq_outputs_cuda_cores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_kivi_k2asym_qk, Kernel::kivi_scores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_kivi_v2asym_pv, Kernel::kivi_outputs, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(run, paper_kivi_v2asym_cudacores_pv, Kernel::kivi_outputs_cuda_cores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_rotated_k3sym_scaled_qk, Kernel::innerq_scores_scaled, kPaper)->Apply(paper_args);
 BENCHMARK(rotate_keys)->Arg(4096)->Arg(32768)->UseManualTime()->MinTime(kMinTime)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(run, serving_fp16_qk, Kernel::fp16_scores, kServing)->Apply(serving_args);
@@ -491,6 +494,7 @@ BENCHMARK_CAPTURE(run, serving_innerq_v2hybrid_pv, Kernel::innerq_outputs, kServ
 BENCHMARK_CAPTURE(run, serving_innerq_v2hybrid_cudacores_pv, Kernel::innerq_outputs_cuda_cores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_kivi_k2asym_qk, Kernel::kivi_scores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_kivi_v2asym_pv, Kernel::kivi_outputs, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(run, serving_kivi_v2asym_cudacores_pv, Kernel::kivi_outputs_cuda_cores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_qk, true, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_pv, false, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_qk, true, kServing)->Apply(serving_args);

@@ -67,8 +67,9 @@ struct Fp16Params {
 // Inner layouts: channel-axis keys for scores, token-axis values for outputs.
 cudaError_t scores_inner(const ScoresParams& params, cudaStream_t stream = nullptr);
 cudaError_t outputs_inner(const OutputsParams& params, cudaStream_t stream = nullptr);
-// Outer layouts: token-axis keys for scores, channel-axis values for outputs (CUDA cores; `kernel`
-// is ignored). The *_supported predicates say which shapes they take.
+// Outer layouts: token-axis keys for scores (CUDA cores; `kernel` is ignored), channel-axis values for
+// outputs (automatic and tensor_cores: gpu/outputs_outer_mma.h where it supports the shape, else CUDA
+// cores). The *_supported predicates say which shapes they take.
 cudaError_t scores_outer(const ScoresParams& params, cudaStream_t stream = nullptr);
 cudaError_t outputs_outer(const OutputsParams& params, cudaStream_t stream = nullptr);
 bool scores_outer_supported(const RegionShape& shape, int group);

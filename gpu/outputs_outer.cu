@@ -14,6 +14,7 @@
 #include "gpu/gemv.h"
 #include "gpu/launch.h"
 #include "gpu/outer_terms.cuh"
+#include "gpu/outputs_outer_mma.h"
 #include "gpu/reduce.cuh"
 
 namespace kvq::gpu {
@@ -103,14 +104,7 @@ __global__ void __launch_bounds__(kWarps * 32) outputs_channel(OutputsParams p, 
           mask |= static_cast<std::uint32_t>(sign) << k;
         }
       }
-      const int mine = __popc(mask);
-      int before = mine;
-#pragma unroll
-      for (int k = 1; k < 32; k <<= 1) {
-        const int up = __shfl_up_sync(0xffffffffu, before, k);
-        if (lane >= k) before += up;
-      }
-      info = (static_cast<std::uint32_t>(before - mine) << 8) | mask;
+      info = (static_cast<std::uint32_t>(warp_exclusive_sum(__popc(mask))) << 8) | mask;
       zero_block = p.values.zero_offset[r] + static_cast<long long>(p.values.zero_base[static_cast<long long>(r) * s.zero_block_stride() + blk]);
     }
 #pragma unroll
@@ -198,6 +192,7 @@ bool outputs_outer_supported(const RegionShape& s, int group) {
 cudaError_t outputs_outer(const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
   if (!outputs_outer_supported(s, p.group) || p.values.regions < 1 || p.splits < 1) return cudaErrorInvalidValue;
+  if (p.kernel != GemvKernel::cuda_cores && outputs_outer_mma_supported(p.values, p.group)) return outputs_outer_mma(p, stream);  // else CUDA cores
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_HEAD_BUCKET(p.group, H, return launch_slices<B, D, H>(p, stream);)))
   return cudaErrorInvalidValue;
 }

@@ -6,12 +6,14 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdio>
 #include <random>
 
 #include "core/half.h"
 #include "cpu_ref/packed_region.h"
 #include "gpu/device.h"
 #include "gpu/gemv.h"
+#include "gpu/outputs_outer_mma.h"
 #include "gpu/pack.h"
 #include "gpu/rotate.h"
 #include "cpu_ref/tensor_cache.h"
@@ -106,7 +108,9 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       sigma.resize(static_cast<std::size_t>(regions) * n);
       for (auto& x : sigma) x = 0.5f + std::fabs(normal(rng));
     }
-    std::vector<float> outer_out;
+    // Channel-axis values take both outer kernels: tensor cores (automatic, where supported: bits
+    // 2/4/8, fp16 metadata, up to 4 heads) and CUDA cores.
+    std::vector<float> outer_out, outer_cuda_cores;
     {
       float* d_w = upload(outer_w);
       float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
@@ -114,6 +118,9 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
         const OutputsRun run(dev, d_w, outer_group, 3, gpu::GemvKernel::automatic, d_sigma);
         CUDA_OK(run.status);
         outer_out = run.host();
+        const OutputsRun cuda_cores(dev, d_w, outer_group, 3, gpu::GemvKernel::cuda_cores, d_sigma);
+        CUDA_OK(cuda_cores.status);
+        outer_cuda_cores = cuda_cores.host();
       } else {
         float* d_scores = nullptr;
         CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * outer_group * n));
@@ -243,7 +250,7 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
         EXPECT_LT(num1 / std::max(den1, 1e-30), 1e-6) << "one query head, region " << r;
       }
       // Outer layout: token scales multiply each token's row.
-      double num_outer = 0, den_outer = 0;
+      double num_outer = 0, den_outer = 0, num_cuda_cores = 0;
       for (int h = 0; h < outer_group; ++h) {
         const float* wv = outer_w.data() + (static_cast<std::size_t>(r) * outer_group + h) * (k.channel ? n : d);
         for (int i = 0; i < (k.channel ? d : n); ++i) {
@@ -254,13 +261,19 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
             for (int c = 0; c < d; ++c) ref += double(wv[c]) * x_hat[static_cast<std::size_t>(i) * d + c];
             ref *= sig(i);
           }
-          const double e = outer_out[(static_cast<std::size_t>(r) * outer_group + h) * (k.channel ? d : n) + i] - ref;
+          const std::size_t at = (static_cast<std::size_t>(r) * outer_group + h) * (k.channel ? d : n) + i;
+          const double e = outer_out[at] - ref;
           num_outer += e * e;
           den_outer += ref * ref;
+          if (k.channel) num_cuda_cores += (outer_cuda_cores[at] - ref) * (outer_cuda_cores[at] - ref);
         }
       }
       // The unit-code form (1 + f/2^b, the 1 taken back per group) cancels at most b bits: ~1e-12 expected.
+      // The outer values' tensor-core kernel keeps ~22 bits of p sigma |s| (B's fp16 hi + lo parts).
       EXPECT_LT(num_outer / std::max(den_outer, 1e-30), 1e-6) << "outer layout, " << outer_group << " heads, region " << r;
+      if (k.channel) {
+        EXPECT_LT(num_cuda_cores / std::max(den_outer, 1e-30), 1e-6) << "outer layout on CUDA cores, " << outer_group << " heads, region " << r;
+      }
     }
     cudaFree(d_rows);
   }
@@ -451,6 +464,59 @@ TEST(GpuRotation, TransformIsBitIdenticalAndFoldsIntoTheGemvs) {
 // The one-head values kernel copies stretches with cp.async in 16-byte pieces; regions whose codes or
 // scales do not start on 16 bytes (here 4 and 2 bytes off) take the CUDA-core kernel instead, with
 // the same result bit for bit, rather than a misaligned copy.
+// The outer values' tensor-core kernel over a long sequence with softmax-like probabilities (six orders
+// of magnitude) and one sequence split, so that each warp runs 8k tokens: its B range only ever grows
+// and its accumulators are read out every 8 stretches, which this checks against double precision and
+// against the CUDA-core kernel. Scales start 2 bytes off 16 (copied from where they start).
+TEST(GpuOuterValues, LongSequencesMatchDouble) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const int regions = 2, d = 128, n = 32768 + 5;
+  std::mt19937_64 rng(4242);
+  std::normal_distribution<float> normal;
+  std::vector<float> rows(static_cast<std::size_t>(regions) * n * d);
+  for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = round_to_half(normal(rng) * ((i % d) == 7 ? 15.0f : 1.0f) + 0.5f);
+  for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid})
+    for (int heads : {1, 4}) {
+      SCOPED_TRACE(std::string(mode == Mode::sym ? "sym" : mode == Mode::asym ? "asym" : "hybrid") + ", " + std::to_string(heads) + " heads");
+      const TensorSpec spec = test::swept_spec(mode, 2, true, 32, true);
+      test::PackedPair pair(spec, rows, regions, n, d);
+      std::vector<float> probs(static_cast<std::size_t>(regions) * heads * n);
+      for (std::size_t row = 0; row < probs.size() / n; ++row) {
+        double sum = 0;
+        for (int t = 0; t < n; ++t) sum += probs[row * n + t] = std::exp(2.5f * normal(rng));
+        for (int t = 0; t < n; ++t) probs[row * n + t] = static_cast<float>(probs[row * n + t] / sum);
+      }
+      const std::size_t scale_bytes = 2 * regions * pair.cache.dev.shape.groups();
+      std::uint8_t* scales = nullptr;
+      CUDA_OK(cudaMalloc(&scales, scale_bytes + 16));
+      CUDA_OK(cudaMemcpy(scales + 2, pair.cache.dev.scales, scale_bytes, cudaMemcpyDeviceToDevice));
+      gpu::DeviceRegions off = pair.cache.dev;
+      off.scales = scales + 2;
+      ASSERT_TRUE(gpu::outputs_outer_mma_supported(off, heads));
+      float* d_probs = upload(probs);
+      const OutputsRun tensor_cores(off, d_probs, heads, 1, gpu::GemvKernel::automatic);
+      const OutputsRun cuda_cores(pair.cache.dev, d_probs, heads, 1, gpu::GemvKernel::cuda_cores);
+      CUDA_OK(tensor_cores.status);
+      CUDA_OK(cuda_cores.status);
+      const std::vector<float> a = tensor_cores.host(), b = cuda_cores.host();
+      std::vector<double> ref(a.size());
+      for (int r = 0; r < regions; ++r)
+        for (int h = 0; h < heads; ++h)
+          for (int t = 0; t < n; ++t) {
+            const double pt = probs[(static_cast<std::size_t>(r) * heads + h) * n + t];
+            const float* x = pair.dequantized.data() + (static_cast<std::size_t>(r) * n + t) * d;
+            double* out = ref.data() + (static_cast<std::size_t>(r) * heads + h) * d;
+            for (int c = 0; c < d; ++c) out[c] += pt * x[c];
+          }
+      const double tc = test::nmse(a, ref), cc = test::nmse(b, ref);
+      std::printf("    outer values, %d tokens: NMSE tensor cores %.3g, CUDA cores %.3g\n", n, tc, cc);
+      EXPECT_LT(tc, 1e-6);
+      EXPECT_LT(cc, 1e-6);
+      cudaFree(d_probs);
+      cudaFree(scales);
+    }
+}
+
 TEST(GpuLaunchers, ValuesOffSixteenBytesTakeTheCudaCoreKernel) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   gpu::RegionShape s;

@@ -1,0 +1,371 @@
+// Outputs over channel-axis values (the outer layout: KIVI's per-token values) on tensor cores.
+//
+// out[h][c] = sum_t p_ht sigma_t (f_tc |s_tg| + z_tg) for the group g of channel c. The group spans
+// the output, not the reduction, so its scale cannot leave the sum over tokens: it goes into B. In
+// each m16n8k16 tile A holds the codes of 16 channels of one group (rows) over 16 tokens (k), B the
+// tokens' p sigma |s| for that group as fp16 hi + lo parts, head h in columns 2h, 2h+1 (up to 4 heads
+// share an mma). The zero points' part, sum_t p sigma z per (head, group), runs on CUDA cores.
+//
+// Decode. A token's codes run along channels, the fragment wants two tokens per register. Lane
+// (g, t) owns channels 16i + 2g and 16i + 2g + 1 of m-tile i (rows g and g + 8), which share one
+// byte of the token's row (8-bit codes: two adjacent bytes). One PRMT gathers that byte from two
+// tokens into the low bytes of both fp16 halves; per row, one LOP3 keeps the row's field under the
+// exponent of 1024 and one HSUB2 takes the 1024 back: f * 2^pos, exact (8-bit: a shift first for the
+// second byte). So one PRMT, two LOP3 and two HSUB2 make four codes. The row's weight 2^pos comes off
+// when the accumulators are read. (Fields left as fp16 subnormals, f * 2^(pos - 24), would save the
+// HSUB2, but the tensor cores then drop B's lo part: NMSE 6e-7 against double over 32k tokens, 1e-10
+// with normal A, measured on the H100.)
+//
+// Range. Per warp, B is scaled by a power of two R that brings the largest p sigma |s| seen so far
+// near 2^14: fp16 cannot overflow, and only entries 2^28 below the largest lose bits. When a stretch
+// raises the largest, the accumulators are flushed first (read out at the old R). They are also
+// flushed every kFlush stretches, which bounds how far the tensor cores' truncating accumulation runs
+// (H100, 32k tokens per warp run: NMSE 3e-12 flushing every stretch, 1e-10 every 8, 1e-8 every 64).
+//
+// Each warp streams 32-token stretches (one hybrid zero-block) through two cp.async stages in shared
+// memory, with no block barrier: codes (rows padded by 16 bytes, so that a load's four tokens fall
+// on distinct banks), scales and asym zero points. Lane l builds token l's B values into the warp's
+// scratch in fragment order; the probabilities, token scales and hybrid zero bases of the next
+// stretch are loaded a stretch ahead into registers.
+#include <cstddef>
+#include <cstdint>
+
+#include "core/packed.h"
+#include "gpu/cuda_check.h"
+#include "gpu/dispatch.cuh"
+#include "gpu/launch.h"
+#include "gpu/meta.cuh"
+#include "gpu/mma.cuh"
+#include "gpu/outputs_outer_mma.h"
+#include "gpu/pipeline.cuh"
+#include "gpu/reduce.cuh"
+
+namespace kvq::gpu {
+namespace {
+
+constexpr int kWarps = 4, kThreads = 32 * kWarps;
+constexpr int kStretch = 32;  // tokens per stretch: one zero-block of the channel axis, two k-steps
+constexpr int kMaxHeads = 4;  // hi and lo columns of each in B's 8
+constexpr int kFlush = 8;     // stretches between reads of the accumulators
+
+// A stretch in shared memory. Scales and zero points are copied from wherever they start (copy_async:
+// up to 15 bytes before them, hence the headroom).
+template <int Bits, int D>
+struct alignas(16) Stage {
+  static constexpr int kWords = D * Bits / 32;  // words per token row
+  static constexpr int kPitch = kWords + 4;     // rows t, t + 4, t + 8, t + 12 of a load on distinct banks
+  static constexpr int kMetaBytes = kStretch * (D / 16) * 2 + 16;
+  std::uint32_t codes[kStretch][kPitch];
+  unsigned char scales[kMetaBytes];
+  unsigned char zeros[kMetaBytes];
+};
+
+// The warp's B for one stretch: [k-step][group][lane] fragment pairs (b0, b1), each two fp16 tokens;
+// the second k-step is shifted by 32 bytes so that the writes of lanes 16..31 miss those of 0..15.
+template <int D>
+struct alignas(16) Scratch {
+  static constexpr int kGroups = D / 16;
+  static constexpr int kStepPitch = kGroups * 32 + 4;  // in 8-byte entries
+  uint2 b[2 * kStepPitch];
+};
+
+// Lane g's decode of its two channels of an m-tile (see the top): the PRMT selector, the rows' masks
+// and weights, and its word within the m-tile's words.
+template <int Bits>
+inline constexpr int kWordsPerMTile = Bits / 2;  // 16 channels
+
+template <int Bits>
+struct LaneDecode {
+  unsigned select;
+  std::uint32_t mask_g, mask_g8;
+  int pos_g, pos_g8;  // bit of the field's lowest bit in its fp16 half
+  int word;
+
+  __device__ __forceinline__ explicit LaneDecode(int g) {
+    if constexpr (Bits == 2) {  // byte g / 2, fields at 4 (g % 2) and 4 (g % 2) + 2
+      const unsigned j = g >> 1;
+      select = j | (j << 4) | ((4 + j) << 8) | ((4 + j) << 12);
+      pos_g = 4 * (g & 1), pos_g8 = pos_g + 2, word = 0;
+    } else if constexpr (Bits == 4) {  // word g / 4, byte g % 4: low and high nibble
+      const unsigned j = g & 3;
+      select = j | (j << 4) | ((4 + j) << 8) | ((4 + j) << 12);
+      pos_g = 0, pos_g8 = 4, word = g >> 2;
+    } else {  // word g / 2, bytes 2 (g % 2) and 2 (g % 2) + 1
+      const unsigned j = 2 * (g & 1);
+      select = j | ((j + 1) << 4) | ((4 + j) << 8) | ((5 + j) << 12);
+      pos_g = 0, pos_g8 = 0, word = g >> 1;
+    }
+    const std::uint32_t field = (1u << (Bits == 8 ? 8 : Bits)) - 1u;
+    mask_g = (field << pos_g) * 0x00010001u;
+    mask_g8 = (field << pos_g8) * 0x00010001u;
+  }
+
+  // Rows g and g + 8 over tokens (x, y): the A registers for one k pair.
+  __device__ __forceinline__ void decode(std::uint32_t x, std::uint32_t y, std::uint32_t& row_g, std::uint32_t& row_g8) const {
+    const std::uint32_t both = __byte_perm(x, y, select);
+    row_g = unit((both & mask_g) | 0x64006400u);
+    row_g8 = unit(((Bits == 8 ? both >> 8 : both) & mask_g8) | 0x64006400u);
+  }
+  // 1024 + f 2^pos in both halves, minus 1024: exact.
+  __device__ __forceinline__ static std::uint32_t unit(std::uint32_t biased) {
+    std::uint32_t out;
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(out) : "r"(biased), "r"(0x64006400u));
+    return out;
+  }
+};
+
+// Heads: the bucket (1, 2 or 4) of the GQA group, which sizes the registers kept per head.
+template <int Bits, int D, int Heads>
+__global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsParams p, int per_split) {
+  using StageT = Stage<Bits, D>;
+  using ScratchT = Scratch<D>;
+  constexpr int kMTiles = D / 16, kGroupsMax = D / 16, kWords = StageT::kWords;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  StageT* stages = reinterpret_cast<StageT*>(smem) + 2 * warp;
+  ScratchT& scratch = reinterpret_cast<ScratchT*>(smem + kWarps * 2 * sizeof(StageT))[warp];
+  __shared__ float red[kWarps][Heads][D];
+
+  const RegionShape s = p.values.shape;
+  const int r = blockIdx.y, heads = p.group, groups = D / s.group_size;
+  const int group_shift = 31 - __clz(s.group_size);
+  const int stretches = (s.tokens + kStretch - 1) / kStretch;
+  const int first = blockIdx.x * per_split, last = min(stretches, first + per_split);
+  const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
+  const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_stride();
+  const std::uint16_t* scales = static_cast<const std::uint16_t*>(p.values.scales) + static_cast<long long>(r) * s.group_stride();
+  const std::uint16_t* zeros = static_cast<const std::uint16_t*>(p.values.zeros);
+  if (s.mode == GroupMode::asym) zeros += static_cast<long long>(r) * s.group_stride();
+  const long long zero_first = s.mode == GroupMode::hybrid ? p.values.zero_offset[r] : 0;
+  const std::uint32_t* zero_base = p.values.zero_base + static_cast<long long>(r) * s.zero_block_stride();
+  const float* probs = p.probs + static_cast<long long>(r) * p.group * s.tokens;
+  const float* sigma = p.token_scale ? p.token_scale + static_cast<long long>(r) * s.tokens : nullptr;
+
+  // B's columns past the group's heads stay zero.
+  for (int i = lane; i < static_cast<int>(sizeof(ScratchT) / 16); i += 32) reinterpret_cast<uint4*>(&scratch)[i] = make_uint4(0, 0, 0, 0);
+
+  // Starts the copy of stretch st into `stage`: live rows of codes, live tokens' scales (and zeros).
+  // A stretch's metadata starts 64 * groups bytes after the one before, so it sits at the same offset
+  // within its first 16 bytes in every stage (scale_at, zero_at).
+  const int scale_at = static_cast<int>(reinterpret_cast<std::uintptr_t>(scales) & 15u);
+  const int zero_at = static_cast<int>(reinterpret_cast<std::uintptr_t>(zeros) & 15u);
+  const auto copy_stretch = [&](int st, StageT& stage) {
+    const int live = min(kStretch, s.tokens - st * kStretch);
+    constexpr int kRowPieces = kWords / 4;
+    const char* src = reinterpret_cast<const char*>(codes + static_cast<long long>(st) * kStretch * kWords);
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&stage));
+    for (int i = lane; i < live * kRowPieces; i += 32)
+      copy16(dst + (i / kRowPieces) * StageT::kPitch * 4 + 16 * (i % kRowPieces), src + 16 * static_cast<long long>(i));
+    const long long meta0 = static_cast<long long>(st) * kStretch * groups, bytes = 2LL * live * groups;
+    copy_async(stage.scales, scales + meta0, bytes, lane, 32);
+    if (s.mode == GroupMode::asym) copy_async(stage.zeros, zeros + meta0, bytes, lane, 32);
+    copy_commit();
+  };
+
+  const LaneDecode<Bits> dec(g);
+  float acc[kMTiles][4] = {};
+  float total[kMTiles][2] = {};
+  float konst[Heads][kGroupsMax] = {};
+  int range_exp = 126;  // B = value * 2^range_exp; only ever lowered
+  // Reads the accumulators out at the current range (undoing the rows' weights 2^pos and B's
+  // 2^range_exp) and clears them.
+  const auto flush = [&]() {
+    const float w_g = exp2f(static_cast<float>(-dec.pos_g - range_exp)), w_g8 = exp2f(static_cast<float>(-dec.pos_g8 - range_exp));
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i) {
+      total[i][0] = fmaf(acc[i][0] + acc[i][1], w_g, total[i][0]);
+      total[i][1] = fmaf(acc[i][2] + acc[i][3], w_g8, total[i][1]);
+      acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    }
+  };
+
+  // What the next stretch needs from global memory beyond its stage, loaded a stretch ahead.
+  float p_next[Heads], sigma_next = 1.0f;
+  std::uint32_t base_next = 0;
+  const auto fetch = [&](int st) {
+    const int tok = st * kStretch + lane;
+    const bool live = st < last && tok < s.tokens;
+#pragma unroll
+    for (int h = 0; h < Heads; ++h) p_next[h] = live && h < heads ? __ldg(probs + static_cast<long long>(h) * s.tokens + tok) : 0.0f;
+    sigma_next = live && sigma ? __ldg(sigma + tok) : 1.0f;
+    base_next = st < last && s.mode == GroupMode::hybrid ? __ldg(zero_base + st) : 0u;
+  };
+
+  if (first + warp < last) copy_stretch(first + warp, stages[0]);
+  fetch(first + warp);
+  unsigned i = 0;
+  int since_flush = 0;
+  for (int st = first + warp; st < last; st += kWarps, ++i) {
+    // The stage the next copy overwrites was read by the stretch before: every lane is past it.
+    __syncwarp();
+    if (st + kWarps < last) copy_stretch(st + kWarps, stages[(i + 1) & 1]);
+    else copy_commit();
+    float pv[Heads];
+    const float sig = sigma_next;
+    const std::uint32_t base = base_next;
+#pragma unroll
+    for (int h = 0; h < Heads; ++h) pv[h] = p_next[h] * sig;
+    fetch(st + kWarps);
+    copy_wait<1>();
+    __syncwarp();
+    const StageT& stage = stages[i & 1];
+
+    // Token l of the stretch: its groups' |scale|, mode bits and the largest |p sigma| |s|.
+    const int tok = st * kStretch + lane;
+    const bool live = tok < s.tokens;
+    const std::uint16_t* my_scales = reinterpret_cast<const std::uint16_t*>(stage.scales + scale_at) + lane * groups;
+    const std::uint16_t* my_zeros = reinterpret_cast<const std::uint16_t*>(stage.zeros + zero_at) + lane * groups;
+    float mag[kGroupsMax];
+    std::uint32_t mask = 0;
+    float smax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kGroupsMax; ++k) {
+      const std::uint16_t raw = live && k < groups ? my_scales[k] : std::uint16_t{0};
+      mag[k] = magnitude(raw);
+      mask |= static_cast<std::uint32_t>(sign_bit(raw)) << k;
+      smax = fmaxf(smax, mag[k]);
+    }
+    float pmax = 0.0f;
+#pragma unroll
+    for (int h = 0; h < Heads; ++h) pmax = fmaxf(pmax, fabsf(pv[h]));
+    float vmax = pmax * smax;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
+    if (vmax > 0.0f) {
+      const int wanted = 14 - ilogbf(vmax);
+      if (wanted < range_exp) flush(), range_exp = wanted, since_flush = 0;
+    }
+    const float range = exp2f(static_cast<float>(range_exp));
+
+    // Hybrid: token l's first compact zero point, after the block's earlier tokens' (a warp scan).
+    long long compact = 0;
+    if (s.mode == GroupMode::hybrid) compact = zero_first + base + warp_exclusive_sum(__popc(mask));
+
+    // B values into the scratch (token l: k-step l / 16, lane column 4 n + l % 4, slot (l % 16) / 4)
+    // and the zero points' sums.
+    std::uint16_t* out = reinterpret_cast<std::uint16_t*>(scratch.b + (lane >> 4) * ScratchT::kStepPitch) + (lane & 3) * 4 + ((lane & 15) >> 2);
+#pragma unroll
+    for (int k = 0; k < kGroupsMax; ++k) {
+      if (k >= groups) break;
+      float zero = -offset * mag[k];
+      if (s.mode == GroupMode::asym) zero = live ? plain(my_zeros[k]) : 0.0f;
+      if (s.mode == GroupMode::hybrid && ((mask >> k) & 1u))
+        zero = plain(__ldg(zeros + compact + __popc(mask & ((1u << k) - 1u))));
+#pragma unroll
+      for (int h = 0; h < Heads; ++h) {
+        if (h >= heads) break;
+        konst[h][k] = fmaf(pv[h], zero, konst[h][k]);
+        const float v = pv[h] * mag[k] * range;
+        const __half hi = __float2half_rn(v);
+        const __half lo = __float2half_rn(v - __half2float(hi));
+        out[(k * 32 + 8 * h) * 4] = __half_as_ushort(hi);
+        out[(k * 32 + 8 * h + 4) * 4] = __half_as_ushort(lo);
+      }
+    }
+    __syncwarp();
+
+    // The two k-steps: tokens t, t + 4, t + 8, t + 12 of each (k-slots 2t, 2t + 1, 2t + 8, 2t + 9), four
+    // m-tiles at a time (2-bit codes: one 16-byte load per row).
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const std::uint32_t* rows[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) rows[j] = stage.codes[16 * e + t + 4 * j] + dec.word;
+#pragma unroll
+      for (int m0 = 0; m0 < kMTiles; m0 += 4) {
+        std::uint32_t w[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if constexpr (Bits == 2) {
+            const uint4 v = reinterpret_cast<const uint4*>(rows[j])[m0 / 4];
+            w[j][0] = v.x, w[j][1] = v.y, w[j][2] = v.z, w[j][3] = v.w;
+          } else {
+#pragma unroll
+            for (int m = 0; m < 4; ++m) w[j][m] = rows[j][(m0 + m) * kWordsPerMTile<Bits>];
+          }
+        }
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          const uint2 b = scratch.b[e * ScratchT::kStepPitch + ((16 * (m0 + m)) >> group_shift) * 32 + lane];
+          std::uint32_t a[4];
+          dec.decode(w[0][m], w[1][m], a[0], a[1]);
+          dec.decode(w[2][m], w[3][m], a[2], a[3]);
+          mma::mma(acc[m0 + m], a, b.x, b.y);
+        }
+      }
+    }
+    if (++since_flush == kFlush) flush(), since_flush = 0;
+  }
+  flush();
+  copy_wait<0>();
+
+  // The zero points' sums over the warp's tokens; then lane (g, t) holds head t's channels
+  // 16i + 2g, 16i + 2g + 1.
+#pragma unroll
+  for (int h = 0; h < Heads; ++h)
+#pragma unroll
+    for (int k = 0; k < kGroupsMax; ++k)
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) konst[h][k] += __shfl_xor_sync(0xffffffffu, konst[h][k], off);
+  if (t < heads) {
+#pragma unroll
+    for (int m = 0; m < kMTiles; ++m) {
+      const int k = (16 * m) >> group_shift;
+      float kt = 0.0f;
+#pragma unroll
+      for (int h = 0; h < Heads; ++h)
+#pragma unroll
+        for (int q = 0; q < kGroupsMax; ++q)
+          if (h == t && q == k) kt = konst[h][q];
+      red[warp][t][16 * m + 2 * g] = total[m][0] + kt;
+      red[warp][t][16 * m + 2 * g + 1] = total[m][1] + kt;
+    }
+  }
+  __syncthreads();
+  for (int x = threadIdx.x; x < heads * D; x += kThreads) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) sum += red[k][x / D][x % D];
+    p.partial[((static_cast<long long>(blockIdx.x) * gridDim.y + r) * heads) * D + x] = sum;
+  }
+}
+
+template <int Bits, int D, int Heads>
+cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
+  const auto kernel = outputs_outer_mma_kernel<Bits, D, Heads>;
+  constexpr std::size_t kSmem = kWarps * (2 * sizeof(Stage<Bits, D>) + sizeof(Scratch<D>));
+  LaunchInfo info;
+  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, kSmem, info));
+  const RegionShape& s = p.values.shape;
+  const SplitRuns runs = split_runs((s.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
+  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, kSmem, stream>>>(p, runs.per_split);
+  KVQ_CUDA_TRY(cudaGetLastError());
+  return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * p.group * D, p.outputs, stream);
+}
+
+}  // namespace
+
+bool outputs_outer_mma_supported(const DeviceRegions& values, int group) {
+  const RegionShape& s = values.shape;
+  const bool bits = s.bits == 2 || s.bits == 4 || s.bits == 8;
+  const bool on16 = reinterpret_cast<std::uintptr_t>(values.codes) % 16 == 0;
+  return bits && head_dim_built(s.head_dim) && group_size_built(s.group_size) && s.head_dim % s.group_size == 0 && s.channel_axis &&
+         s.meta_fp16 && group >= 1 && group <= kMaxHeads && s.tokens >= 0 && on16;
+}
+
+cudaError_t outputs_outer_mma(const OutputsParams& p, cudaStream_t stream) {
+  const RegionShape& s = p.values.shape;
+  if (!outputs_outer_mma_supported(p.values, p.group) || p.values.regions < 1 || p.splits < 1) return cudaErrorInvalidValue;
+#define KVQ_OUTER_MMA_HEADS(B) KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_HEAD_BUCKET(p.group, H, \
+    if constexpr (H <= kMaxHeads) return launch<B, D, H>(p, stream);))
+  switch (s.bits) {
+    case 2: KVQ_OUTER_MMA_HEADS(2) break;
+    case 4: KVQ_OUTER_MMA_HEADS(4) break;
+    case 8: KVQ_OUTER_MMA_HEADS(8) break;
+    default: break;
+  }
+#undef KVQ_OUTER_MMA_HEADS
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace kvq::gpu
