@@ -461,13 +461,10 @@ TEST(GpuRotation, TransformIsBitIdenticalAndFoldsIntoTheGemvs) {
           }
 }
 
-// The one-head values kernel copies stretches with cp.async in 16-byte pieces; regions whose codes or
-// scales do not start on 16 bytes (here 4 and 2 bytes off) take the CUDA-core kernel instead, with
-// the same result bit for bit, rather than a misaligned copy.
 // The outer values' tensor-core kernel over a long sequence with softmax-like probabilities (six orders
 // of magnitude) and one sequence split, so that each warp runs 8k tokens: its B range only ever grows
-// and its accumulators are read out every 8 stretches, which this checks against double precision and
-// against the CUDA-core kernel. Scales start 2 bytes off 16 (copied from where they start).
+// and its accumulators are read out every 8 stretches. Both outer kernels against double precision;
+// the tensor-core kernel's scales start 2 bytes off 16 (it copies them from where they start).
 TEST(GpuOuterValues, LongSequencesMatchDouble) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const int regions = 2, d = 128, n = 32768 + 5;
@@ -517,6 +514,9 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
     }
 }
 
+// The one-head values kernel copies stretches with cp.async in 16-byte pieces; regions whose codes or
+// scales do not start on 16 bytes (here 4 and 2 bytes off) take the CUDA-core kernel instead, with
+// the same result bit for bit, rather than a misaligned copy.
 TEST(GpuLaunchers, ValuesOffSixteenBytesTakeTheCudaCoreKernel) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   gpu::RegionShape s;
