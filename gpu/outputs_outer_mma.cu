@@ -349,8 +349,7 @@ bool outputs_outer_mma_supported(const DeviceRegions& values, int group) {
   const RegionShape& s = values.shape;
   const bool bits = s.bits == 2 || s.bits == 4 || s.bits == 8;
   const bool on16 = reinterpret_cast<std::uintptr_t>(values.codes) % 16 == 0;
-  return bits && head_dim_built(s.head_dim) && group_size_built(s.group_size) && s.head_dim % s.group_size == 0 && s.channel_axis &&
-         s.meta_fp16 && group >= 1 && group <= kMaxHeads && s.tokens >= 0 && on16;
+  return outputs_outer_supported(s, group) && bits && s.meta_fp16 && group <= kMaxHeads && on16;
 }
 
 cudaError_t outputs_outer_mma(const OutputsParams& p, cudaStream_t stream) {
