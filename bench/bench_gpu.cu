@@ -103,10 +103,10 @@ void time_calls(benchmark::State& state, Launch launch, int copies, double bytes
 
 // *_cuda_cores, *_tensor_cores: the same product on each kernel, for the ratio; innerq_scores_scaled:
 // the rotation family's scores, with a token scale per key (q rotated beforehand).
-// kivi_*: the outer layouts (2-bit asym, groups of 32: per-channel keys, per-token values); kivi_outputs
-// on tensor cores by default, kivi_outputs_cuda_cores on the CUDA-core kernel.
+// kivi_*: the outer layouts (2-bit asym, groups of 32: per-channel keys, per-token values), on tensor
+// cores by default; kivi_scores_cuda_cores and kivi_outputs_cuda_cores on the CUDA-core kernels.
 enum class Kernel { fp16_scores, fp16_outputs, innerq_scores, innerq_outputs, innerq_scores_scaled, innerq_scores_tensor_cores, innerq_scores_cuda_cores,
-                    innerq_outputs_cuda_cores, kivi_scores, kivi_outputs, kivi_outputs_cuda_cores };
+                    innerq_outputs_cuda_cores, kivi_scores, kivi_scores_cuda_cores, kivi_outputs, kivi_outputs_cuda_cores };
 
 struct Shape {
   int regions, group;
@@ -122,8 +122,9 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   }
   const bool scaled = kernel == Kernel::innerq_scores_scaled;
   const bool forced = kernel == Kernel::innerq_scores_cuda_cores || kernel == Kernel::innerq_scores_tensor_cores;
-  const bool outer = kernel == Kernel::kivi_scores || kernel == Kernel::kivi_outputs || kernel == Kernel::kivi_outputs_cuda_cores;
-  const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores || kernel == Kernel::kivi_scores || scaled || forced;
+  const bool kivi_keys = kernel == Kernel::kivi_scores || kernel == Kernel::kivi_scores_cuda_cores;
+  const bool outer = kivi_keys || kernel == Kernel::kivi_outputs || kernel == Kernel::kivi_outputs_cuda_cores;
+  const bool keys = kernel == Kernel::innerq_scores || kernel == Kernel::fp16_scores || kivi_keys || scaled || forced;
   const bool quantized = kernel == Kernel::innerq_scores || kernel == Kernel::innerq_outputs || kernel == Kernel::innerq_outputs_cuda_cores || scaled ||
                          forced || outer;
   kvq::gpu::RegionShape s;
@@ -189,7 +190,10 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
   BENCH_CUDA(cudaMalloc(&partial, static_cast<std::size_t>(splits) * regions * group * d * sizeof(float)));
   auto launch = [&](int c) {
     if (kernel == Kernel::innerq_scores) return kvq::gpu::scores_inner({packed[c], vectors, group, out});
-    if (kernel == Kernel::kivi_scores) return kvq::gpu::scores_outer({packed[c], vectors, group, out});
+    if (kivi_keys) {
+      return kvq::gpu::scores_outer({packed[c], vectors, group, out, nullptr,
+                                     kernel == Kernel::kivi_scores ? kvq::gpu::GemvKernel::automatic : kvq::gpu::GemvKernel::cuda_cores});
+    }
     if (scaled) return kvq::gpu::scores_inner({packed[c], vectors, group, out, token_scale});
     if (forced) {
       return kvq::gpu::scores_inner({packed[c], vectors, group, out, nullptr,
@@ -481,6 +485,7 @@ BENCHMARK_CAPTURE(run, paper_fp16_pv, Kernel::fp16_outputs, kPaper)->Apply(paper
 BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_pv, Kernel::innerq_outputs, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_innerq_v2hybrid_cudacores_pv, Kernel::innerq_outputs_cuda_cores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_kivi_k2asym_qk, Kernel::kivi_scores, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(run, paper_kivi_k2asym_cudacores_qk, Kernel::kivi_scores_cuda_cores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_kivi_v2asym_pv, Kernel::kivi_outputs, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_kivi_v2asym_cudacores_pv, Kernel::kivi_outputs_cuda_cores, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(run, paper_rotated_k3sym_scaled_qk, Kernel::innerq_scores_scaled, kPaper)->Apply(paper_args);
@@ -493,6 +498,7 @@ BENCHMARK_CAPTURE(run, serving_fp16_pv, Kernel::fp16_outputs, kServing)->Apply(s
 BENCHMARK_CAPTURE(run, serving_innerq_v2hybrid_pv, Kernel::innerq_outputs, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_innerq_v2hybrid_cudacores_pv, Kernel::innerq_outputs_cuda_cores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_kivi_k2asym_qk, Kernel::kivi_scores, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(run, serving_kivi_k2asym_cudacores_qk, Kernel::kivi_scores_cuda_cores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_kivi_v2asym_pv, Kernel::kivi_outputs, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(run, serving_kivi_v2asym_cudacores_pv, Kernel::kivi_outputs_cuda_cores, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_qk, true, kPaper)->Apply(paper_args);

@@ -28,8 +28,9 @@ struct ScoresParams {
   // Optional token scales (rotation family): [regions][tokens] fp32, each score multiplied by its
   // token's scale; null: none. Rotated keys take queries rotated alike (gpu/rotate.h).
   const float* token_scale = nullptr;
-  // automatic and tensor_cores: the lane-owned tensor-core kernel (gpu/scores_mma.h) for group 1, the
-  // staged one (gpu/scores_staged.h) for GQA groups, CUDA cores where neither supports the shape.
+  // automatic and tensor_cores: scores_inner takes the lane-owned tensor-core kernel (gpu/scores_mma.h)
+  // for group 1, the staged one (gpu/scores_staged.h) for GQA groups, CUDA cores where neither supports
+  // the shape; scores_outer as said below.
   GemvKernel kernel = GemvKernel::automatic;
 };
 
@@ -47,8 +48,8 @@ struct OutputsParams {
   // Optional token scales: [regions][tokens] fp32, folded into the probabilities; null: none.
   // Rotated values give rotated outputs: rotate them back with gpu::rotate_rows (inverse).
   const float* token_scale = nullptr;
-  // automatic and tensor_cores: the lane-owned tensor-core kernel (gpu/outputs_mma.h) where it supports
-  // the shape, else CUDA cores.
+  // automatic and tensor_cores: outputs_inner takes the lane-owned tensor-core kernel (gpu/outputs_mma.h)
+  // where it supports the shape, else CUDA cores; outputs_outer as said below.
   GemvKernel kernel = GemvKernel::automatic;
 };
 
@@ -67,9 +68,9 @@ struct Fp16Params {
 // Inner layouts: channel-axis keys for scores, token-axis values for outputs.
 cudaError_t scores_inner(const ScoresParams& params, cudaStream_t stream = nullptr);
 cudaError_t outputs_inner(const OutputsParams& params, cudaStream_t stream = nullptr);
-// Outer layouts: token-axis keys for scores (CUDA cores; `kernel` is ignored), channel-axis values for
-// outputs (automatic and tensor_cores: gpu/outputs_outer_mma.h where it supports the shape, else CUDA
-// cores). The *_supported predicates say which shapes they take.
+// Outer layouts: token-axis keys for scores, channel-axis values for outputs. automatic and
+// tensor_cores take the tensor-core kernel where it supports the shape (gpu/scores_outer_mma.h,
+// gpu/outputs_outer_mma.h), else CUDA cores. The *_supported predicates say which shapes they take.
 cudaError_t scores_outer(const ScoresParams& params, cudaStream_t stream = nullptr);
 cudaError_t outputs_outer(const OutputsParams& params, cudaStream_t stream = nullptr);
 bool scores_outer_supported(const RegionShape& shape, int group);

@@ -6,15 +6,10 @@
 // tokens' p sigma |s| for that group as fp16 hi + lo parts, head h in columns 2h, 2h+1 (up to 4 heads
 // share an mma). The zero points' part, sum_t p sigma z per (head, group), runs on CUDA cores.
 //
-// Decode. A token's codes run along channels, the fragment wants two tokens per register. Lane
-// (g, t) owns channels 16i + 2g and 16i + 2g + 1 of m-tile i (rows g and g + 8), which share one
-// byte of the token's row (8-bit codes: two adjacent bytes). One PRMT gathers that byte from two
-// tokens into the low bytes of both fp16 halves; per row, one LOP3 keeps the row's field under the
-// exponent of 1024 and one HSUB2 takes the 1024 back: f * 2^pos, exact (8-bit: a shift first for the
-// second byte). So one PRMT, two LOP3 and two HSUB2 make four codes. The row's weight 2^pos comes off
-// when the accumulators are read. (Fields left as fp16 subnormals, f * 2^(pos - 24), would save the
-// HSUB2, but the tensor cores then drop B's lo part: NMSE up to 7e-7 against double over 32k tokens,
-// under 1e-10 with normal A, measured on the H100.)
+// Decode (gpu/outer_mma.cuh). A token's codes run along channels, the fragment wants two tokens per
+// register: lane (g, t) owns channels 16i + 2g and 16i + 2g + 1 of m-tile i (rows g and g + 8), one
+// byte of the token's row, and one PRMT gathers it from two tokens. So one PRMT, two LOP3 and two
+// HSUB2 make four codes.
 //
 // Range. Per warp, B is scaled by a power of two R that brings the largest p sigma |s| seen so far
 // near 2^14: fp16 cannot overflow, and only entries 2^28 below the largest lose bits. When a stretch
@@ -36,6 +31,7 @@
 #include "gpu/launch.h"
 #include "gpu/meta.cuh"
 #include "gpu/mma.cuh"
+#include "gpu/outer_mma.cuh"
 #include "gpu/outputs_outer_mma.h"
 #include "gpu/pipeline.cuh"
 #include "gpu/reduce.cuh"
@@ -45,8 +41,9 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kStretch = 32;  // tokens per stretch: one zero-block of the channel axis, two k-steps
-constexpr int kMaxHeads = 4;  // hi and lo columns of each in B's 8
 constexpr int kFlush = 8;     // stretches between reads of the accumulators
+using outer_mma::kWordsPerMTile;
+using outer_mma::LaneDecode;
 
 // A stretch in shared memory. Scales and zero points are copied from wherever they start (copy_async:
 // up to 15 bytes before them, hence the headroom).
@@ -67,51 +64,6 @@ struct alignas(16) Scratch {
   static constexpr int kGroups = D / 16;
   static constexpr int kStepPitch = kGroups * 32 + 4;  // in 8-byte entries
   uint2 b[2 * kStepPitch];
-};
-
-// Lane g's decode of its two channels of an m-tile (see the top): the PRMT selector, the rows' masks
-// and weights, and its word within the m-tile's words.
-template <int Bits>
-inline constexpr int kWordsPerMTile = Bits / 2;  // 16 channels
-
-template <int Bits>
-struct LaneDecode {
-  unsigned select;
-  std::uint32_t mask_g, mask_g8;
-  int pos_g, pos_g8;  // bit of the field's lowest bit in its fp16 half
-  int word;
-
-  __device__ __forceinline__ explicit LaneDecode(int g) {
-    if constexpr (Bits == 2) {  // byte g / 2, fields at 4 (g % 2) and 4 (g % 2) + 2
-      const unsigned j = g >> 1;
-      select = j | (j << 4) | ((4 + j) << 8) | ((4 + j) << 12);
-      pos_g = 4 * (g & 1), pos_g8 = pos_g + 2, word = 0;
-    } else if constexpr (Bits == 4) {  // word g / 4, byte g % 4: low and high nibble
-      const unsigned j = g & 3;
-      select = j | (j << 4) | ((4 + j) << 8) | ((4 + j) << 12);
-      pos_g = 0, pos_g8 = 4, word = g >> 2;
-    } else {  // word g / 2, bytes 2 (g % 2) and 2 (g % 2) + 1
-      const unsigned j = 2 * (g & 1);
-      select = j | ((j + 1) << 4) | ((4 + j) << 8) | ((5 + j) << 12);
-      pos_g = 0, pos_g8 = 0, word = g >> 1;
-    }
-    const std::uint32_t field = (1u << (Bits == 8 ? 8 : Bits)) - 1u;
-    mask_g = (field << pos_g) * 0x00010001u;
-    mask_g8 = (field << pos_g8) * 0x00010001u;
-  }
-
-  // Rows g and g + 8 over tokens (x, y): the A registers for one k pair.
-  __device__ __forceinline__ void decode(std::uint32_t x, std::uint32_t y, std::uint32_t& row_g, std::uint32_t& row_g8) const {
-    const std::uint32_t both = __byte_perm(x, y, select);
-    row_g = unit((both & mask_g) | 0x64006400u);
-    row_g8 = unit(((Bits == 8 ? both >> 8 : both) & mask_g8) | 0x64006400u);
-  }
-  // 1024 + f 2^pos in both halves, minus 1024: exact.
-  __device__ __forceinline__ static std::uint32_t unit(std::uint32_t biased) {
-    std::uint32_t out;
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(out) : "r"(biased), "r"(0x64006400u));
-    return out;
-  }
 };
 
 // Heads: the bucket (1, 2 or 4) of the GQA group, which sizes the registers kept per head.
@@ -346,24 +298,13 @@ cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool outputs_outer_mma_supported(const DeviceRegions& values, int group) {
-  const RegionShape& s = values.shape;
-  const bool bits = s.bits == 2 || s.bits == 4 || s.bits == 8;
-  const bool on16 = reinterpret_cast<std::uintptr_t>(values.codes) % 16 == 0;
-  return outputs_outer_supported(s, group) && bits && s.meta_fp16 && group <= kMaxHeads && on16;
+  return outputs_outer_supported(values.shape, group) && outer_mma::takes(values, group);
 }
 
 cudaError_t outputs_outer_mma(const OutputsParams& p, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
   if (!outputs_outer_mma_supported(p.values, p.group) || p.values.regions < 1 || p.splits < 1) return cudaErrorInvalidValue;
-#define KVQ_OUTER_MMA_HEADS(B) KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_HEAD_BUCKET(p.group, H, \
-    if constexpr (H <= kMaxHeads) return launch<B, D, H>(p, stream);))
-  switch (s.bits) {
-    case 2: KVQ_OUTER_MMA_HEADS(2) break;
-    case 4: KVQ_OUTER_MMA_HEADS(4) break;
-    case 8: KVQ_OUTER_MMA_HEADS(8) break;
-    default: break;
-  }
-#undef KVQ_OUTER_MMA_HEADS
+  KVQ_DISPATCH_OUTER_MMA(s, p.group, B, D, H, return launch<B, D, H>(p, stream);)
   return cudaErrorInvalidValue;
 }
 

@@ -16,6 +16,7 @@
 #include "gpu/gemv.h"
 #include "gpu/launch.h"
 #include "gpu/outer_terms.cuh"
+#include "gpu/scores_outer_mma.h"
 
 namespace kvq::gpu {
 namespace {
@@ -153,6 +154,7 @@ cudaError_t scores_outer(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
   if (!scores_outer_supported(s, p.group) || p.keys.regions < 1) return cudaErrorInvalidValue;
   if (s.tokens == 0) return cudaSuccess;
+  if (p.kernel != GemvKernel::cuda_cores && scores_outer_mma_supported(p.keys, p.group)) return scores_outer_mma(p, stream);  // else CUDA cores
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, return launch<B, D>(p, stream);))
   return cudaErrorInvalidValue;
 }

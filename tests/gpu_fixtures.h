@@ -96,6 +96,22 @@ struct PackedPair {
   }
 };
 
+// `regions` with a copy of their scales that starts `by` bytes off 16, freed with the object: the
+// kernels that copy metadata with cp.async or wide loads must take it from where it starts.
+struct ScalesMoved {
+  gpu::DeviceRegions dev;
+  std::uint8_t* scales = nullptr;
+  ScalesMoved(const gpu::DeviceRegions& regions, int by) : dev(regions) {
+    const std::size_t bytes = (regions.shape.meta_fp16 ? 2 : 4) * regions.regions * regions.shape.group_stride();
+    EXPECT_EQ(cudaMalloc(&scales, bytes + 16), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(scales + by, regions.scales, bytes, cudaMemcpyDeviceToDevice), cudaSuccess);
+    dev.scales = scales + by;
+  }
+  ScalesMoved(const ScalesMoved&) = delete;
+  ScalesMoved& operator=(const ScalesMoved&) = delete;
+  ~ScalesMoved() { cudaFree(scales); }
+};
+
 // gpu::outputs_inner (token-axis values) or gpu::outputs_outer (channel-axis) over `values` into a device buffer [regions][group][head_dim] (with its split
 // scratch), both freed with the object; status is the launcher's result.
 struct OutputsRun {

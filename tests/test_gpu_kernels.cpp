@@ -14,6 +14,7 @@
 #include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/outputs_outer_mma.h"
+#include "gpu/scores_outer_mma.h"
 #include "gpu/pack.h"
 #include "gpu/rotate.h"
 #include "cpu_ref/tensor_cache.h"
@@ -108,8 +109,8 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       sigma.resize(static_cast<std::size_t>(regions) * n);
       for (auto& x : sigma) x = 0.5f + std::fabs(normal(rng));
     }
-    // Channel-axis values take both outer kernels: tensor cores (automatic, where supported: bits
-    // 2/4/8, fp16 metadata, up to 4 heads) and CUDA cores.
+    // Both outer kernels: tensor cores (automatic, where supported: bits 2/4/8, fp16 metadata, up to 4
+    // heads) and CUDA cores.
     std::vector<float> outer_out, outer_cuda_cores;
     {
       float* d_w = upload(outer_w);
@@ -123,9 +124,12 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
         outer_cuda_cores = cuda_cores.host();
       } else {
         float* d_scores = nullptr;
-        CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * outer_group * n));
-        CUDA_OK(gpu::scores_outer({dev, d_w, outer_group, d_scores, d_sigma}));
-        outer_out = download(d_scores, static_cast<std::size_t>(regions) * outer_group * n);
+        const std::size_t count = static_cast<std::size_t>(regions) * outer_group * n;
+        CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * count));
+        CUDA_OK(gpu::scores_outer({dev, d_w, outer_group, d_scores, d_sigma, gpu::GemvKernel::automatic}));
+        outer_out = download(d_scores, count);
+        CUDA_OK(gpu::scores_outer({dev, d_w, outer_group, d_scores, d_sigma, gpu::GemvKernel::cuda_cores}));
+        outer_cuda_cores = download(d_scores, count);
         cudaFree(d_scores);
       }
       cudaFree(d_w);
@@ -265,15 +269,13 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
           const double e = outer_out[at] - ref;
           num_outer += e * e;
           den_outer += ref * ref;
-          if (k.channel) num_cuda_cores += (outer_cuda_cores[at] - ref) * (outer_cuda_cores[at] - ref);
+          num_cuda_cores += (outer_cuda_cores[at] - ref) * (outer_cuda_cores[at] - ref);
         }
       }
       // The unit-code form (1 + f/2^b, the 1 taken back per group) cancels at most b bits: ~1e-12 expected.
-      // The outer values' tensor-core kernel keeps ~22 bits of p sigma |s| (B's fp16 hi + lo parts).
+      // The outer tensor-core kernels keep ~22 bits of p sigma |s| and q |s| (B's fp16 hi + lo parts).
       EXPECT_LT(num_outer / std::max(den_outer, 1e-30), 1e-6) << "outer layout, " << outer_group << " heads, region " << r;
-      if (k.channel) {
-        EXPECT_LT(num_cuda_cores / std::max(den_outer, 1e-30), 1e-6) << "outer layout on CUDA cores, " << outer_group << " heads, region " << r;
-      }
+      EXPECT_LT(num_cuda_cores / std::max(den_outer, 1e-30), 1e-6) << "outer layout on CUDA cores, " << outer_group << " heads, region " << r;
     }
     cudaFree(d_rows);
   }
@@ -483,12 +485,8 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
         for (int t = 0; t < n; ++t) sum += probs[row * n + t] = std::exp(2.5f * normal(rng));
         for (int t = 0; t < n; ++t) probs[row * n + t] = static_cast<float>(probs[row * n + t] / sum);
       }
-      const std::size_t scale_bytes = 2 * regions * pair.cache.dev.shape.groups();
-      std::uint8_t* scales = nullptr;
-      CUDA_OK(cudaMalloc(&scales, scale_bytes + 16));
-      CUDA_OK(cudaMemcpy(scales + 2, pair.cache.dev.scales, scale_bytes, cudaMemcpyDeviceToDevice));
-      gpu::DeviceRegions off = pair.cache.dev;
-      off.scales = scales + 2;
+      const test::ScalesMoved moved(pair.cache.dev, 2);
+      const gpu::DeviceRegions& off = moved.dev;
       ASSERT_TRUE(gpu::outputs_outer_mma_supported(off, heads));
       float* d_probs = upload(probs);
       const OutputsRun tensor_cores(off, d_probs, heads, 1, gpu::GemvKernel::automatic);
@@ -510,8 +508,73 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
       EXPECT_LT(tc, 1e-6);
       EXPECT_LT(cc, 1e-6);
       cudaFree(d_probs);
-      cudaFree(scales);
     }
+}
+
+// The outer keys' tensor-core kernel over every shape it takes: bits 2/4/8, groups of 16/32/128 tokens,
+// head_dim 64/128, 1..4 heads, each mode. Token magnitudes spread over e^(+-4), so that group rows need
+// their own B range; groups of 16 end on half a tile; every other run has token scales; scales start
+// 2 bytes off 16 (the kernel copies them from where they start). Both outer kernels against double.
+TEST(GpuOuterKeys, TensorCoresMatchDouble) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const int regions = 2;
+  std::mt19937_64 rng(5151);
+  std::normal_distribution<float> normal;
+  double worst_tc = 0, worst_cc = 0;
+  int run = 0;
+  for (int d : {64, 128})
+    for (int group_size : {16, 32, 128}) {
+      const int n = group_size * (2048 / group_size + 1);
+      std::vector<float> rows(static_cast<std::size_t>(regions) * n * d);
+      for (std::size_t t = 0; t < rows.size() / d; ++t) {
+        const float mag = std::exp(1.3f * normal(rng));
+        for (int c = 0; c < d; ++c) rows[t * d + c] = round_to_half(mag * (normal(rng) * (c == 7 ? 15.0f : 1.0f) + 0.5f));
+      }
+      for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid})
+        for (int bits : {2, 4, 8}) {
+          const TensorSpec spec = test::swept_spec(mode, bits, false, group_size, true);
+          test::PackedPair pair(spec, rows, regions, n, d);
+          const test::ScalesMoved moved(pair.cache.dev, 2);
+          const gpu::DeviceRegions& off = moved.dev;
+          for (int heads = 1; heads <= 4; ++heads, ++run) {
+            SCOPED_TRACE(std::string(mode == Mode::sym ? "sym" : mode == Mode::asym ? "asym" : "hybrid") + std::to_string(bits) + ", group " +
+                         std::to_string(group_size) + ", head_dim " + std::to_string(d) + ", " + std::to_string(heads) + " heads");
+            ASSERT_TRUE(gpu::scores_outer_mma_supported(off, heads));
+            std::vector<float> q(static_cast<std::size_t>(regions) * heads * d), sigma;
+            for (auto& x : q) x = normal(rng);
+            if (run % 2) {
+              sigma.resize(static_cast<std::size_t>(regions) * n);
+              for (auto& x : sigma) x = 0.5f + std::fabs(normal(rng));
+            }
+            float* d_q = upload(q);
+            float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
+            float* d_scores = nullptr;
+            const std::size_t count = static_cast<std::size_t>(regions) * heads * n;
+            CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * count));
+            CUDA_OK(gpu::scores_outer({off, d_q, heads, d_scores, d_sigma, gpu::GemvKernel::automatic}));
+            const std::vector<float> a = download(d_scores, count);
+            CUDA_OK(gpu::scores_outer({pair.cache.dev, d_q, heads, d_scores, d_sigma, gpu::GemvKernel::cuda_cores}));
+            const std::vector<float> b = download(d_scores, count);
+            std::vector<double> ref(count);
+            for (int r = 0; r < regions; ++r)
+              for (int h = 0; h < heads; ++h)
+                for (int t = 0; t < n; ++t) {
+                  const float* x = pair.dequantized.data() + (static_cast<std::size_t>(r) * n + t) * d;
+                  const float* qh = q.data() + (static_cast<std::size_t>(r) * heads + h) * d;
+                  double v = 0;
+                  for (int c = 0; c < d; ++c) v += double(qh[c]) * x[c];
+                  ref[(static_cast<std::size_t>(r) * heads + h) * n + t] = sigma.empty() ? v : v * sigma[static_cast<std::size_t>(r) * n + t];
+                }
+            const double tc = test::nmse(a, ref), cc = test::nmse(b, ref);
+            worst_tc = std::max(worst_tc, tc), worst_cc = std::max(worst_cc, cc);
+            // B's fp16 hi + lo keep ~22 bits of q |s|: ~1e-12 expected; 1e-6 is the bound.
+            EXPECT_LT(tc, 1e-6);
+            EXPECT_LT(cc, 1e-6);
+            for (void* ptr : std::initializer_list<void*>{d_q, d_sigma, d_scores}) cudaFree(ptr);
+          }
+        }
+    }
+  std::printf("    outer keys, %d runs: worst NMSE tensor cores %.3g, CUDA cores %.3g\n", run, worst_tc, worst_cc);
 }
 
 // The one-head values kernel copies stretches with cp.async in 16-byte pieces; regions whose codes or
