@@ -50,7 +50,7 @@ struct alignas(16) Tile {
 
 // Where channel c's chunk sits in a tile, in chunks. A load reads channels 16j + 4t + e for t = 0..3:
 // 2-bit chunks (8 bytes) fall on distinct banks as they are; 4-bit chunks (16 bytes) would collide for
-// t and t + 2, 8-bit ones (32 bytes) for every t, so those move by t / 2 and t chunks.
+// t and t + 2, 8-bit ones (32 bytes) for every t, so their chunk index is XORed with t / 2 and t.
 template <int Bits>
 __device__ __forceinline__ int chunk_slot(int c) {
   if constexpr (Bits == 4) return c ^ ((c >> 3) & 1);
