@@ -1,7 +1,8 @@
 // Scores over token-axis keys: the outer layout (KIVI's per-channel keys, groups of G tokens within
 // a channel). Each group spans tokens, not the reduction, so its scale multiplies q once per tile and
 // channel rather than once per group sum: score_t = sum_c (q_c a_c) u_tc + sum_c q_c c_c
-// (outer_terms.cuh).
+// (outer_terms.cuh). scores_outer takes the tensor-core kernel (scores_outer_mma.cu) where it supports
+// the shape; this file's CUDA-core kernel takes the rest, and GemvKernel::cuda_cores.
 //
 // A warp takes one 32-token tile at a time: lane l loads the chunks of channels l, l + 32, ... (the
 // warp's loads are contiguous), accumulates all 32 tokens of the tile over its channels, and a
