@@ -5,13 +5,17 @@
 // values), and the fused attention paths. CUDA events around passes of calls,
 // warm-up, median of repetitions (--benchmark_repetitions), input buffers rotated over at least
 // 4x the L2; counters: us, GB/s of cache read, % of the device-to-device copy bandwidth
-// measured at start-up. Run: build/bench/bench_gpu --benchmark_repetitions=5.
+// measured at start-up, and % of the read floor: the time a plain read of the same bytes takes,
+// timed the same way in the same run (a small read pays the launch and ramp that a large copy
+// hides). Run: build/bench/bench_gpu --benchmark_repetitions=5.
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -64,11 +68,69 @@ double measure_copy_bandwidth() {
   return 2.0 * n / (ms[ms.size() / 2] * 1e-3);
 }
 
+// The read floor's kernel: every 16-byte piece of [pieces] once, four loads in flight per thread,
+// folded into one word that is stored only if it matches an unlikely value (so the loads stay).
+__global__ void read_pieces(const uint4* __restrict__ in, long long pieces, unsigned* sink) {
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  unsigned x = 0;
+  for (; i + 3 * stride < pieces; i += 4 * stride) {
+    const uint4 a = __ldg(in + i), b = __ldg(in + i + stride), c = __ldg(in + i + 2 * stride), d = __ldg(in + i + 3 * stride);
+    x ^= a.x ^ a.w ^ b.y ^ c.z ^ d.w;
+  }
+  for (; i < pieces; i += stride) x ^= __ldg(in + i).x;
+  if (x == 0x9e3779b9u) *sink = x;
+}
+
+constexpr int kCallsPerPass = 20;
+
+// Seconds per call of a plain read of `bytes` (rounded down to 16), timed as time_calls times a
+// kernel: passes of 20 calls over copies rotated through 4x the L2, the median of 15 passes. Measured
+// once per size; 0 where it could not be.
+double read_floor_seconds(double bytes) {
+  static std::map<long long, double> cache;
+  const long long pieces = static_cast<long long>(bytes) / 16;
+  if (pieces < 1) return 0;
+  const auto it = cache.find(pieces);
+  if (it != cache.end()) return it->second;
+  const int copies = static_cast<int>(std::max<long long>(1, (4 * static_cast<long long>(g_device.l2_bytes) + 16 * pieces - 1) / (16 * pieces)));
+  uint4* data = nullptr;
+  unsigned* sink = nullptr;
+  double seconds = 0;
+  if (cudaMalloc(&data, static_cast<std::size_t>(copies) * pieces * 16) == cudaSuccess && cudaMalloc(&sink, 4) == cudaSuccess &&
+      cudaMemset(data, 1, static_cast<std::size_t>(copies) * pieces * 16) == cudaSuccess) {
+    const int blocks = 4 * std::max(1, g_device.multiprocessors);  // 512 threads: 2048 per SM (a flat optimum, measured 2026-11-24)
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    std::vector<float> ms;
+    int c = 0;
+    for (int pass = 0; pass < 16; ++pass) {
+      cudaEventRecord(start);
+      for (int i = 0; i < kCallsPerPass; ++i, c = (c + 1) % copies) read_pieces<<<blocks, 512>>>(data + static_cast<long long>(c) * pieces, pieces, sink);
+      cudaEventRecord(stop);
+      cudaEventSynchronize(stop);
+      float t = 0;
+      cudaEventElapsedTime(&t, start, stop);
+      if (pass > 0) ms.push_back(t);  // the first pass warms up
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    std::sort(ms.begin(), ms.end());
+    if (cudaGetLastError() == cudaSuccess) seconds = ms[ms.size() / 2] * 1e-3 / kCallsPerPass;
+  }
+  cudaFree(data);
+  cudaFree(sink);
+  cudaGetLastError();  // a failed allocation here must not fail the next launcher's error check
+  cache[pieces] = seconds;
+  return seconds;
+}
+
 // CUDA events around a pass of 20 calls (as kvq bench times them: ablations/latency_cuda.cpp), so the
 // host's launch latency overlaps the previous call instead of being counted. Copies are taken in turn
 // across passes, so a copy comes back only after 4x the L2 of other data. Sets the manual time per call
-// (kMinTime of it per run) and the GB/s and roofline_% counters from the bytes one call moves.
-constexpr int kCallsPerPass = 20;
+// (kMinTime of it per run), the GB/s and roofline_% counters from the bytes one call moves, and
+// read_floor_% (100 x the read floor's time over this kernel's).
 constexpr double kMinTime = 0.025;  // seconds of per-call time: ~0.5 s of passes
 template <typename Launch>
 void time_calls(benchmark::State& state, Launch launch, int copies, double bytes) {
@@ -99,6 +161,7 @@ void time_calls(benchmark::State& state, Launch launch, int copies, double bytes
   // Time (the benchmark's own column) is µs per call; these are per-call rates from the manual times.
   state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["roofline_%"] = benchmark::Counter(100.0 * bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["read_floor_%"] = benchmark::Counter(100.0 * read_floor_seconds(bytes), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // *_cuda_cores, *_tensor_cores: the same product on each kernel, for the ratio; innerq_scores_scaled:

@@ -53,7 +53,8 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   typename Keys::Loads kb[4];
   int st = first + warp;
   Stage* stages = reinterpret_cast<Stage*>(dynamic_smem) + Values::kStages * warp;
-  if (st < last) values.copy_stretch(st, stages[0]);
+  int next_zero = 0;  // the hybrid values' zero_start, a stretch ahead
+  if (st < last) values.copy_stretch(st, stages[0]), next_zero = values.zero_start(st);
   if (st < last) {
     if (4 * st < units) keys.load(4 * st, kb[0]);
     if (4 * st + 1 < units) keys.load(4 * st + 1, kb[1]);
@@ -67,6 +68,8 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
     typename Values::Loads vb[3];
     const int next = st + kWarps;
     values.copy_next(i, next, last, stages);
+    const int zero_first = next_zero;
+    if (next < last) next_zero = values.zero_start(next);
     // Keys: lane t's token 32u + g + 8t of unit u of the stretch.
     float s[4];
 #pragma unroll
@@ -95,7 +98,7 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
       pv[k] = value_sigma && tok < tokens ? e * value_sigma[tok] : e;
     }
     l_run = l_run * corr + psum;
-    const float inv_range = values.stage_probs(st, pv, g + 8 * t, probs[warp]);
+    const float inv_range = values.stage_probs(pv, g + 8 * t, zero_first, probs[warp]);
     const Stage& cur = values.landed(i, stages);
     values.load(cur, st, 0, vb[0]);
     values.load(cur, st, 1, vb[1]);

@@ -42,31 +42,34 @@ struct OutputsShared {
   float p[4][Group][32];         // warp u's scratch: tile u's scaled probabilities
 };
 
-// What thread (warp u, lane) reads for stretch t0's set-up, loaded a stretch ahead: its token's
-// probabilities (token scale folded in) and, for hybrid, the signs of channel threadIdx.x's scales
-// in each zero-block of the stretch (bit k: block k).
+// What thread (warp u, lane) reads for stretch t0's set-up, loaded a stretch ahead and only used when
+// the stretch starts (an arithmetic use right after a load would wait for it there): its token's
+// probabilities and token scale, and, for hybrid, the raw scales of channel threadIdx.x in each
+// zero-block of the stretch, whose sign bits mark the asymmetric channels.
 template <int Group>
 struct StretchInputs {
   float p[Group];
-  unsigned signs;
+  float sigma;
+  bool live;
+  std::uint32_t scale_bits[kStretch / 32];
 };
 
 template <int D, int Group>
 __device__ __forceinline__ void load_stretch(const OutputsParams& p, int r, int t0, StretchInputs<Group>& in) {
   const RegionShape& s = p.values.shape;
   const int tok = t0 + threadIdx.x;
-  const bool live = tok < s.tokens;
-  const float sigma = live && p.token_scale ? p.token_scale[static_cast<long long>(r) * s.tokens + tok] : 1.0f;
+  in.live = tok < s.tokens;
+  const int at = min(tok, s.tokens - 1);  // past the end: a token that exists, weighted 0
+  in.sigma = p.token_scale ? __ldg(p.token_scale + static_cast<long long>(r) * s.tokens + at) : 1.0f;
 #pragma unroll
-  for (int h = 0; h < Group; ++h) in.p[h] = live ? p.probs[(static_cast<long long>(r) * Group + h) * s.tokens + tok] * sigma : 0.0f;
-  in.signs = 0;
+  for (int h = 0; h < Group; ++h) in.p[h] = __ldg(p.probs + (static_cast<long long>(r) * Group + h) * s.tokens + at);
   if (s.mode == GroupMode::hybrid && threadIdx.x < D) {
     const int blocks = s.tokens / s.group_size;
-    for (int k = 0; k < kStretch / s.group_size; ++k) {
-      const int blk = min(t0 / s.group_size + k, blocks - 1);
-      bool sign;
-      meta_value(p.values.scales, static_cast<long long>(r) * s.group_stride() + static_cast<long long>(blk) * D + threadIdx.x, s.meta_fp16, sign);
-      in.signs |= static_cast<unsigned>(sign) << k;
+#pragma unroll
+    for (int k = 0; k < kStretch / 32; ++k) {
+      if (k >= kStretch / s.group_size) break;
+      const long long i = static_cast<long long>(r) * s.group_stride() + static_cast<long long>(min(t0 / s.group_size + k, blocks - 1)) * D + threadIdx.x;
+      in.scale_bits[k] = s.meta_fp16 ? __ldg(static_cast<const std::uint16_t*>(p.values.scales) + i) : __ldg(static_cast<const std::uint32_t*>(p.values.scales) + i);
     }
   }
 }
@@ -74,16 +77,17 @@ __device__ __forceinline__ void load_stretch(const OutputsParams& p, int r, int 
 // Warp u's share of a stretch's set-up: tile u's probabilities into B fragments, and (hybrid) the
 // asymmetric-channel masks of the stretch's zero-blocks.
 template <int Bits, int D, int Group>
-__device__ void prepare_stretch(const StretchInputs<Group>& in, float weight_sum, int blocks_in_stretch, bool hybrid, int buf,
+__device__ void prepare_stretch(const StretchInputs<Group>& in, float weight_sum, int blocks_in_stretch, bool hybrid, std::uint32_t sign_mask, int buf,
                                 OutputsShared<Bits, D, Group>& sh) {
   using Sh = OutputsShared<Bits, D, Group>;
   const int lane = threadIdx.x & 31, u = threadIdx.x >> 5;
 #pragma unroll
   for (int h = 0; h < Group; ++h) {
-    float m = fabsf(in.p[h]);
+    const float x = in.live ? in.p[h] * in.sigma : 0.0f;  // token scales (rotation family) fold into the weights
+    float m = fabsf(x);
     for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
     const float range = pairs::range_scale(m);
-    float sum = in.p[h] * range, constant = sum * weight_sum;
+    float sum = x * range, constant = sum * weight_sum;
     sh.p[u][h][lane] = sum;
     for (int off = 16; off > 0; off >>= 1) {
       sum += __shfl_xor_sync(0xffffffffu, sum, off);
@@ -97,8 +101,10 @@ __device__ void prepare_stretch(const StretchInputs<Group>& in, float weight_sum
     sh.b[buf][h][j][2 * u + part] = make_uint2(pairs::b_pair<Bits, false>(sh.p[u][h], 2 * j, part), pairs::b_pair<Bits, false>(sh.p[u][h], 2 * j + 1, part));
   }
   if (hybrid && threadIdx.x < D)
-    for (int k = 0; k < blocks_in_stretch; ++k) {
-      const unsigned ballot = __ballot_sync(0xffffffffu, (in.signs >> k) & 1u);
+#pragma unroll
+    for (int k = 0; k < kStretch / 32; ++k) {
+      if (k >= blocks_in_stretch) break;
+      const unsigned ballot = __ballot_sync(0xffffffffu, (in.scale_bits[k] & sign_mask) != 0);
       if (lane == 0) sh.asym[buf][k][u] = ballot;
     }
 }
@@ -115,6 +121,7 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
   const int stretches = (s.tokens + kStretch - 1) / kStretch, tiles = (s.tokens + 31) / 32, blocks = s.tokens / G;
   const int first = split * stretches_per_split, last = min(stretches, first + stretches_per_split);
   const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
+  const std::uint32_t sign_mask = s.meta_fp16 ? packed::kHalfSignBit : packed::kFloatSignBit;
   const long long groups0 = static_cast<long long>(r) * s.group_stride();
   const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_stride();
   float acc[Group][kTiles][2] = {};
@@ -156,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, Group == 1 ? 6 : 4) outputs_mma_kern
       }
     in = next_in;
     if (st + 1 < last) load(st + 1), load_stretch<D, Group>(p, r, t0 + kStretch, next_in);
-    prepare_stretch<Bits, D, Group>(in, weight_sum, kStretch / G, s.mode == GroupMode::hybrid, buf, sh);
+    prepare_stretch<Bits, D, Group>(in, weight_sum, kStretch / G, s.mode == GroupMode::hybrid, sign_mask, buf, sh);
     __syncthreads();
     // Zero points first, so their loads are in flight during the multiplies.
     float zero[kTiles][2];
@@ -227,6 +234,9 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   using Values = value_tiles::ValueTiles<Bits, D, Meta>;
   using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
+  // m-tile loads in flight ahead of the product: two where the registers allow (3- and 8-bit
+  // codes' larger loads would spill at head_dim 128).
+  constexpr int kAhead = Bits == 3 || Bits == 8 ? 1 : 2;
   extern __shared__ __align__(16) unsigned char dynamic_smem[];  // [kWarps][Values::kStages] stages
   __shared__ typename Values::ProbScratch probs[kWarps];
   __shared__ float sums[kWarps][D];
@@ -238,33 +248,40 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   const float* sigma = p.token_scale ? p.token_scale + static_cast<long long>(r) * tokens : nullptr;
   Values values;
   values.init(p.values, r);
-  auto load_probs = [&](int st, float (&into)[4]) {
+  // A stretch's probabilities and token scales, loaded a stretch ahead and multiplied only when the
+  // stretch starts: a product right after the loads would wait for them there. Past the end: a token
+  // that exists, weighted 0.
+  auto load_probs = [&](int st, float (&pr)[4], float (&sg)[4]) {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int tok = st * kStretch + 32 * u + lane;
-      into[u] = tok < tokens ? __ldg(prob + tok) * (sigma ? __ldg(sigma + tok) : 1.0f) : 0.0f;
+      const int tok = min(st * kStretch + 32 * u + lane, tokens - 1);
+      pr[u] = __ldg(prob + tok);
+      sg[u] = sigma ? __ldg(sigma + tok) : 1.0f;
     }
   };
   float acc[kMTiles][2] = {};
-  float next_p[4];
+  float next_p[4], next_sigma[4];
+  int next_zero = 0;
   int st = first + warp;
-  if (st < last) load_probs(st, next_p), values.copy_stretch(st, stages[0]);
+  if (st < last) load_probs(st, next_p, next_sigma), next_zero = values.zero_start(st), values.copy_stretch(st, stages[0]);
   for (int i = 0; st < last; st += kWarps, ++i) {
     float pc[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) pc[u] = next_p[u];
-    const int next = st + kWarps;
-    if (next < last) load_probs(next, next_p);
+    for (int u = 0; u < 4; ++u) pc[u] = st * kStretch + 32 * u + lane < tokens ? next_p[u] * next_sigma[u] : 0.0f;
+    const int zero_first = next_zero, next = st + kWarps;
+    if (next < last) load_probs(next, next_p, next_sigma), next_zero = values.zero_start(next);
     values.copy_next(i, next, last, stages);
-    const float inv_range = values.stage_probs(st, pc, lane, probs[warp]);
+    const float inv_range = values.stage_probs(pc, lane, zero_first, probs[warp]);
     const Stage& cur = values.landed(i, stages);
-    typename Values::Loads l[2];
-    values.load(cur, st, 0, l[0]);
+    // Every m-tile, kAhead loads ahead (the hybrid zero points' global loads with them).
+    typename Values::Loads l[kAhead + 1];
+#pragma unroll
+    for (int m = 0; m < kAhead; ++m) values.load(cur, st, m, l[m]);
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
-      if (m + 1 < kMTiles) values.load(cur, st, m + 1, l[(m + 1) & 1]);
+      if (m + kAhead < kMTiles) values.load(cur, st, m + kAhead, l[(m + kAhead) % (kAhead + 1)]);
       float out[2];
-      values.product(l[m & 1], out);
+      values.product(l[m % (kAhead + 1)], out);
 #pragma unroll
       for (int k = 0; k < 2; ++k) acc[m][k] += out[k] * inv_range;
     }

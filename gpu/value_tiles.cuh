@@ -20,8 +20,9 @@ namespace kvq::gpu::value_tiles {
 constexpr int kStretch = 128;  // tokens per stretch: four tiles of 32, one per lane of a quad
 
 // One region's values as a warp sees them. Per stretch: copy_stretch into a stage a stretch ahead,
-// stage_probs (B into registers through the warp's scratch), then product() on m-tiles 0, 1, ... in
-// order, each from its load() out of the landed stage.
+// zero_start a stretch ahead (hybrid), stage_probs (B into registers through the warp's scratch), then
+// load() on m-tiles 0, 1, ... in order out of the landed stage, each ahead of its product(), also in
+// order.
 template <int Bits, int D, class Meta>
 struct ValueTiles {
   static constexpr int kMmas = planes::kMmas<Bits>;
@@ -32,7 +33,8 @@ struct ValueTiles {
     std::uint8_t bytes[4][2][kBytes];
   };
   // m-tile m's loads for the lane: its tile's chunk of channels 16m + g and 16m + g + 8, their scales
-  // and (asym) zero points.
+  // and zero points (asym; hybrid where the scale's sign bit marks the group asymmetric), the zero
+  // points' global loads still in flight when load() returns.
   struct Loads {
     std::uint32_t w[2][Bits];
     Meta scale[2];
@@ -65,7 +67,7 @@ struct ValueTiles {
   float offset;  // a symmetric group's zero point, in codes
   // The current stretch: lane (g, t)'s B registers (tile t's part g % 2 where g / 2 == t, else 0),
   // lane t's tile sum of the fixed-point probabilities, and (hybrid) where its block's zero points
-  // start and how many asymmetric channels come before the next m-tile.
+  // start and how many asymmetric channels come before the next m-tile load() takes.
   std::uint32_t b[kMmas][2];
   float tile_sum;
   const Meta* block_zeros;
@@ -131,8 +133,9 @@ struct ValueTiles {
   }
 
   // m-tile m's loads for the lane (channels 16m + g and 16m + g + 8) from the landed stage of stretch
-  // st, lane t's tile clamped to the stretch's live ones.
-  __device__ __forceinline__ void load(const Stage& stage, int st, int m, Loads& into) const {
+  // st, lane t's tile clamped to the stretch's live ones. Every lane of the warp must call it, for
+  // m = 0, 1, ... in order over each stretch (hybrid: ballots), after stage_probs.
+  __device__ __forceinline__ void load(const Stage& stage, int st, int m, Loads& into) {
     const int tile0 = st * (kStretch / 32), tile = tile_of(st) - tile0, blk = (tile_of(st) >> block_shift) - (tile0 >> block_shift);
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
@@ -154,12 +157,30 @@ struct ValueTiles {
       into.scale[k] = stage.scales[blk][ch];
       into.zero[k] = mode == GroupMode::asym ? stage.zeros[blk][ch] : Meta(0);
     }
+    if (mode == GroupMode::hybrid) {
+      // Compact index: the block's base + asymmetric channels before ch in the block. Ballot bit
+      // 4g' + t' is channel 16m + g' + 8k of tile t', and a tile's signs are its block's. The global
+      // load goes out here, an m-tile or more before product() takes it.
+      const bool sign0 = sign_bit(into.scale[0]), sign1 = sign_bit(into.scale[1]);
+      const unsigned mine = 0x11111111u << t, lower = (1u << (4 * g)) - 1u;
+      const unsigned b0 = __ballot_sync(0xffffffffu, sign0) & mine, b1 = __ballot_sync(0xffffffffu, sign1) & mine;
+      const int at0 = before + __popc(b0 & lower), at1 = before + __popc(b0) + __popc(b1 & lower);
+      before += __popc(b0) + __popc(b1);
+      if (sign0) into.zero[0] = __ldg(block_zeros + at0);
+      if (sign1) into.zero[1] = __ldg(block_zeros + at1);
+    }
+  }
+
+  // Where lane t's block of stretch st starts in the region's compact zero points (hybrid; else 0):
+  // loaded a stretch ahead and handed to stage_probs, so that no m-tile waits on it.
+  __device__ __forceinline__ int zero_start(int st) const {
+    return mode == GroupMode::hybrid ? static_cast<int>(__ldg(zero_base + (tile_of(st) >> block_shift))) : 0;
   }
 
   // Stretch st's probabilities (p[u]: token pos of tile u, on this lane) into B: fixed point relative
-  // to the stretch's largest |p|, passed through the warp's scratch. Returns what turns a product
-  // back into the probabilities' scale.
-  __device__ __forceinline__ float stage_probs(int st, const float (&p)[4], int pos, ProbScratch& scratch) {
+  // to the stretch's largest |p|, passed through the warp's scratch; zero_first is zero_start(st).
+  // Returns what turns a product back into the probabilities' scale.
+  __device__ __forceinline__ float stage_probs(const float (&p)[4], int pos, int zero_first, ProbScratch& scratch) {
     float pmax = fmaxf(fmaxf(fabsf(p[0]), fabsf(p[1])), fmaxf(fabsf(p[2]), fabsf(p[3])));
     for (int off = 16; off > 0; off >>= 1) pmax = fmaxf(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
     const float range = pmax > 0.0f ? __fdividef(static_cast<float>(planes::kFixedMax), pmax) : 1.0f;
@@ -189,35 +210,20 @@ struct ValueTiles {
     }
     const int other = __shfl_xor_sync(0xffffffffu, part_sum, 4);  // lane (g ^ 1, t): the other part
     tile_sum = static_cast<float>((g & 1) ? 256 * other + part_sum : 256 * part_sum + other);
-    if (mode == GroupMode::hybrid) {
-      block_zeros = zeros + zero_base[tile_of(st) >> block_shift];
-      before = 0;
-    }
+    block_zeros = zeros + zero_first;
+    before = 0;
     return pmax > 0.0f ? pmax * (1.0f / planes::kFixedMax) : 1.0f;
   }
 
-  // Channels 16m + g and 16m + g + 8 over lane t's tile: |s| dot + zero * sum, in the fixed point's
-  // scale. Every lane of the warp must call it, for m = 0, 1, ... in order over each stretch.
-  __device__ __forceinline__ void product(const Loads& cur, float (&out)[2]) {
+  // Channels 16m + g and 16m + g + 8 over lane t's tile (cur: load() of m-tile m): |s| dot + zero *
+  // sum, in the fixed point's scale.
+  __device__ __forceinline__ void product(const Loads& cur, float (&out)[2]) const {
     float scale[2], zero[2];
-    bool sign[2];
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       scale[k] = magnitude(cur.scale[k]);
-      sign[k] = sign_bit(cur.scale[k]);
-      zero[k] = mode == GroupMode::asym ? plain(cur.zero[k]) : -offset * scale[k];
-    }
-    if (mode == GroupMode::hybrid) {
-      // Compact index: the block's base + asymmetric channels before ch in the block. Ballot bit
-      // 4g' + t' is channel 16m + g' + 8k of tile t', and a tile's signs are its block's. Resolving
-      // these a step ahead, or a stretch's all at once from the landed stage, measured no faster
-      // (docs/PERF.md).
-      const unsigned mine = 0x11111111u << t, lower = (1u << (4 * g)) - 1u;
-      const unsigned b0 = __ballot_sync(0xffffffffu, sign[0]) & mine, b1 = __ballot_sync(0xffffffffu, sign[1]) & mine;
-      const int at0 = before + __popc(b0 & lower), at1 = before + __popc(b0) + __popc(b1 & lower);
-      before += __popc(b0) + __popc(b1);
-      if (sign[0]) zero[0] = plain(__ldg(block_zeros + at0));
-      if (sign[1]) zero[1] = plain(__ldg(block_zeros + at1));
+      const bool asym = mode == GroupMode::asym || (mode == GroupMode::hybrid && sign_bit(cur.scale[k]));
+      zero[k] = asym ? plain(cur.zero[k]) : -offset * scale[k];
     }
     int c[4] = {};
 #pragma unroll
