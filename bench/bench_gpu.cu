@@ -84,6 +84,40 @@ __global__ void read_pieces(const uint4* __restrict__ in, long long pieces, unsi
 
 constexpr int kCallsPerPass = 20;
 
+// CUDA events around one pass of kCallsPerPass calls, launch(c) with copies c, c + 1, ... taken in
+// turn (c carries over to the next pass). Stops at the first failed launch and says so in e. Returns the
+// pass's milliseconds. time_calls and the read floor both time through it, so they time alike.
+class Pass {
+ public:
+  Pass() {
+    cudaEventCreate(&start_);
+    cudaEventCreate(&stop_);
+  }
+  ~Pass() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+  Pass(const Pass&) = delete;
+  Pass& operator=(const Pass&) = delete;
+  template <typename Launch>
+  float run(Launch launch, int& c, int copies, cudaError_t& e) {
+    cudaEventRecord(start_);
+    e = cudaSuccess;
+    for (int i = 0; i < kCallsPerPass && e == cudaSuccess; ++i) {
+      e = launch(c);
+      c = (c + 1) % copies;
+    }
+    cudaEventRecord(stop_);
+    cudaEventSynchronize(stop_);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start_, stop_);
+    return ms;
+  }
+
+ private:
+  cudaEvent_t start_, stop_;
+};
+
 // Seconds per call of a plain read of `bytes` (rounded down to 16), timed as time_calls times a
 // kernel: passes of 20 calls over copies rotated through 4x the L2, the median of 15 passes. Measured
 // once per size; 0 where it could not be.
@@ -100,24 +134,20 @@ double read_floor_seconds(double bytes) {
   if (cudaMalloc(&data, static_cast<std::size_t>(copies) * pieces * 16) == cudaSuccess && cudaMalloc(&sink, 4) == cudaSuccess &&
       cudaMemset(data, 1, static_cast<std::size_t>(copies) * pieces * 16) == cudaSuccess) {
     const int blocks = 4 * std::max(1, g_device.multiprocessors);  // 512 threads: 2048 per SM (a flat optimum, measured 2026-11-24)
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
+    auto launch = [&](int c) {
+      read_pieces<<<blocks, 512>>>(data + static_cast<long long>(c) * pieces, pieces, sink);
+      return cudaGetLastError();
+    };
+    Pass pass;
     std::vector<float> ms;
     int c = 0;
-    for (int pass = 0; pass < 16; ++pass) {
-      cudaEventRecord(start);
-      for (int i = 0; i < kCallsPerPass; ++i, c = (c + 1) % copies) read_pieces<<<blocks, 512>>>(data + static_cast<long long>(c) * pieces, pieces, sink);
-      cudaEventRecord(stop);
-      cudaEventSynchronize(stop);
-      float t = 0;
-      cudaEventElapsedTime(&t, start, stop);
-      if (pass > 0) ms.push_back(t);  // the first pass warms up
+    cudaError_t e = cudaSuccess;
+    for (int i = 0; i < 16 && e == cudaSuccess; ++i) {
+      const float t = pass.run(launch, c, copies, e);
+      if (i > 0) ms.push_back(t);  // the first pass warms up
     }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
     std::sort(ms.begin(), ms.end());
-    if (cudaGetLastError() == cudaSuccess) seconds = ms[ms.size() / 2] * 1e-3 / kCallsPerPass;
+    if (e == cudaSuccess) seconds = ms[ms.size() / 2] * 1e-3 / kCallsPerPass;
   }
   cudaFree(data);
   cudaFree(sink);
@@ -134,30 +164,17 @@ double read_floor_seconds(double bytes) {
 constexpr double kMinTime = 0.025;  // seconds of per-call time: ~0.5 s of passes
 template <typename Launch>
 void time_calls(benchmark::State& state, Launch launch, int copies, double bytes) {
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  const int calls = kCallsPerPass;
+  Pass pass;
   int c = 0;
   for (auto _ : state) {
-    cudaEventRecord(start);
     cudaError_t e = cudaSuccess;
-    for (int i = 0; i < calls && e == cudaSuccess; ++i) {
-      e = launch(c);
-      c = (c + 1) % copies;
-    }
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
+    const float ms = pass.run(launch, c, copies, e);
     if (e != cudaSuccess) {
       state.SkipWithError(cudaGetErrorString(e));
       break;
     }
-    float ms;
-    cudaEventElapsedTime(&ms, start, stop);
-    state.SetIterationTime(ms * 1e-3 / calls);
+    state.SetIterationTime(ms * 1e-3 / kCallsPerPass);
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   // Time (the benchmark's own column) is µs per call; these are per-call rates from the manual times.
   state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["roofline_%"] = benchmark::Counter(100.0 * bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
