@@ -190,6 +190,7 @@ CudaTiming time_cuda(const LatencyShape& shape, int N, const CacheSpec& spec, co
       gpu::AttentionParams p;
       p.keys = s.k, p.values = s.v, p.window_keys = s.wk, p.window_values = s.wv, p.window = w;
       p.queries = q, p.group = group, p.scale = scale, p.outputs = out, p.scratch = scratch, p.splits = splits;
+      p.scores_scratch = scores;  // GQA groups: the unfused route, measured faster (gpu/attention.h)
       return gpu::attention_inner(p);
     }
     // The separate products: the quantized part, then the fp16 window (both launched each call).

@@ -423,12 +423,14 @@ void cublas_gemv(benchmark::State& state, bool keys, Shape shape) {
 }
 
 // One decode attention step (scores, softmax, outputs) for every query head:
-//   innerq_fused:   gpu::attention_inner over InnerQ's cache (K 3-bit sym channel groups, V 2-bit hybrid
-//                   token groups, group 32) with a 128-token fp16 window (sink 32 + recent 96);
+//   innerq:         gpu::attention_inner over InnerQ's cache (K 3-bit sym channel groups, V 2-bit hybrid
+//                   token groups, group 32) with a 128-token fp16 window (sink 32 + recent 96), as a caller
+//                   runs it: given scores_scratch, so GQA groups take the unfused route;
+//   innerq_fused:   the same without scores_scratch: the fused kernel for every group;
 //   fp16_fused:     gpu::attention_fp16;
 //   fp16_unfused:   our fp16 GEMVs with softmax_rows between them;
 //   cublas_unfused: cuBLAS GEMM q.K^T, softmax_rows to fp16, cuBLAS GEMM p.V.
-enum class Path { innerq_fused, fp16_fused, fp16_unfused, cublas_unfused };
+enum class Path { innerq, innerq_fused, fp16_fused, fp16_unfused, cublas_unfused };
 
 void attention(benchmark::State& state, Path path, Shape shape) {
   const int n = static_cast<int>(state.range(0)), d = 128, regions = shape.regions, group = shape.group, window = 128;
@@ -463,7 +465,8 @@ void attention(benchmark::State& state, Path path, Shape shape) {
   Fp16Caches dense, windows;
   std::vector<kvq::gpu::DeviceRegions> keys, values;
   cublasHandle_t handle = nullptr;
-  if (path == Path::innerq_fused) {
+  const bool innerq = path == Path::innerq || path == Path::innerq_fused;
+  if (innerq) {
     kvq::gpu::RegionShape ks, vs;
     ks.tokens = vs.tokens = std::max(0, (n - window) / 32 * 32);
     ks.head_dim = vs.head_dim = d;
@@ -507,11 +510,13 @@ void attention(benchmark::State& state, Path path, Shape shape) {
   }
   auto launch = [&](int c) -> cudaError_t {
     switch (path) {
+      case Path::innerq:
       case Path::innerq_fused: {
         kvq::gpu::AttentionParams p;
         p.keys = keys[c], p.values = values[c];
         p.window_keys = windows.keys[c], p.window_values = windows.values[c], p.window = n - keys[c].shape.tokens;
         p.queries = q, p.group = group, p.scale = scale, p.outputs = out, p.scratch = scratch, p.splits = splits;
+        p.scores_scratch = path == Path::innerq ? scores : nullptr;
         return kvq::gpu::attention_inner(p);
       }
       case Path::fp16_fused: {
@@ -585,11 +590,12 @@ BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_qk, true, kPaper)->Apply(paper_args)
 BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_pv, false, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_qk, true, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_pv, false, kServing)->Apply(serving_args);
-BENCHMARK_CAPTURE(attention, paper_innerq_attention, Path::innerq_fused, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(attention, paper_innerq_attention, Path::innerq, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_fp16_fused_attention, Path::fp16_fused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_fp16_unfused_attention, Path::fp16_unfused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_cublas_attention, Path::cublas_unfused, kPaper)->Apply(paper_args);
-BENCHMARK_CAPTURE(attention, serving_innerq_attention, Path::innerq_fused, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(attention, serving_innerq_attention, Path::innerq, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(attention, serving_innerq_fused_attention, Path::innerq_fused, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_fp16_fused_attention, Path::fp16_fused, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_fp16_unfused_attention, Path::fp16_unfused, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_cublas_attention, Path::cublas_unfused, kServing)->Apply(serving_args);

@@ -144,10 +144,12 @@ cudaError_t launch_inner(const AttentionParams& p, const Parts& parts, int& used
   auto kernel = inner_attention_kernel<KBits, VBits, D, Group>;
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), stage::kThreads, smem, info));
-  const int total = std::max(1, (p.keys.shape.tokens + stage::kTokens - 1) / stage::kTokens);
-  const int per_part = (total + std::min(p.splits, total) - 1) / std::min(p.splits, total);
-  used = (total + per_part - 1) / per_part;
-  kernel<<<dim3(static_cast<unsigned>(used), static_cast<unsigned>(p.keys.regions)), stage::kThreads, smem, stream>>>(p, layout, per_part, parts);
+  // At most one wave of resident blocks: the stages of a part run in turn, so a partial second wave
+  // would add a whole part's time.
+  const int total = (p.keys.shape.tokens + stage::kTokens - 1) / stage::kTokens;
+  const SplitRuns runs = split_runs(total, p.splits, info, p.keys.regions);
+  used = runs.splits;
+  kernel<<<dim3(static_cast<unsigned>(used), static_cast<unsigned>(p.keys.regions)), stage::kThreads, smem, stream>>>(p, layout, runs.per_split, parts);
   return cudaGetLastError();
 }
 

@@ -12,6 +12,7 @@
 #include "gpu/meta.cuh"
 #include "gpu/mma.cuh"
 #include "gpu/region.h"
+#include "gpu/region_arrays.cuh"
 
 namespace kvq::gpu::key_units {
 
@@ -123,12 +124,8 @@ struct KeyUnits {
     g = lane >> 2, t = lane & 3;
     tokens = s.tokens, per_row = D / s.group_size;
     chunk = kHalf ? t >> 1 : t, parity = kHalf ? t & 1 : 0, grp = kSpan * t / s.group_size;
-    codes = keys.codes + static_cast<long long>(r) * s.code_stride();
-    scales = static_cast<const Meta*>(keys.scales) + static_cast<long long>(r) * s.group_stride();
-    zeros = static_cast<const Meta*>(keys.zeros);
-    zero_base = keys.zero_base;
-    if constexpr (Mode == GroupMode::asym) zeros += static_cast<long long>(r) * s.group_stride();
-    if constexpr (Mode == GroupMode::hybrid) zeros += keys.zero_offset[r], zero_base += static_cast<long long>(r) * s.zero_block_stride();
+    const RegionArrays<Meta> a = region_arrays<Meta>(keys, r);
+    codes = a.codes, scales = a.scales, zeros = a.zeros, zero_base = a.zero_base;
     // Hybrid: the leading lane of each group votes its group's mode; ballot bit 4g + leader orders a
     // unit's groups token-major, as the compact zero points are stored.
     const int lanes_per_group = s.group_size / kSpan;

@@ -34,6 +34,7 @@
 #include "gpu/outer_mma.cuh"
 #include "gpu/outputs_outer_mma.h"
 #include "gpu/pipeline.cuh"
+#include "gpu/region_arrays.cuh"
 #include "gpu/reduce.cuh"
 
 namespace kvq::gpu {
@@ -84,12 +85,10 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
   const int stretches = (s.tokens + kStretch - 1) / kStretch;
   const int first = blockIdx.x * per_split, last = min(stretches, first + per_split);
   const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
-  const std::uint32_t* codes = p.values.codes + static_cast<long long>(r) * s.code_stride();
-  const std::uint16_t* scales = static_cast<const std::uint16_t*>(p.values.scales) + static_cast<long long>(r) * s.group_stride();
-  const std::uint16_t* zeros = static_cast<const std::uint16_t*>(p.values.zeros);
-  if (s.mode == GroupMode::asym) zeros += static_cast<long long>(r) * s.group_stride();
-  const long long zero_first = s.mode == GroupMode::hybrid ? p.values.zero_offset[r] : 0;
-  const std::uint32_t* zero_base = p.values.zero_base + static_cast<long long>(r) * s.zero_block_stride();
+  const RegionArrays<std::uint16_t> arrays = region_arrays<std::uint16_t>(p.values, r);
+  const std::uint32_t* codes = arrays.codes;
+  const std::uint16_t *scales = arrays.scales, *zeros = arrays.zeros;
+  const std::uint32_t* zero_base = arrays.zero_base;
   const float* probs = p.probs + static_cast<long long>(r) * p.group * s.tokens;
   const float* sigma = p.token_scale ? p.token_scale + static_cast<long long>(r) * s.tokens : nullptr;
 
@@ -191,7 +190,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
 
     // Hybrid: token l's first compact zero point, after the block's earlier tokens' (a warp scan).
     long long compact = 0;
-    if (s.mode == GroupMode::hybrid) compact = zero_first + base + warp_exclusive_sum(__popc(mask));
+    if (s.mode == GroupMode::hybrid) compact = base + warp_exclusive_sum(__popc(mask));
 
     // B values into the scratch (token l: k-step l / 16, lane column 4 n + l % 4, slot (l % 16) / 4)
     // and the zero points' sums.

@@ -1,6 +1,7 @@
 #pragma once
 // The second pass of split-sequence GEMVs: out[i] = sum over splits of partial[s][i], in split order,
-// so results do not depend on how blocks were scheduled; and a warp's exclusive prefix sum.
+// so results do not depend on how blocks were scheduled; a warp's exclusive prefix sum; a block's
+// max or sum.
 #include <cuda_runtime.h>
 
 namespace kvq::gpu {
@@ -16,6 +17,26 @@ __device__ __forceinline__ int warp_exclusive_sum(int x) {
     if (lane >= k) inclusive += up;
   }
   return inclusive - x;
+}
+
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct SumOp {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+
+// op over every thread's v, returned to every thread (all of the block must call it): each warp by
+// shuffles, then the warps' results in warp order. red: 32 floats of shared memory, free again on return.
+template <class Op>
+__device__ float block_reduce(float v, float* red, Op op) {
+  for (int off = 16; off > 0; off >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float out = red[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) out = op(out, red[w]);
+  __syncthreads();
+  return out;
 }
 
 template <typename T = float>

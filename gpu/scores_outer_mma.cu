@@ -31,6 +31,7 @@
 #include "gpu/mma.cuh"
 #include "gpu/outer_mma.cuh"
 #include "gpu/pipeline.cuh"
+#include "gpu/region_arrays.cuh"
 #include "gpu/scores_outer_mma.h"
 
 namespace kvq::gpu {
@@ -121,12 +122,10 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
   const int rows_per_tile = shift == 4 ? 2 : 1;
   ScratchT* scratch = reinterpret_cast<ScratchT*>(smem + kWarps * kStages * sizeof(TileT)) + warp * rows_per_tile;
   const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
-  const std::uint32_t* codes = p.keys.codes + static_cast<long long>(r) * s.code_stride();
-  const std::uint16_t* scales = static_cast<const std::uint16_t*>(p.keys.scales) + static_cast<long long>(r) * s.group_stride();
-  const std::uint16_t* zeros = static_cast<const std::uint16_t*>(p.keys.zeros);
-  if (s.mode == GroupMode::asym) zeros += static_cast<long long>(r) * s.group_stride();
-  const long long zero_first = s.mode == GroupMode::hybrid ? p.keys.zero_offset[r] : 0;
-  const std::uint32_t* zero_base = p.keys.zero_base + static_cast<long long>(r) * s.zero_block_stride();
+  const RegionArrays<std::uint16_t> arrays = region_arrays<std::uint16_t>(p.keys, r);
+  const std::uint32_t* codes = arrays.codes;
+  const std::uint16_t *scales = arrays.scales, *zeros = arrays.zeros;
+  const std::uint32_t* zero_base = arrays.zero_base;
   const float* sigma = p.token_scale ? p.token_scale + static_cast<long long>(r) * s.tokens : nullptr;
   float* scores = p.scores + static_cast<long long>(r) * p.group * s.tokens;
 
@@ -236,7 +235,7 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
         for (int e = 0; e < 4; ++e) count += __popc(__ballot_sync(0xffffffffu, sign[e]) & ((1u << lane) - 1u));
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          zero[e] = sign[e] ? plain(__ldg(zeros + zero_first + base[k] + count)) : -offset * mag[e];
+          zero[e] = sign[e] ? plain(__ldg(zeros + base[k] + count)) : -offset * mag[e];
           count += sign[e];
         }
       } else {

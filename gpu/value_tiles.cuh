@@ -14,6 +14,7 @@
 #include "gpu/meta.cuh"
 #include "gpu/pipeline.cuh"
 #include "gpu/region.h"
+#include "gpu/region_arrays.cuh"
 
 namespace kvq::gpu::value_tiles {
 
@@ -79,12 +80,8 @@ struct ValueTiles {
     g = lane >> 2, t = lane & 3;
     mode = s.mode, block_shift = s.group_size == 32 ? 0 : s.group_size == 64 ? 1 : 2, tiles = (s.tokens + 31) / 32;
     offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
-    codes = values.codes + static_cast<long long>(r) * s.code_stride();
-    scales = static_cast<const Meta*>(values.scales) + static_cast<long long>(r) * s.group_stride();
-    zeros = static_cast<const Meta*>(values.zeros);
-    zero_base = values.zero_base;
-    if (mode == GroupMode::asym) zeros += static_cast<long long>(r) * s.group_stride();
-    if (mode == GroupMode::hybrid) zeros += values.zero_offset[r], zero_base += static_cast<long long>(r) * s.zero_block_stride();
+    const RegionArrays<Meta> a = region_arrays<Meta>(values, r);
+    codes = a.codes, scales = a.scales, zeros = a.zeros, zero_base = a.zero_base;
   }
 
   // Lane t's tile of stretch st (clamped: past the end its probabilities are 0) and that tile's block.

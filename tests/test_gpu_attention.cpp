@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <vector>
 
 #include "core/half.h"
 #include "gpu/attention.h"
@@ -143,9 +144,6 @@ TEST_P(GpuAttention, FusedMatchesDoubleOnTheDequantizedCache) {
     CUDA_OK(cudaMalloc(&d_out, sizeof(float) * regions * group * d));
     CUDA_OK(cudaMalloc(&d_scratch, sizeof(float) * gpu::attention_scratch_floats(regions, group, d, p.splits)));
     p.outputs = d_out, p.scratch = d_scratch;
-    CUDA_OK(gpu::attention_inner(p));
-    CUDA_OK(cudaDeviceSynchronize());
-    const auto got = download(d_out, static_cast<std::size_t>(regions) * group * d);
     std::vector<double> ref;
     for (int r = 0; r < regions; ++r) {
       std::vector<const float*> ks, vs;
@@ -164,10 +162,25 @@ TEST_P(GpuAttention, FusedMatchesDoubleOnTheDequantizedCache) {
         ref.insert(ref.end(), o.begin(), o.end());
       }
     }
-    // fp32 softmax with __expf (a few ulp) and hi/lo fp16 q and p on the tensor cores (~2^-22 each):
-    // ~1e-10 expected; 1e-6 is tighter than the 5e-4 for fp16-softmax paths.
-    EXPECT_LT(test::nmse(got, ref), 1e-6);
-    for (void* ptr : std::initializer_list<void*>{d_q, d_ks, d_vs, d_out, d_scratch, d_wk, d_wv}) cudaFree(ptr);
+    // The fused kernel, and for GQA groups the unfused route too (scores_scratch: the GEMVs and a
+    // softmax; taken where splits >= 2).
+    float* d_scores = nullptr;
+    if (group > 1) {
+      CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * group * std::max(n, 1)));
+    }
+    const std::vector<float*> routes = group > 1 ? std::vector<float*>{nullptr, d_scores} : std::vector<float*>{nullptr};
+    for (float* scores_scratch : routes) {
+      SCOPED_TRACE(scores_scratch ? "unfused" : "fused");
+      p.scores_scratch = scores_scratch;
+      CUDA_OK(cudaMemset(d_out, 0xff, sizeof(float) * regions * group * d));  // NaN: every output must be written
+      CUDA_OK(gpu::attention_inner(p));
+      CUDA_OK(cudaDeviceSynchronize());
+      const auto got = download(d_out, static_cast<std::size_t>(regions) * group * d);
+      // fp32 softmax with __expf (a few ulp) and hi/lo fp16 q and p on the tensor cores (~2^-22 each):
+      // ~1e-10 expected; 1e-6 is tighter than the 5e-4 for fp16-softmax paths.
+      EXPECT_LT(test::nmse(got, ref), 1e-6);
+    }
+    for (void* ptr : std::initializer_list<void*>{d_q, d_ks, d_vs, d_out, d_scratch, d_wk, d_wv, d_scores}) cudaFree(ptr);
   }
 }
 
