@@ -13,6 +13,7 @@
 #include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/pack.h"
+#include "gpu/pass.h"
 #include "gpu/spec_shape.h"
 
 namespace kvq::ablations {
@@ -212,23 +213,17 @@ CudaTiming time_cuda(const LatencyShape& shape, int N, const CacheSpec& spec, co
   };
   for (const auto& s : sets) KVQ_BENCH_CHECK(call(s));  // warm-up
   KVQ_BENCH_CHECK(cudaDeviceSynchronize());
-  cudaEvent_t start, stop;
-  KVQ_BENCH_CHECK(cudaEventCreate(&start));
-  KVQ_BENCH_CHECK(cudaEventCreate(&stop));
-  // Each repeat times one pass over the sets (at least 20 calls), per call.
-  const int calls = std::max(20, copies);
+  // Each repeat is one pass of gpu::kCallsPerPass calls over the sets taken in turn, per call, timed as
+  // bench_gpu times its kernels (gpu/pass.h).
+  gpu::Pass pass;
+  int c = 0;
   std::vector<double> times;
   for (int r = 0; r < std::max(1, repeats); ++r) {
-    KVQ_BENCH_CHECK(cudaEventRecord(start));
-    for (int i = 0; i < calls; ++i) KVQ_BENCH_CHECK(call(sets[static_cast<std::size_t>(i % copies)]));
-    KVQ_BENCH_CHECK(cudaEventRecord(stop));
-    KVQ_BENCH_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    KVQ_BENCH_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(1e3 * ms / calls);
+    cudaError_t e = cudaSuccess;
+    const float ms = pass.run([&](int k) { return call(sets[static_cast<std::size_t>(k)]); }, c, copies, e);
+    KVQ_BENCH_CHECK(e);
+    times.push_back(1e3 * ms / gpu::kCallsPerPass);
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   std::sort(times.begin(), times.end());
   return {times[times.size() / 2], bytes};
 }

@@ -23,6 +23,7 @@
 #include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/pack.h"
+#include "gpu/pass.h"
 #include "gpu/rotate.h"
 
 namespace {
@@ -82,41 +83,8 @@ __global__ void read_pieces(const uint4* __restrict__ in, long long pieces, unsi
   if (x == 0x9e3779b9u) *sink = x;
 }
 
-constexpr int kCallsPerPass = 20;
-
-// CUDA events around one pass of kCallsPerPass calls, launch(c) with copies c, c + 1, ... taken in
-// turn (c carries over to the next pass). Stops at the first failed launch and says so in e. Returns the
-// pass's milliseconds. time_calls and the read floor both time through it, so they time alike.
-class Pass {
- public:
-  Pass() {
-    cudaEventCreate(&start_);
-    cudaEventCreate(&stop_);
-  }
-  ~Pass() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
-  Pass(const Pass&) = delete;
-  Pass& operator=(const Pass&) = delete;
-  template <typename Launch>
-  float run(Launch launch, int& c, int copies, cudaError_t& e) {
-    cudaEventRecord(start_);
-    e = cudaSuccess;
-    for (int i = 0; i < kCallsPerPass && e == cudaSuccess; ++i) {
-      e = launch(c);
-      c = (c + 1) % copies;
-    }
-    cudaEventRecord(stop_);
-    cudaEventSynchronize(stop_);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start_, stop_);
-    return ms;
-  }
-
- private:
-  cudaEvent_t start_, stop_;
-};
+using kvq::gpu::kCallsPerPass;
+using kvq::gpu::Pass;  // time_calls and the read floor both time through it, so they time alike
 
 // Seconds per call of a plain read of `bytes` (rounded down to 16), timed as time_calls times a
 // kernel: passes of 20 calls over copies rotated through 4x the L2, the median of 15 passes. Measured
@@ -156,8 +124,8 @@ double read_floor_seconds(double bytes) {
   return seconds;
 }
 
-// CUDA events around a pass of 20 calls (as kvq bench times them: ablations/latency_cuda.cpp), so the
-// host's launch latency overlaps the previous call instead of being counted. Copies are taken in turn
+// CUDA events around a pass of 20 calls (gpu/pass.h, as kvq bench times them), so the host's launch
+// latency overlaps the previous call instead of being counted. Copies are taken in turn
 // across passes, so a copy comes back only after 4x the L2 of other data. Sets the manual time per call
 // (kMinTime of it per run), the GB/s and roofline_% counters from the bytes one call moves, and
 // read_floor_% (100 x the read floor's time over this kernel's).
