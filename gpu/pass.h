@@ -23,19 +23,19 @@ class Pass {
   Pass& operator=(const Pass&) = delete;
 
   // One pass: launch(c) with copies c, c + 1, ... (mod copies); c carries over to the next pass. Stops
-  // at the first failed launch and says so in e. Returns the pass's milliseconds.
+  // at the first failed launch; e is its error, or the events' first. Returns the pass's milliseconds.
   template <typename Launch>
   float run(Launch launch, int& c, int copies, cudaError_t& e) {
-    cudaEventRecord(start_);
-    e = cudaSuccess;
+    e = cudaEventRecord(start_);
     for (int i = 0; i < kCallsPerPass && e == cudaSuccess; ++i) {
       e = launch(c);
       c = (c + 1) % copies;
     }
-    cudaEventRecord(stop_);
-    cudaEventSynchronize(stop_);
+    const cudaError_t recorded = cudaEventRecord(stop_);
+    const cudaError_t synced = cudaEventSynchronize(stop_);
     float ms = 0;
-    cudaEventElapsedTime(&ms, start_, stop_);
+    const cudaError_t timed = cudaEventElapsedTime(&ms, start_, stop_);
+    if (e == cudaSuccess) e = recorded != cudaSuccess ? recorded : synced != cudaSuccess ? synced : timed;
     return ms;
   }
 
