@@ -55,6 +55,33 @@ __device__ __forceinline__ std::uint32_t a_word(const std::uint32_t (&w)[Bits], 
   return w[2 * s + r];
 }
 
+// Shared chunks (gpu/head_tiles.cuh, gpu/scores_heads.cu): the four lanes of a quad feed ONE chunk
+// per mma, lane t taking the k-slots of step t (step 4 + t for the bit-2 plane of 3-bit codes), so
+// that B's columns are free for (head, part) and a whole 32-code chunk takes one mma per plane. The B
+// bytes of lane t's slots are then bytes 8t..8t+7 (32 + 8t.. for the bit-2 plane) of the slots above.
+// Planes per chunk: 3-bit codes add their bit-2 plane.
+template <int Bits>
+inline constexpr int kPlanes = Bits == 3 ? 2 : 1;
+// Words of a row's chunk that lane t reads, from word lane_word0<Bits>(t): the whole chunk for 2- and
+// 3-bit codes, the two words of step t for 4- and 8-bit ones.
+template <int Bits>
+inline constexpr int kLaneWords = Bits == 2 || Bits == 3 ? Bits : 2;
+template <int Bits>
+__device__ __forceinline__ int lane_word0(int t) {
+  return Bits == 4 ? 2 * (t >> 1) : Bits == 8 ? 2 * t : 0;
+}
+// a_word<Bits>(chunk, t + 4 * plane, r), from lane t's words w: the same bits, with shifts by t.
+template <int Bits>
+__device__ __forceinline__ std::uint32_t a_word_at(const std::uint32_t (&w)[kLaneWords<Bits>], int t, int plane, int r) {
+  if constexpr (Bits == 2) return (w[r] >> (2 * t)) & 0x03030303u;
+  if constexpr (Bits == 3) {
+    if (plane == 0) return (w[r] >> (2 * t)) & 0x03030303u;
+    return __funnelshift_r(w[2] << 2, w[2] >> 30, t + 4 * r) & 0x04040404u;  // (4 w[2]) >> (t + 4r): both of a_word's cases
+  }
+  if constexpr (Bits == 4) return (w[r] >> (4 * (t & 1))) & 0x0F0F0F0Fu;
+  return w[r];
+}
+
 // Largest fixed-point magnitude: hi = (x - lo) / 256 with lo the sign-extended low byte stays in s8.
 inline constexpr int kFixedMax = 127 * 256 + 127;
 
@@ -63,6 +90,42 @@ __device__ __forceinline__ void split_fixed(int x, std::uint8_t& hi, std::uint8_
   const int low = static_cast<int>(static_cast<std::int8_t>(x & 0xff));
   hi = static_cast<std::uint8_t>((x - low) >> 8);
   lo = static_cast<std::uint8_t>(low);
+}
+
+// The fixed point's scale for values whose largest magnitude is amax (1 for none), and in inv what
+// turns a product back.
+__device__ __forceinline__ float fixed_range(float amax, float& inv) {
+  inv = amax > 0.0f ? amax * (1.0f / kFixedMax) : 1.0f;
+  return amax > 0.0f ? __fdividef(static_cast<float>(kFixedMax), amax) : 1.0f;
+}
+
+// v * range as fixed point, its hi and lo bytes at code c's slots (and bit-2-plane slots) of one
+// chunk's B bytes ([part][kBytes]).
+template <int Bits>
+__device__ __forceinline__ void put_fixed(float v, float range, int c, std::uint8_t (*bytes)[kBytes<Bits>]) {
+  const int x = max(-kFixedMax, min(kFixedMax, __float2int_rn(v * range)));
+  std::uint8_t hi, lo;
+  split_fixed(x, hi, lo);
+  bytes[0][slot<Bits>(c)] = hi, bytes[1][slot<Bits>(c)] = lo;
+  if constexpr (Bits == 3) bytes[0][slot_bit2(c)] = hi, bytes[1][slot_bit2(c)] = lo;
+}
+
+// Shared chunks: lane (g, t)'s B of one chunk from head 4q + g / 2's bytes (`head`, [part][kBytes];
+// zero where !live, a head past the group), and the chunk's sum of head 4q + t's fixed-point values,
+// which every lane of the warp must take part in: the quad's plane-0 bytes hold each code once.
+template <int Bits>
+__device__ __forceinline__ int shared_b(const std::uint8_t (*head)[kBytes<Bits>], bool live, int g, int t, std::uint32_t (&b)[kPlanes<Bits>][2]) {
+#pragma unroll
+  for (int plane = 0; plane < kPlanes<Bits>; ++plane) {
+    const uint2 v = live ? *reinterpret_cast<const uint2*>(&head[g & 1][32 * plane + 8 * t]) : make_uint2(0u, 0u);
+    b[plane][0] = v.x, b[plane][1] = v.y;
+  }
+  int part = __dp4a(static_cast<int>(b[0][0]), 0x01010101, __dp4a(static_cast<int>(b[0][1]), 0x01010101, 0));
+  part += __shfl_xor_sync(0xffffffffu, part, 1);
+  part += __shfl_xor_sync(0xffffffffu, part, 2);
+  const int other = __shfl_xor_sync(0xffffffffu, part, 4);  // lane (g ^ 1, t): the other part
+  const int sum = (g & 1) ? 256 * other + part : 256 * part + other;
+  return __shfl_sync(0xffffffffu, sum, 8 * t);  // lane (2t, 0) holds head 4q + t's
 }
 
 // c += A (16x32, u8, row) * B (32x8, s8, col), exact in s32. Not volatile, as mma::mma.

@@ -5,6 +5,7 @@
 #include "gpu/meta.cuh"
 #include "gpu/outputs_mma.h"
 #include "gpu/reduce.cuh"
+#include "gpu/scores_heads.h"
 #include "gpu/scores_mma.h"
 #include "gpu/scores_staged.h"
 
@@ -282,9 +283,11 @@ cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
   if (!supported(s, p.group) || !s.channel_axis || s.head_dim % s.group_size != 0) return cudaErrorInvalidValue;
   if (s.tokens == 0) return cudaSuccess;
   if (p.kernel != GemvKernel::cuda_cores) {
-    // Measured on the H100 (docs/PERF.md): lane-owned chunks for one head per kv head, the staged
-    // kernel (heads share an mma) for GQA groups; CUDA cores where neither supports the shape.
+    // Measured on the H100 (docs/PERF.md): lane-owned chunks for one head per kv head, heads sharing
+    // an int8 mma for GQA groups, the staged kernel for GQA shapes that one does not take (channel
+    // groups of 16); CUDA cores where none supports the shape.
     if (scores_mma_supported(s, p.group)) return scores_mma(p, stream);
+    if (scores_heads_supported(p.keys, p.group)) return scores_heads(p, stream);
     if (scores_staged_supported(s, p.group)) return scores_staged(p, stream);
   }
   const dim3 grid(static_cast<unsigned>((s.tokens + 127) / 128), static_cast<unsigned>(p.keys.regions));

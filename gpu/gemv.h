@@ -29,8 +29,9 @@ struct ScoresParams {
   // token's scale; null: none. Rotated keys take queries rotated alike (gpu/rotate.h).
   const float* token_scale = nullptr;
   // automatic and tensor_cores: scores_inner takes the lane-owned tensor-core kernel (gpu/scores_mma.h)
-  // for group 1, the staged one (gpu/scores_staged.h) for GQA groups, CUDA cores where neither supports
-  // the shape; scores_outer as said below.
+  // for group 1, the heads-in-B one (gpu/scores_heads.h) for GQA groups, the staged one
+  // (gpu/scores_staged.h) for GQA shapes that one does not take, CUDA cores where none supports the
+  // shape; scores_outer as said below.
   GemvKernel kernel = GemvKernel::automatic;
 };
 
@@ -48,8 +49,9 @@ struct OutputsParams {
   // Optional token scales: [regions][tokens] fp32, folded into the probabilities; null: none.
   // Rotated values give rotated outputs: rotate them back with gpu::rotate_rows (inverse).
   const float* token_scale = nullptr;
-  // automatic and tensor_cores: outputs_inner takes the lane-owned tensor-core kernel (gpu/outputs_mma.h)
-  // where it supports the shape, else CUDA cores; outputs_outer as said below.
+  // automatic and tensor_cores: outputs_inner takes the tensor-core kernels (gpu/outputs_mma.h: lane-owned
+  // tiles for one head, heads in B's columns for GQA groups) where they support the shape, else CUDA
+  // cores; outputs_outer as said below.
   GemvKernel kernel = GemvKernel::automatic;
 };
 

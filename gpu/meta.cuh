@@ -43,4 +43,34 @@ __device__ __forceinline__ float plain(Meta raw) {
   else return __uint_as_float(raw);
 }
 
+// Hybrid: one zero-block's compact zero points (core/packed.h: one per asymmetric group, in the
+// block's entry order) put at their entries, for a warp. Entry e < count is asymmetric where
+// scales[e] has its sign bit set; the compact ones start at zeros + base. load() sends every load
+// out and store() writes them, so that a caller can load several blocks before it stores one.
+// Rounds: entries / 32, as a constant.
+template <int Rounds, class Meta>
+struct BlockZeros {
+  Meta z[Rounds];
+  bool asym[Rounds];
+
+  __device__ __forceinline__ void load(const Meta* scales, const Meta* zeros, int base, int count) {
+    const int lane = threadIdx.x & 31;
+    int running = 0;
+#pragma unroll
+    for (int i = 0; i < Rounds; ++i) {
+      const int e = 32 * i + lane;
+      asym[i] = e < count && sign_bit(scales[e]);
+      const unsigned mask = __ballot_sync(0xffffffffu, asym[i]);
+      z[i] = asym[i] ? __ldg(zeros + base + running + __popc(mask & ((1u << lane) - 1u))) : Meta(0);
+      running += __popc(mask);
+    }
+  }
+  __device__ __forceinline__ void store(Meta* out) const {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < Rounds; ++i)
+      if (asym[i]) out[32 * i + lane] = z[i];
+  }
+};
+
 }  // namespace kvq::gpu

@@ -1,5 +1,5 @@
 #pragma once
-// Tensor-core outputs over token-axis values, lane-owned chunks (internal to gpu/; outputs_inner picks it).
+// Tensor-core outputs over token-axis values (internal to gpu/; outputs_inner picks it).
 #include <cuda_runtime.h>
 
 #include "gpu/gemv.h"
@@ -7,8 +7,8 @@
 namespace kvq::gpu {
 
 // Whether outputs_mma handles the shape: bits 2/3/4/8, head_dim 64/128, GQA group up to 8, token-axis
-// groups of 32, 64 or 128 tokens (a lane's 32-token chunk must lie in one group); with one query head,
-// arrays on 16 bytes (aligned16: the warps copy stretches with cp.async).
+// groups of 32, 64 or 128 tokens (a 32-token chunk must lie in one group), arrays on 16 bytes
+// (aligned16: the warps copy stretches with cp.async).
 bool outputs_mma_supported(const DeviceRegions& values, int group);
 // Splits the sequence into at most params.splits runs of whole 128-token stretches (at most one wave of
 // resident blocks), partial sums in

@@ -2,7 +2,7 @@
 // region's tokens through a 4-buffer cp.async pipeline (gpu/inner_stage.cuh), so two stages of 128
 // tokens are always in flight while one is multiplied; q's B fragments are built once per block, and
 // a GQA group of up to 4 heads shares each mma (hi and lo parts in B's columns). scores_inner takes it
-// for GQA groups > 1, where it measured faster than the lane-owned kernel (docs/PERF.md).
+// for the GQA shapes gpu/scores_heads.cu does not take (channel groups of 16, codes off 16 bytes).
 #include <algorithm>
 
 #include "gpu/cuda_check.h"

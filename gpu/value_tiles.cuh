@@ -20,28 +20,11 @@ namespace kvq::gpu::value_tiles {
 
 constexpr int kStretch = 128;  // tokens per stretch: four tiles of 32, one per lane of a quad
 
-// One region's values as a warp sees them. Per stretch: copy_stretch into a stage a stretch ahead,
-// zero_start a stretch ahead (hybrid), stage_probs (B into registers through the warp's scratch), then
-// load() on m-tiles 0, 1, ... in order out of the landed stage, each ahead of its product(), also in
-// order.
+// One region's values as a warp streams them through shared memory: the stages, their copies, and
+// where a stretch's tiles and hybrid zero points start. ValueTiles (one query head, lane-owned tiles)
+// and gpu/head_tiles.cuh (GQA groups, shared tiles) take their products from the same stages.
 template <int Bits, int D, class Meta>
-struct ValueTiles {
-  static constexpr int kMmas = planes::kMmas<Bits>;
-  static constexpr int kBytes = planes::kBytes<Bits>;
-  static constexpr int kMTiles = D / 16;  // m-tiles of 16 channels
-  // A stretch's B bytes: [tile][part: hi, lo][slot], read back 16 bytes at a time.
-  struct alignas(16) ProbScratch {
-    std::uint8_t bytes[4][2][kBytes];
-  };
-  // m-tile m's loads for the lane: its tile's chunk of channels 16m + g and 16m + g + 8, their scales
-  // and zero points (asym; hybrid where the scale's sign bit marks the group asymmetric), the zero
-  // points' global loads still in flight when load() returns.
-  struct Loads {
-    std::uint32_t w[2][Bits];
-    Meta scale[2];
-    Meta zero[2];
-  };
-
+struct ValueStages {
   // A stretch's codes, scales and (asym) zero points in shared memory, where the warp copies them
   // with cp.async (copy_stretch) while it works on the stretch before: a whole stretch in flight per
   // warp with no registers held for it. Each tile's rows and each block's metadata are padded by 32
@@ -66,13 +49,6 @@ struct ValueTiles {
   GroupMode mode;
   int tiles, block_shift, g, t;  // block_shift: log2(tiles per group)
   float offset;  // a symmetric group's zero point, in codes
-  // The current stretch: lane (g, t)'s B registers (tile t's part g % 2 where g / 2 == t, else 0),
-  // lane t's tile sum of the fixed-point probabilities, and (hybrid) where its block's zero points
-  // start and how many asymmetric channels come before the next m-tile load() takes.
-  std::uint32_t b[kMmas][2];
-  float tile_sum;
-  const Meta* block_zeros;
-  int before;
 
   __device__ __forceinline__ void init(const DeviceRegions& values, int r) {
     const RegionShape& s = values.shape;
@@ -123,11 +99,69 @@ struct ValueTiles {
   }
 
   // The warp's i-th stretch once every lane's copies of it have landed.
-  __device__ __forceinline__ const Stage& landed(unsigned i, const Stage* stages) const {
+  __device__ __forceinline__ Stage& landed(unsigned i, Stage* stages) const {
     copy_wait<1>();
     __syncwarp();
     return stages[i % kStages];
   }
+
+  // Where lane t's block of stretch st starts in the region's compact zero points (hybrid; else 0):
+  // loaded a stretch ahead and handed to stage_probs, so that no m-tile waits on it.
+  __device__ __forceinline__ int zero_start(int st) const {
+    return mode == GroupMode::hybrid ? static_cast<int>(__ldg(zero_base + (tile_of(st) >> block_shift))) : 0;
+  }
+
+  // Hybrid: the landed stretch st's compact zero points, put into the stage's zeros at their groups'
+  // channels, where asym's are, so that the products read both alike. zero_first is zero_start(st)
+  // (lane u < 4 holds tile u's block's). All the stretch's loads go out before the first store. Every
+  // lane of the warp must call it.
+  __device__ __forceinline__ void expand_zeros(Stage& stage, int st, int zero_first) const {
+    if (mode != GroupMode::hybrid) return;
+    const int tile0 = st * (kStretch / 32), live = min(4, tiles - tile0);
+    const int blocks = ((tile0 + live - 1) >> block_shift) - (tile0 >> block_shift) + 1;
+    BlockZeros<D / 32, Meta> z[4];  // a block's entries: its channels
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int base = __shfl_sync(0xffffffffu, zero_first, (j << block_shift) & 31);  // block j starts at tile j << block_shift
+      z[j].load(stage.scales[j], zeros, base, j < blocks ? D : 0);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) z[j].store(stage.zeros[j]);
+    __syncwarp();
+  }
+};
+
+// One query head's values, lane-owned: per stretch, copy_stretch into a stage a stretch ahead,
+// zero_start a stretch ahead (hybrid), stage_probs (B into registers through the warp's scratch), then
+// load() on m-tiles 0, 1, ... in order out of the landed stage, each ahead of its product(), also in
+// order.
+template <int Bits, int D, class Meta>
+struct ValueTiles : ValueStages<Bits, D, Meta> {
+  using Base = ValueStages<Bits, D, Meta>;
+  using typename Base::Stage;
+  using Base::g, Base::t, Base::mode, Base::offset, Base::zeros, Base::tile_of, Base::block_shift;
+  static constexpr int kMmas = planes::kMmas<Bits>;
+  static constexpr int kBytes = planes::kBytes<Bits>;
+  static constexpr int kMTiles = D / 16;  // m-tiles of 16 channels
+  // A stretch's B bytes: [tile][part: hi, lo][slot], read back 16 bytes at a time.
+  struct alignas(16) ProbScratch {
+    std::uint8_t bytes[4][2][kBytes];
+  };
+  // m-tile m's loads for the lane: its tile's chunk of channels 16m + g and 16m + g + 8, their scales
+  // and zero points (asym; hybrid where the scale's sign bit marks the group asymmetric), the zero
+  // points' global loads still in flight when load() returns.
+  struct Loads {
+    std::uint32_t w[2][Bits];
+    Meta scale[2];
+    Meta zero[2];
+  };
+  // The current stretch: lane (g, t)'s B registers (tile t's part g % 2 where g / 2 == t, else 0),
+  // lane t's tile sum of the fixed-point probabilities, and (hybrid) where its block's zero points
+  // start and how many asymmetric channels come before the next m-tile load() takes.
+  std::uint32_t b[kMmas][2];
+  float tile_sum;
+  const Meta* block_zeros;
+  int before;
 
   // m-tile m's loads for the lane (channels 16m + g and 16m + g + 8) from the landed stage of stretch
   // st, lane t's tile clamped to the stretch's live ones. Every lane of the warp must call it, for
@@ -168,12 +202,6 @@ struct ValueTiles {
     }
   }
 
-  // Where lane t's block of stretch st starts in the region's compact zero points (hybrid; else 0):
-  // loaded a stretch ahead and handed to stage_probs, so that no m-tile waits on it.
-  __device__ __forceinline__ int zero_start(int st) const {
-    return mode == GroupMode::hybrid ? static_cast<int>(__ldg(zero_base + (tile_of(st) >> block_shift))) : 0;
-  }
-
   // Stretch st's probabilities (p[u]: token pos of tile u, on this lane) into B: fixed point relative
   // to the stretch's largest |p|, passed through the warp's scratch; zero_first is zero_start(st).
   // Returns what turns a product back into the probabilities' scale.
@@ -183,13 +211,7 @@ struct ValueTiles {
     const float range = pmax > 0.0f ? __fdividef(static_cast<float>(planes::kFixedMax), pmax) : 1.0f;
     __syncwarp();  // the previous stretch's reads of scratch are done
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const int x = max(-planes::kFixedMax, min(planes::kFixedMax, __float2int_rn(p[u] * range)));
-      std::uint8_t hi, lo;
-      planes::split_fixed(x, hi, lo);
-      scratch.bytes[u][0][planes::slot<Bits>(pos)] = hi, scratch.bytes[u][1][planes::slot<Bits>(pos)] = lo;
-      if constexpr (Bits == 3) scratch.bytes[u][0][planes::slot_bit2(pos)] = hi, scratch.bytes[u][1][planes::slot_bit2(pos)] = lo;
-    }
+    for (int u = 0; u < 4; ++u) planes::put_fixed<Bits>(p[u], range, pos, scratch.bytes[u]);
     __syncwarp();
     // Every lane reads tile t's part g % 2 (its tile sum needs it); only g / 2 == t keeps it as B.
     const bool live = (g >> 1) == t;

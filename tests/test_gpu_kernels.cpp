@@ -159,26 +159,31 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
     std::vector<float> gpu_out, cuda_core_out;
     if (k.channel) {
       float* d_q = upload(q);
+      float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
       float* d_scores = nullptr;
       CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * group * n));
-      // Both kernels on the same input: tensor cores (CUDA cores where unsupported), CUDA cores.
-      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, nullptr, gpu::GemvKernel::tensor_cores}));
+      // Both kernels on the same input: tensor cores (CUDA cores where unsupported), CUDA cores; the
+      // 3-bit cases with token scales.
+      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, d_sigma, gpu::GemvKernel::tensor_cores}));
       CUDA_OK(cudaDeviceSynchronize());
       gpu_out = download(d_scores, static_cast<std::size_t>(regions) * group * n);
-      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, nullptr, gpu::GemvKernel::cuda_cores}));
+      CUDA_OK(gpu::scores_inner({dev, d_q, group, d_scores, d_sigma, gpu::GemvKernel::cuda_cores}));
       cuda_core_out = download(d_scores, static_cast<std::size_t>(regions) * group * n);
       cudaFree(d_q);
+      cudaFree(d_sigma);
       cudaFree(d_scores);
     } else {
       float* d_p = upload(probs);
-      // Both kernels on the same input, as for the scores.
-      const OutputsRun tensor(dev, d_p, group, 5, gpu::GemvKernel::tensor_cores);
+      float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
+      // Both kernels on the same input, as for the scores (3-bit cases with token scales).
+      const OutputsRun tensor(dev, d_p, group, 5, gpu::GemvKernel::tensor_cores, d_sigma);
       CUDA_OK(tensor.status);
       gpu_out = tensor.host();
-      const OutputsRun cuda_cores(dev, d_p, group, 5, gpu::GemvKernel::cuda_cores);
+      const OutputsRun cuda_cores(dev, d_p, group, 5, gpu::GemvKernel::cuda_cores, d_sigma);
       CUDA_OK(cuda_cores.status);
       cuda_core_out = cuda_cores.host();
       cudaFree(d_p);
+      cudaFree(d_sigma);
     }
 
     for (int r = 0; r < regions; ++r) {
@@ -205,12 +210,14 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       // GEMV against double precision over the CPU's dequantized region.
       std::vector<float> x_hat(static_cast<std::size_t>(n) * d);
       cpu_region.dequantize(x_hat.data());
+      const auto sig = [&](int t) { return sigma.empty() ? 1.0 : double(sigma[static_cast<std::size_t>(r) * n + t]); };
       double num = 0, den = 0, num_cc = 0;
       for (int h = 0; h < group; ++h) {
         if (k.channel) {
           for (int t = 0; t < n; ++t) {
             double ref = 0;
             for (int c = 0; c < d; ++c) ref += double(q[(r * group + h) * d + c]) * x_hat[static_cast<std::size_t>(t) * d + c];
+            ref *= sig(t);
             const double got = gpu_out[(static_cast<std::size_t>(r) * group + h) * n + t];
             const double got_cc = cuda_core_out[(static_cast<std::size_t>(r) * group + h) * n + t];
             num += (got - ref) * (got - ref);
@@ -220,7 +227,7 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
         } else {
           for (int c = 0; c < d; ++c) {
             double ref = 0;
-            for (int t = 0; t < n; ++t) ref += double(probs[(static_cast<std::size_t>(r) * group + h) * n + t]) * x_hat[static_cast<std::size_t>(t) * d + c];
+            for (int t = 0; t < n; ++t) ref += double(probs[(static_cast<std::size_t>(r) * group + h) * n + t]) * sig(t) * x_hat[static_cast<std::size_t>(t) * d + c];
             const double got = gpu_out[(static_cast<std::size_t>(r) * group + h) * d + c];
             const double got_cc = cuda_core_out[(static_cast<std::size_t>(r) * group + h) * d + c];
             num += (got - ref) * (got - ref);
@@ -229,10 +236,12 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
           }
         }
       }
-      // fp32 accumulation in another order and the zero-point form: ~1e-12 expected; 1e-6 is the bound.
+      // fp32 accumulation in another order and the zero-point form: ~1e-12 expected. The GQA kernels
+      // take q as 16-bit fixed point per head and 32-channel chunk (gpu/scores_heads.cu) and p per head
+      // and 128-token stretch (gpu/head_tiles.cuh), each off by <= 2^-16 of the largest: ~1e-10. 1e-6
+      // is the bound.
       EXPECT_LT(num / std::max(den, 1e-30), 1e-6) << "region " << r;
       EXPECT_LT(num_cc / std::max(den, 1e-30), 1e-6) << "CUDA-core kernel, region " << r;
-      const auto sig = [&](int t) { return sigma.empty() ? 1.0 : double(sigma[static_cast<std::size_t>(r) * n + t]); };
       {
         // Scores: the in-place mantissa decode takes back a constant up to ~2^8 times a code's term
         // (gpu/mantissa_pairs.cuh): ~1e-12 expected as well. Outputs: the probabilities as 16-bit
