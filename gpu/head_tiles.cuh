@@ -39,11 +39,11 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
   struct alignas(16) ProbScratch {
     std::uint8_t bytes[4][kHeads][2][kBytes];
   };
+  // A row pair's two metadata entries, in one register where they are fp16.
+  using MetaPair = std::conditional_t<sizeof(Meta) == 2, std::uint32_t, uint2>;
   // m-tile m's loads for the lane, per tile u of the stretch: the words it reads of channels 16m + 2g
   // and 16m + 2g + 1 (row k), their scales and zero points (asym; hybrid where the scale's sign bit
   // marks the group asymmetric).
-  // A row pair's two metadata entries in one register where they are fp16.
-  using MetaPair = std::conditional_t<sizeof(Meta) == 2, std::uint32_t, uint2>;
   struct Loads {
     std::uint32_t w[4][2][kWords];
     MetaPair scale[4];
