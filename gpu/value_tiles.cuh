@@ -106,7 +106,8 @@ struct ValueStages {
   }
 
   // Where lane t's block of stretch st starts in the region's compact zero points (hybrid; else 0):
-  // loaded a stretch ahead and handed to stage_probs, so that no m-tile waits on it.
+  // loaded a stretch ahead and handed to ValueTiles::stage_probs or expand_zeros, so that no m-tile
+  // waits on it.
   __device__ __forceinline__ int zero_start(int st) const {
     return mode == GroupMode::hybrid ? static_cast<int>(__ldg(zero_base + (tile_of(st) >> block_shift))) : 0;
   }
