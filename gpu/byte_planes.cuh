@@ -92,6 +92,14 @@ __device__ __forceinline__ void split_fixed(int x, std::uint8_t& hi, std::uint8_
   lo = static_cast<std::uint8_t>(low);
 }
 
+// A's four registers of one mma (plane) over a shared chunk, from lane t's words of its two rows.
+template <int Bits>
+__device__ __forceinline__ void a_regs_at(const std::uint32_t (&row0)[kLaneWords<Bits>], const std::uint32_t (&row1)[kLaneWords<Bits>], int t, int plane,
+                                          std::uint32_t (&a)[4]) {
+  a[0] = a_word_at<Bits>(row0, t, plane, 0), a[1] = a_word_at<Bits>(row1, t, plane, 0);
+  a[2] = a_word_at<Bits>(row0, t, plane, 1), a[3] = a_word_at<Bits>(row1, t, plane, 1);
+}
+
 // The fixed point's scale for values whose largest magnitude is amax (1 for none), and in inv what
 // turns a product back.
 __device__ __forceinline__ float fixed_range(float amax, float& inv) {

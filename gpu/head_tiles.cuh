@@ -147,10 +147,7 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
       }
       std::uint32_t a[kPlanes][4];
 #pragma unroll
-      for (int plane = 0; plane < kPlanes; ++plane) {
-        a[plane][0] = planes::a_word_at<Bits>(cur.w[u][0], t, plane, 0), a[plane][1] = planes::a_word_at<Bits>(cur.w[u][1], t, plane, 0);
-        a[plane][2] = planes::a_word_at<Bits>(cur.w[u][0], t, plane, 1), a[plane][3] = planes::a_word_at<Bits>(cur.w[u][1], t, plane, 1);
-      }
+      for (int plane = 0; plane < kPlanes; ++plane) planes::a_regs_at<Bits>(cur.w[u][0], cur.w[u][1], t, plane, a[plane]);
 #pragma unroll
       for (int q = 0; q < Quads; ++q) {
         int c[4] = {};

@@ -196,10 +196,7 @@ struct KeyHeads {
     for (int c = 0; c < kChunks; ++c) {
       std::uint32_t a[kPlanes][4];
 #pragma unroll
-      for (int plane = 0; plane < kPlanes; ++plane) {
-        a[plane][0] = planes::a_word_at<Bits>(cur.w[0][c], t, plane, 0), a[plane][1] = planes::a_word_at<Bits>(cur.w[1][c], t, plane, 0);
-        a[plane][2] = planes::a_word_at<Bits>(cur.w[0][c], t, plane, 1), a[plane][3] = planes::a_word_at<Bits>(cur.w[1][c], t, plane, 1);
-      }
+      for (int plane = 0; plane < kPlanes; ++plane) planes::a_regs_at<Bits>(cur.w[0][c], cur.w[1][c], t, plane, a[plane]);
       float scale[2], zero[2];
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
