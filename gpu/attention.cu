@@ -11,6 +11,7 @@
 #include "gpu/fp16_part.cuh"
 #include "gpu/gemv.h"
 #include "gpu/inner_stage.cuh"
+#include "gpu/outputs_mma.h"
 #include "gpu/reduce.cuh"
 
 namespace kvq::gpu {
@@ -84,41 +85,13 @@ cudaError_t merge(Parts parts, int count, float* outputs, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Row (r, h) of scores [rows][tokens] in place: e_t = exp(scale * s_t - m) with m the row's max, and
-// (m, sum e_t) into part `part` of `parts`, as a fused part would leave them.
-__global__ void softmax_part(float* scores, int tokens, float scale, Parts parts, int part) {
-  __shared__ float red[32];
-  const long long row = blockIdx.x;
-  float* s = scores + row * tokens;
-  float m = -INFINITY;
-  for (int i = threadIdx.x; i < tokens; i += blockDim.x) m = fmaxf(m, s[i] * scale);
-  m = block_reduce(m, red, MaxOp{});
-  float sum = 0.0f;
-  for (int i = threadIdx.x; i < tokens; i += blockDim.x) {
-    const float e = __expf(s[i] * scale - m);
-    s[i] = e;
-    sum += e;
-  }
-  sum = block_reduce(sum, red, SumOp{});
-  if (threadIdx.x == 0) {
-    const long long at = parts.row(part, static_cast<int>(row / parts.group), static_cast<int>(row % parts.group));
-    parts.ml[2 * at] = m, parts.ml[2 * at + 1] = sum;
-  }
-}
-
-// GQA groups, unfused: the scores into p.scores_scratch, a softmax there leaving part 0's m and l,
-// the values' product of the exponentials into part 0's o (p.splits - 1 sequence splits, summed from
-// parts 2 and on). The windows then take part 1.
-cudaError_t unfused_inner(const AttentionParams& p, const Parts& parts, cudaStream_t stream) {
-  const RegionShape& ks = p.keys.shape;
-  const long long rows = static_cast<long long>(p.keys.regions) * p.group, part = rows * ks.head_dim;
+// GQA groups, unfused: the scores into p.scores_scratch, then the values' kernel running the softmax
+// over them and writing parts [0, used). The windows then take part `used`.
+cudaError_t unfused_inner(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream) {
   KVQ_CUDA_TRY(scores_inner({p.keys, p.queries, p.group, p.scores_scratch, p.key_token_scale, GemvKernel::automatic}, stream));
-  softmax_part<<<static_cast<unsigned>(rows), 256, 0, stream>>>(p.scores_scratch, ks.tokens, p.scale, parts, 0);
-  KVQ_CUDA_TRY(cudaGetLastError());
   OutputsParams o;
-  o.values = p.values, o.probs = p.scores_scratch, o.group = p.group, o.outputs = parts.o, o.partial = parts.o + 2 * part;
-  o.splits = p.splits - 1, o.token_scale = p.value_token_scale;
-  return outputs_inner(o, stream);
+  o.values = p.values, o.probs = p.scores_scratch, o.group = p.group, o.splits = p.splits, o.token_scale = p.value_token_scale;
+  return outputs_softmax_mma(o, p.scale, parts, used, stream);
 }
 
 __global__ void softmax_kernel(const float* scores, int tokens, float scale, float* probs, __half* probs_fp16) {
@@ -164,9 +137,8 @@ cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
   const Parts parts = parts_of(p.scratch, p.keys.regions, p.group, ks.head_dim, p.splits);
   int used = 0, window_parts = 0;
   bool windows_taken = false;  // by the quantized kernel (the lane-owned one takes them into its last part)
-  if (ks.tokens > 0 && p.group > 1 && p.scores_scratch && p.splits >= 2) {
-    KVQ_CUDA_TRY(unfused_inner(p, parts, stream));
-    used = 1;
+  if (ks.tokens > 0 && p.group > 1 && p.scores_scratch && outputs_mma_supported(p.values, p.group)) {
+    KVQ_CUDA_TRY(unfused_inner(p, parts, used, stream));
   } else if (ks.tokens > 0) {
     switch (ks.bits * 10 + vs.bits) {
       case 32: KVQ_CUDA_TRY(inner_k3v2(p, parts, used, windows_taken, stream)); break;

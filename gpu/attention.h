@@ -6,7 +6,8 @@
 //                    (sink + recent). One query head per kv head with fp16 metadata: warps streaming
 //                    their own stretches on the GEMVs' lane-owned decode (gpu/attention_lane.cuh);
 //                    otherwise the tensor-core stages of gpu/inner_stage.cuh (gpu/attention_inner.cuh);
-//                    for GQA groups given scores_scratch, the GEMVs and a softmax instead;
+//                    for GQA groups given scores_scratch, the keys' GEMV, then the values' kernel
+//                    running the online softmax over its scores (gpu/outputs_mma.h) instead;
 //   attention_fp16:  the fp16 baseline over dense fp16 keys and values.
 // softmax_rows (with scores_fp16/outputs_fp16 or cuBLAS) is the unfused path for comparison.
 #include <cuda_fp16.h>
@@ -37,9 +38,10 @@ struct AttentionParams {
   // Scratch of attention_scratch_floats(regions, group, head_dim, splits) floats, device.
   float* scratch = nullptr;
   int splits = 1;  // at most this many sequence parts over the quantized tokens (see attention_splits)
-  // Optional, for GQA groups: [regions][group][keys.shape.tokens] fp32, device. Given it (and splits
-  // >= 2), a group > 1 runs as scores_inner, a softmax over this array and outputs_inner (splits - 1
-  // sequence splits), which measured faster than the fused kernel there (docs/PERF.md); null: fused.
+  // Optional, for GQA groups: [regions][group][keys.shape.tokens] fp32, device. Given it, a group > 1
+  // whose values the tensor-core outputs take (outputs_mma_supported) runs as scores_inner into this
+  // array, then the values' kernel with an online softmax over it (up to `splits` sequence splits),
+  // which measured faster than the fused kernel there (docs/PERF.md); null: fused.
   float* scores_scratch = nullptr;
 };
 

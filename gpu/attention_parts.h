@@ -23,10 +23,11 @@ struct WarpParts {
   float o[Warps][Group][D];
 };
 
-// After a barrier: the block's warps merged (max-rescaled, in warp order) into part `part` of region r.
+// After a barrier: the block's warps merged (max-rescaled, in warp order) into part `part` of region r,
+// for heads [0, group) (a kernel built for up to Group heads may run fewer).
 template <int Warps, int Group, int D>
-__device__ void write_part(const WarpParts<Warps, Group, D>& w, const Parts& parts, int part, int r) {
-  for (int i = threadIdx.x; i < Group * D; i += blockDim.x) {
+__device__ void write_part(const WarpParts<Warps, Group, D>& w, const Parts& parts, int part, int r, int group = Group) {
+  for (int i = threadIdx.x; i < group * D; i += blockDim.x) {
     const int h = i / D, c = i % D;
     float mm = -INFINITY;
     for (int k = 0; k < Warps; ++k) mm = fmaxf(mm, w.m[k][h]);

@@ -2,12 +2,15 @@
 // own 128-token stretches, copied into shared memory a stretch ahead (gpu/value_tiles.cuh's stages),
 // with no barrier per stretch. One query head per kv head (outputs_warp_kernel): lane-owned tiles
 // (gpu/value_tiles.cuh). GQA groups (outputs_heads_kernel): tiles shared by a quad, the heads in B's
-// columns (gpu/head_tiles.cuh). Outputs stay in registers; runs are summed in order.
+// columns (gpu/head_tiles.cuh). Outputs stay in registers; runs are summed in order. The GQA kernel
+// also serves as the values half of the GQA attention (outputs_softmax_mma): it takes raw scores and
+// runs an online softmax over them, writing attention parts instead of partial sums.
 
 #include <cstddef>
 #include <cstdint>
 
 #include "core/packed.h"
+#include "gpu/attention_parts.h"
 #include "gpu/cuda_check.h"
 #include "gpu/dispatch.cuh"
 #include "gpu/head_tiles.cuh"
@@ -24,9 +27,19 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kStretch = value_tiles::kStretch;  // tokens per block iteration: 4 tiles of 32, one per lane of a quad
 
+// Softmax (outputs_softmax_mma): p.probs holds raw scores q . k^, and each split writes an attention
+// part (gpu/attention_parts.h) rather than partial sums.
+struct SoftmaxParts {
+  float scale = 1.0f;  // the softmax scale, applied to the scores
+  attention_detail::Parts parts{};
+};
+
 // GQA groups: as one head, with the quad sharing each tile and the heads in B's columns
 // (gpu/head_tiles.cuh). A stretch's probabilities for every head are loaded a stretch ahead; at the
-// end the block's warps add up through the stages' shared memory.
+// end the block's warps add up through the stages' shared memory. Softmax: the stretch's scores
+// become e^(scale s - m) against each head's running max m (the warp's), which rescales the lane's
+// accumulators and running sums as it grows, as the fused one-head kernel does
+// (gpu/attention_lane.cuh); at the end the warps' parts merge through the stages' shared memory.
 template <int Bits, int D, class Meta, int Quads>
 constexpr std::size_t heads_smem() {
   using Values = head_tiles::HeadTiles<Bits, D, Meta, Quads>;
@@ -44,8 +57,9 @@ constexpr int heads_blocks() {
   return fit < 1 ? 1 : fit > 4 ? 4 : fit;
 }
 
-template <int Bits, int D, class Meta, int Quads>
-__global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>())) outputs_heads_kernel(OutputsParams p, int stretches_per_split) {
+template <int Bits, int D, class Meta, int Quads, bool Softmax>
+__global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>()))
+    outputs_heads_kernel(OutputsParams p, int stretches_per_split, SoftmaxParts sp) {
   using Values = head_tiles::HeadTiles<Bits, D, Meta, Quads>;
   using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles, kHeads = Values::kHeads;
@@ -70,17 +84,56 @@ __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>(
     }
   };
   float acc[kMTiles][Quads][2] = {};
+  // Softmax: each head's running max (the same in every lane) and this lane's share of its sum.
+  float run_m[kHeads], run_l[kHeads];
+#pragma unroll
+  for (int h = 0; h < kHeads; ++h) run_m[h] = -INFINITY, run_l[h] = 0.0f;
   float next_p[kHeads][4], next_sigma[4];
   int next_zero = 0;
   int st = first + warp;
   if (st < last) load_probs(st, next_p, next_sigma), next_zero = values.zero_start(st), values.copy_stretch(st, stages[0]);
   for (int i = 0; st < last; st += kWarps, ++i) {
     float pc[kHeads][4];
+    bool live[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const bool live = st * kStretch + 32 * u + lane < tokens;
+    for (int u = 0; u < 4; ++u) live[u] = st * kStretch + 32 * u + lane < tokens;
+    if constexpr (Softmax) {
+      float corr[Quads];  // what the lane's accumulators (head 4q + t) are rescaled by
 #pragma unroll
-      for (int h = 0; h < kHeads; ++h) pc[h][u] = live ? next_p[h][u] * next_sigma[u] : 0.0f;
+      for (int q = 0; q < Quads; ++q) corr[q] = 1.0f;
+#pragma unroll
+      for (int h = 0; h < kHeads; ++h) {
+        if (h >= group) {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) pc[h][u] = 0.0f;
+          continue;
+        }
+        float s[4], mx = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) s[u] = live[u] ? next_p[h][u] * sp.scale : -INFINITY, mx = fmaxf(mx, s[u]);
+        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        const float m_new = fmaxf(run_m[h], mx);
+        const float c = __expf(run_m[h] - m_new);  // 0 on the warp's first stretch
+        run_m[h] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const float e = __expf(s[u] - m_new);
+          sum += e;
+          pc[h][u] = e * next_sigma[u];
+        }
+        run_l[h] = run_l[h] * c + sum;
+        if (h % 4 == values.t) corr[h / 4] = c;
+      }
+#pragma unroll
+      for (int m = 0; m < kMTiles; ++m)
+#pragma unroll
+        for (int q = 0; q < Quads; ++q) acc[m][q][0] *= corr[q], acc[m][q][1] *= corr[q];
+    } else {
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int h = 0; h < kHeads; ++h) pc[h][u] = live[u] ? next_p[h][u] * next_sigma[u] : 0.0f;
     }
     const int zero_first = next_zero, next = st + kWarps;
     if (next < last) load_probs(next, next_p, next_sigma), next_zero = values.zero_start(next);
@@ -101,6 +154,26 @@ __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>(
   // warp is past its last stretch.
   copy_wait<0>();
   __syncthreads();
+  if constexpr (Softmax) {
+    auto& w = *reinterpret_cast<attention_detail::WarpParts<kWarps, kHeads, D>*>(dynamic_smem);
+#pragma unroll
+    for (int q = 0; q < Quads; ++q) {
+      const int h = 4 * q + (lane & 3);
+      if (h < group)
+#pragma unroll
+        for (int m = 0; m < kMTiles; ++m) *reinterpret_cast<float2*>(&w.o[warp][h][16 * m + 2 * (lane >> 2)]) = make_float2(acc[m][q][0], acc[m][q][1]);
+    }
+#pragma unroll
+    for (int h = 0; h < kHeads; ++h) {
+      if (h >= group) break;
+      float l = run_l[h];
+      for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
+      if (lane == 0) w.m[warp][h] = run_m[h], w.l[warp][h] = l;
+    }
+    __syncthreads();
+    attention_detail::write_part(w, sp.parts, split, r, group);
+    return;
+  }
   float* sums = reinterpret_cast<float*>(dynamic_smem);  // [kWarps][group][D]
 #pragma unroll
   for (int q = 0; q < Quads; ++q) {
@@ -190,15 +263,21 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   }
 }
 
-// A split-sequence launch of either kernel over stretches, then the splits added in order.
-template <class Kernel>
-cudaError_t launch_splits(Kernel kernel, int heads, int head_dim, const OutputsParams& p, cudaStream_t stream, std::size_t smem = 0) {
-  const RegionShape& s = p.values.shape;
+// A split-sequence launch of any of the kernels over stretches: at most p.splits runs (runs.splits).
+template <class Kernel, class... Extra>
+cudaError_t launch_runs(Kernel kernel, const OutputsParams& p, std::size_t smem, SplitRuns& runs, cudaStream_t stream, const Extra&... extra) {
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, smem, info));
-  const SplitRuns runs = split_runs((s.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
-  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, smem, stream>>>(p, runs.per_split);
-  KVQ_CUDA_TRY(cudaGetLastError());
+  runs = split_runs((p.values.shape.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
+  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, smem, stream>>>(p, runs.per_split, extra...);
+  return cudaGetLastError();
+}
+
+// A GEMV's launch, then the splits' partial sums added in order.
+template <class Kernel, class... Extra>
+cudaError_t launch_splits(Kernel kernel, int heads, int head_dim, const OutputsParams& p, cudaStream_t stream, std::size_t smem, const Extra&... extra) {
+  SplitRuns runs;
+  KVQ_CUDA_TRY(launch_runs(kernel, p, smem, runs, stream, extra...));
   return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * heads * head_dim, p.outputs, stream);
 }
 
@@ -211,11 +290,26 @@ cudaError_t launch_warps(const OutputsParams& p, cudaStream_t stream) {
 }
 
 template <int Bits, int D, class Meta, int Quads>
-cudaError_t launch_heads(const OutputsParams& p, cudaStream_t stream) {
+constexpr std::size_t heads_launch_smem() {
   using Values = head_tiles::HeadTiles<Bits, D, Meta, Quads>;
   constexpr std::size_t kSmem = heads_smem<Bits, D, Meta, Quads>();
   static_assert(kSmem >= (kThreads / 32) * Values::kHeads * D * sizeof(float), "the warps' sums fit in their stages");
-  return launch_splits(outputs_heads_kernel<Bits, D, Meta, Quads>, p.group, D, p, stream, kSmem);
+  static_assert(kSmem >= sizeof(attention_detail::WarpParts<kThreads / 32, Values::kHeads, D>), "the warps' parts fit in their stages");
+  return kSmem;
+}
+
+template <int Bits, int D, class Meta, int Quads>
+cudaError_t launch_heads(const OutputsParams& p, cudaStream_t stream) {
+  return launch_splits(outputs_heads_kernel<Bits, D, Meta, Quads, false>, p.group, D, p, stream, heads_launch_smem<Bits, D, Meta, Quads>(),
+                       SoftmaxParts{});
+}
+
+template <int Bits, int D, class Meta, int Quads>
+cudaError_t launch_softmax(const OutputsParams& p, const SoftmaxParts& sp, int& used, cudaStream_t stream) {
+  SplitRuns runs;
+  const cudaError_t e = launch_runs(outputs_heads_kernel<Bits, D, Meta, Quads, true>, p, heads_launch_smem<Bits, D, Meta, Quads>(), runs, stream, sp);
+  used = runs.splits;
+  return e;
 }
 
 }  // namespace
@@ -240,6 +334,18 @@ cudaError_t outputs_mma(const OutputsParams& p, cudaStream_t stream) {
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, {
     if (s.meta_fp16) return p.group <= 4 ? launch_heads<B, D, std::uint16_t, 1>(p, stream) : launch_heads<B, D, std::uint16_t, 2>(p, stream);
     return p.group <= 4 ? launch_heads<B, D, std::uint32_t, 1>(p, stream) : launch_heads<B, D, std::uint32_t, 2>(p, stream);
+  }))
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t outputs_softmax_mma(const OutputsParams& p, float scale, const attention_detail::Parts& parts, int& used, cudaStream_t stream) {
+  const RegionShape& s = p.values.shape;
+  used = 0;
+  if (!outputs_mma_supported(p.values, p.group) || p.group < 2 || p.splits < 1) return cudaErrorInvalidValue;
+  const SoftmaxParts sp{scale, parts};
+  KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, {
+    if (s.meta_fp16) return p.group <= 4 ? launch_softmax<B, D, std::uint16_t, 1>(p, sp, used, stream) : launch_softmax<B, D, std::uint16_t, 2>(p, sp, used, stream);
+    return p.group <= 4 ? launch_softmax<B, D, std::uint32_t, 1>(p, sp, used, stream) : launch_softmax<B, D, std::uint32_t, 2>(p, sp, used, stream);
   }))
   return cudaErrorInvalidValue;
 }

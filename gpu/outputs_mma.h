@@ -2,6 +2,7 @@
 // Tensor-core outputs over token-axis values (internal to gpu/; outputs_inner picks it).
 #include <cuda_runtime.h>
 
+#include "gpu/attention_parts.h"
 #include "gpu/gemv.h"
 
 namespace kvq::gpu {
@@ -14,5 +15,12 @@ bool outputs_mma_supported(const DeviceRegions& values, int group);
 // resident blocks), partial sums in
 // params.partial ([splits][regions][group][head_dim]), added in split order (deterministic).
 cudaError_t outputs_mma(const OutputsParams& params, cudaStream_t stream);
+// The values half of the GQA attention (gpu/attention.cu), for groups of 2..8 where
+// outputs_mma_supported: params.probs holds the raw scores q . k^ ([regions][group][tokens] fp32), and
+// each of at most params.splits runs turns them into e^(scale s - m) against each head's running max m
+// (an online softmax, times the token scale where given) and writes its part (unnormalized output, m
+// and the sum of the exponentials) into parts [0, used) of `parts`, for the merge. params.outputs and
+// params.partial are not used.
+cudaError_t outputs_softmax_mma(const OutputsParams& params, float scale, const attention_detail::Parts& parts, int& used, cudaStream_t stream);
 
 }  // namespace kvq::gpu

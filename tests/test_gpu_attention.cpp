@@ -63,14 +63,18 @@ struct AttentionCase {
 
 std::vector<AttentionCase> attention_cases() {
   // Every built (key bits, value bits, head_dim, group) kernel of the staged machinery (groups 2..8),
-  // with the modes taken in turn.
+  // with the modes and the metadata precision taken in turn.
   std::vector<AttentionCase> out;
   const Mode modes[] = {Mode::sym, Mode::asym, Mode::hybrid};
   int i = 0;
   for (auto [kb, vb] : {std::pair{3, 2}, std::pair{3, 3}, std::pair{2, 2}, std::pair{4, 4}})
     for (int d : {64, 128})
       for (int group = 1; group <= 8; ++group, ++i)
-        if (group > 1) out.push_back({kb, vb, d, group, modes[i % 3], modes[(i / 3) % 3], i % 4 == 1});
+        if (group > 1) {
+          AttentionCase c{kb, vb, d, group, modes[i % 3], modes[(i / 3) % 3], i % 4 == 1};
+          c.meta_fp32 = i % 5 == 2;
+          out.push_back(c);
+        }
   // One query head per kv head runs the lane-owned kernel (fp16 metadata; fp32 takes the staged one):
   // every pair of modes, with group sizes, token scales and the metadata precision taken in turn.
   int j = 0;
@@ -162,8 +166,8 @@ TEST_P(GpuAttention, FusedMatchesDoubleOnTheDequantizedCache) {
         ref.insert(ref.end(), o.begin(), o.end());
       }
     }
-    // The fused kernel, and for GQA groups the unfused route too (scores_scratch: the GEMVs and a
-    // softmax; taken where splits >= 2).
+    // The fused kernel, and for GQA groups the unfused route too (scores_scratch: the keys' GEMV, then
+    // the values' kernel with the online softmax over its scores).
     float* d_scores = nullptr;
     if (group > 1) {
       CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * group * std::max(n, 1)));
