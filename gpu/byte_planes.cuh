@@ -76,7 +76,10 @@ __device__ __forceinline__ std::uint32_t a_word_at(const std::uint32_t (&w)[kLan
   if constexpr (Bits == 2) return (w[r] >> (2 * t)) & 0x03030303u;
   if constexpr (Bits == 3) {
     if (plane == 0) return (w[r] >> (2 * t)) & 0x03030303u;
-    return __funnelshift_r(w[2] << 2, w[2] >> 30, t + 4 * r) & 0x04040404u;  // (4 w[2]) >> (t + 4r): both of a_word's cases
+    // Bit 2 of code 8i + t + 4r sits at bit 8i + t + 4r of w[2]; a rotation right by t + 4r - 2 puts
+    // it at bit 8i + 2 (both of a_word's cases in one funnel shift), and the bits that wrap around fall
+    // outside the mask.
+    return __funnelshift_r(w[2], w[2], t + 4 * r + 30) & 0x04040404u;
   }
   if constexpr (Bits == 4) return (w[r] >> (4 * (t & 1))) & 0x0F0F0F0Fu;
   return w[r];

@@ -6,7 +6,10 @@
 // two tokens, and the chunk's group scale multiplies it in registers. B is the same for the whole
 // region: each warp builds it once and keeps it in registers. Each warp streams its own 64-token
 // stretches, copied into shared memory a stretch ahead (cp.async); a hybrid stretch's compact zero
-// points are put at their groups there first, so that the products read them as asym's.
+// points are put at their groups there first, so that the products read them as asym's. Symmetric
+// keys (InnerQ's) take their own instantiation: the zero point is an integer offset in codes, so it
+// comes off the integer dot product (offset times q's integer sum), with no zero points to load or
+// convert and no mode to test per group.
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -28,7 +31,7 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kStretch = 64;  // tokens per warp stretch: four m-tiles of 16, two hybrid zero-blocks of 32
 
-template <int Bits, int D, class Meta, int Quads>
+template <int Bits, int D, class Meta, int Quads, bool Sym>
 struct KeyHeads {
   static constexpr int kHeads = 4 * Quads, kChunks = D / 32, kPlanes = planes::kPlanes<Bits>, kWords = planes::kLaneWords<Bits>;
   static constexpr int kRowBytes = D * Bits / 8;  // one token's codes
@@ -64,10 +67,12 @@ struct KeyHeads {
   int code_skip, scale_skip, zero_skip;   // where a stretch starts in the stage's arrays (bytes; entries)
   float offset;
   // Lane (g, t)'s B (head 4q + g / 2's part g % 2 of each chunk and plane), and for head 4q + t and
-  // each chunk: what turns a product back into q's scale, and the chunk's sum of q in that scale.
+  // each chunk: what turns a product back into q's scale, and the chunk's sum of q in that scale
+  // (Sym: that sum times the code offset, in integers).
   std::uint32_t b[kChunks][Quads][kPlanes][2];
   float inv_range[Quads][kChunks];
   float q_sum[Quads][kChunks];
+  int q_offset[Quads][kChunks];
 
   __device__ __forceinline__ void init(const DeviceRegions& keys, int r) {
     const RegionShape& s = keys.shape;
@@ -105,7 +110,9 @@ struct KeyHeads {
 #pragma unroll
       for (int c = 0; c < kChunks; ++c) {
         const int h = 4 * q + (g >> 1);
-        q_sum[q][c] = static_cast<float>(planes::shared_b<Bits>(scratch.bytes[c][h], h < group, g, t, b[c][q]));
+        const int sum = planes::shared_b<Bits>(scratch.bytes[c][h], h < group, g, t, b[c][q]);
+        q_sum[q][c] = static_cast<float>(sum);
+        q_offset[q][c] = static_cast<int>(offset) * sum;
         if (!(4 * q + t < group)) inv_range[q][c] = 0.0f;  // heads past the group: never stored, kept finite
       }
     __syncwarp();  // the scratch is the stages': read before the first copy
@@ -181,7 +188,7 @@ struct KeyHeads {
       for (int c = 0; c < kChunks; ++c) {
         const int at = tok * groups + (c >> chunk_shift);
         into.scale[k][c] = stage.scales[scale_skip + at];
-        into.zero[k][c] = mode != GroupMode::sym ? stage.zeros[zero_skip + at] : Meta(0);
+        if constexpr (!Sym) into.zero[k][c] = mode != GroupMode::sym ? stage.zeros[zero_skip + at] : Meta(0);
       }
     }
   }
@@ -201,8 +208,10 @@ struct KeyHeads {
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
         scale[k] = magnitude(cur.scale[k][c]);
-        const bool asym = mode == GroupMode::asym || (mode == GroupMode::hybrid && sign_bit(cur.scale[k][c]));
-        zero[k] = asym ? plain(cur.zero[k][c]) : -offset * scale[k];
+        if constexpr (!Sym) {
+          const bool asym = mode == GroupMode::asym || (mode == GroupMode::hybrid && sign_bit(cur.scale[k][c]));
+          zero[k] = asym ? plain(cur.zero[k][c]) : -offset * scale[k];
+        }
       }
 #pragma unroll
       for (int q = 0; q < Quads; ++q) {
@@ -210,21 +219,24 @@ struct KeyHeads {
 #pragma unroll
         for (int plane = 0; plane < kPlanes; ++plane) planes::imma(acc, a[plane], b[c][q][plane][0], b[c][q][plane][1]);
 #pragma unroll
-        for (int k = 0; k < 2; ++k)
-          score[k][q] += (scale[k] * static_cast<float>(256 * acc[2 * k] + acc[2 * k + 1]) + zero[k] * q_sum[q][c]) * inv_range[q][c];
+        for (int k = 0; k < 2; ++k) {
+          const int dot = 256 * acc[2 * k] + acc[2 * k + 1];
+          if constexpr (Sym) score[k][q] += static_cast<float>(dot - q_offset[q][c]) * (scale[k] * inv_range[q][c]);
+          else score[k][q] += (scale[k] * static_cast<float>(dot) + zero[k] * q_sum[q][c]) * inv_range[q][c];
+        }
       }
     }
   }
 };
 
-template <int Bits, int D, class Meta, int Quads>
+template <int Bits, int D, class Meta, int Quads, bool Sym>
 constexpr std::size_t stages_bytes() {
-  return kWarps * KeyHeads<Bits, D, Meta, Quads>::kStages * sizeof(typename KeyHeads<Bits, D, Meta, Quads>::Stage);
+  return kWarps * KeyHeads<Bits, D, Meta, Quads, Sym>::kStages * sizeof(typename KeyHeads<Bits, D, Meta, Quads, Sym>::Stage);
 }
 
-template <int Bits, int D, class Meta, int Quads>
+template <int Bits, int D, class Meta, int Quads, bool Sym>
 __global__ void __launch_bounds__(kThreads, Quads == 1 ? 4 : 3) scores_heads_kernel(ScoresParams p, int stretches_per_split) {
-  using Keys = KeyHeads<Bits, D, Meta, Quads>;
+  using Keys = KeyHeads<Bits, D, Meta, Quads, Sym>;
   using Stage = typename Keys::Stage;
   constexpr int kHeads = Keys::kHeads;
   extern __shared__ __align__(16) unsigned char dynamic_smem[];  // [kWarps][Keys::kStages] stages
@@ -275,10 +287,10 @@ __global__ void __launch_bounds__(kThreads, Quads == 1 ? 4 : 3) scores_heads_ker
   }
 }
 
-template <int Bits, int D, class Meta, int Quads>
-cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
-  auto kernel = scores_heads_kernel<Bits, D, Meta, Quads>;
-  constexpr std::size_t kSmem = stages_bytes<Bits, D, Meta, Quads>();
+template <int Bits, int D, class Meta, int Quads, bool Sym>
+cudaError_t launch_mode(const ScoresParams& p, cudaStream_t stream) {
+  auto kernel = scores_heads_kernel<Bits, D, Meta, Quads, Sym>;
+  constexpr std::size_t kSmem = stages_bytes<Bits, D, Meta, Quads, Sym>();
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, kSmem, info));
   // Runs of whole stretches, at most one wave of resident blocks, each block's warps taking its run's
@@ -289,6 +301,11 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const int splits = (stretches + per_split - 1) / per_split;
   kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.keys.regions)), kThreads, kSmem, stream>>>(p, per_split);
   return cudaGetLastError();
+}
+
+template <int Bits, int D, class Meta, int Quads>
+cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
+  return p.keys.shape.mode == GroupMode::sym ? launch_mode<Bits, D, Meta, Quads, true>(p, stream) : launch_mode<Bits, D, Meta, Quads, false>(p, stream);
 }
 
 }  // namespace
