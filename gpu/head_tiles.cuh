@@ -138,12 +138,11 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       float scale[2], zero[2];
+      if constexpr (sizeof(Meta) == 2) {
+        scale_and_zero_pair(cur.scale[u], cur.zero[u], mode, offset, scale, zero);
+      } else {
 #pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const Meta raw = entry(cur.scale[u], k);
-        scale[k] = magnitude(raw);
-        const bool asym = mode == GroupMode::asym || (mode == GroupMode::hybrid && sign_bit(raw));
-        zero[k] = asym ? plain(entry(cur.zero[u], k)) : -offset * scale[k];
+        for (int k = 0; k < 2; ++k) scale_and_zero(entry(cur.scale[u], k), entry(cur.zero[u], k), mode, offset, scale[k], zero[k]);
       }
       std::uint32_t a[kPlanes][4];
 #pragma unroll

@@ -4,8 +4,10 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "core/packed.h"
+#include "gpu/region.h"
 
 namespace kvq::gpu {
 
@@ -41,6 +43,31 @@ template <class Meta>
 __device__ __forceinline__ float plain(Meta raw) {
   if constexpr (sizeof(Meta) == 2) return __half2float(__ushort_as_half(raw));
   else return __uint_as_float(raw);
+}
+
+// A group's |scale| and effective zero point from its stored entries: an asymmetric group's (asym,
+// or hybrid with the sign bit set) is its stored zero point, a symmetric one's -offset |scale|
+// (offset: the code offset, packed::sym_offset).
+template <class Meta>
+__device__ __forceinline__ void scale_and_zero(Meta scale_raw, Meta zero_raw, GroupMode mode, float offset, float& scale, float& zero) {
+  scale = magnitude(scale_raw);
+  const bool asym = mode == GroupMode::asym || (mode == GroupMode::hybrid && sign_bit(scale_raw));
+  zero = asym ? plain(zero_raw) : -offset * scale;
+}
+
+// The same for two fp16 groups whose entries share one register each (group 0 in the low half):
+// one mask and one paired conversion for both scales, one for both zero points.
+__device__ __forceinline__ void scale_and_zero_pair(std::uint32_t scales, std::uint32_t zeros, GroupMode mode, float offset, float (&scale)[2],
+                                                    float (&zero)[2]) {
+  const std::uint32_t mag = scales & 0x7fff7fffu;
+  __half2 s2, z2;
+  std::memcpy(&s2, &mag, sizeof(s2));
+  std::memcpy(&z2, &zeros, sizeof(z2));
+  const float2 s = __half22float2(s2), z = __half22float2(z2);
+  const bool hybrid = mode == GroupMode::hybrid, all = mode == GroupMode::asym;
+  scale[0] = s.x, scale[1] = s.y;
+  zero[0] = all || (hybrid && (scales & 0x8000u) != 0u) ? z.x : -offset * s.x;
+  zero[1] = all || (hybrid && (scales & 0x80000000u) != 0u) ? z.y : -offset * s.y;
 }
 
 // Hybrid: one zero-block's compact zero points (core/packed.h: one per asymmetric group, in the

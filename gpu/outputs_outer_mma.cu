@@ -147,19 +147,14 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
   unsigned i = 0;
   int since_flush = 0;
   for (int st = first + warp; st < last; st += kWarps, ++i) {
-    // The stage the next copy overwrites was read by the stretch before: every lane is past it.
-    __syncwarp();
-    if (st + kWarps < last) copy_stretch(st + kWarps, stages[(i + 1) & 1]);
-    else copy_commit();
+    ring_refill<2>(i, st + kWarps < last, stages, [&](StageT& stage) { copy_stretch(st + kWarps, stage); });
     float pv[Heads];
     const float sig = sigma_next;
     const std::uint32_t base = base_next;
 #pragma unroll
     for (int h = 0; h < Heads; ++h) pv[h] = p_next[h] * sig;
     fetch(st + kWarps);
-    copy_wait<1>();
-    __syncwarp();
-    const StageT& stage = stages[i & 1];
+    const StageT& stage = ring_landed<2>(i, stages);
 
     // Token l of the stretch: its groups' |scale|, mode bits and the largest |p sigma| |s|.
     const int tok = st * kStretch + lane;

@@ -46,4 +46,24 @@ __device__ __forceinline__ void copy_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
 }
 
+// A warp's ring of Stages shared-memory stages filled by cp.async: piece i of the warp's sequence
+// sits in stages[i % Stages], Stages - 1 pieces in flight while the warp works on one. Before piece
+// i, ring_refill starts the copy of piece i + Stages - 1 with `copy` (which commits its own group)
+// into the stage piece i - 1 used, once every lane is done reading it; past the end (!more) it
+// commits an empty group, so that ring_landed always leaves exactly Stages - 1 groups pending.
+// Every lane of the warp calls both.
+template <int Stages, class Stage, class Copy>
+__device__ __forceinline__ void ring_refill(unsigned i, bool more, Stage* stages, Copy&& copy) {
+  __syncwarp();
+  if (more) copy(stages[(i + Stages - 1) % Stages]);
+  else copy_commit();
+}
+// Piece i once every lane's copies of it have landed.
+template <int Stages, class Stage>
+__device__ __forceinline__ Stage& ring_landed(unsigned i, Stage* stages) {
+  copy_wait<Stages - 1>();
+  __syncwarp();
+  return stages[i % Stages];
+}
+
 }  // namespace kvq::gpu

@@ -207,11 +207,8 @@ struct KeyHeads {
       float scale[2], zero[2];
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
-        scale[k] = magnitude(cur.scale[k][c]);
-        if constexpr (!Sym) {
-          const bool asym = mode == GroupMode::asym || (mode == GroupMode::hybrid && sign_bit(cur.scale[k][c]));
-          zero[k] = asym ? plain(cur.zero[k][c]) : -offset * scale[k];
-        }
+        if constexpr (Sym) scale[k] = magnitude(cur.scale[k][c]);
+        else scale_and_zero(cur.scale[k][c], cur.zero[k][c], mode, offset, scale[k], zero[k]);
       }
 #pragma unroll
       for (int q = 0; q < Quads; ++q) {
@@ -256,12 +253,8 @@ __global__ void __launch_bounds__(kThreads, Quads == 1 ? 4 : 3) scores_heads_ker
   for (unsigned i = 0; st < last; st += kWarps, ++i) {
     const int next = st + kWarps, zero_first = next_zero;
     if (next < last) next_zero = keys.zero_start(next);
-    __syncwarp();  // every lane is done reading the stage the next copy overwrites
-    if (next < last) keys.copy_stretch(next, stages[(i + 1) % Keys::kStages]);
-    else copy_commit();
-    copy_wait<1>();
-    __syncwarp();
-    Stage& cur = stages[i % Keys::kStages];
+    ring_refill<Keys::kStages>(i, next < last, stages, [&](Stage& stage) { keys.copy_stretch(next, stage); });
+    Stage& cur = ring_landed<Keys::kStages>(i, stages);
     keys.expand_zeros(cur, st, zero_first);
     const int live = keys.live_in(st);
     typename Keys::Loads l[2];

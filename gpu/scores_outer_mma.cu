@@ -191,10 +191,7 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
   fetch(first + warp);
   unsigned i = 0;
   for (int tile = first + warp; tile < last; tile += kWarps, ++i) {
-    // The stage the next copy overwrites was read by the tile before: every lane is past it.
-    __syncwarp();
-    if (tile + (kStages - 1) * kWarps < last) copy_tile(tile + (kStages - 1) * kWarps, stages[(i + kStages - 1) % kStages]);
-    else copy_commit();
+    ring_refill<kStages>(i, tile + (kStages - 1) * kWarps < last, stages, [&](TileT& stage) { copy_tile(tile + (kStages - 1) * kWarps, stage); });
     const uint2 scale_now[2] = {scale_next[0], scale_next[1]}, zero_now[2] = {zero_next[0], zero_next[1]};
     const std::uint32_t base[2] = {base_next[0], base_next[1]};
     fetch(tile + kWarps);
@@ -268,9 +265,7 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
         }
       }
     }
-    copy_wait<kStages - 1>();
-    __syncwarp();
-    const TileT& stage = stages[i % kStages];
+    const TileT& stage = ring_landed<kStages>(i, stages);
 
     // Both m-tiles over the k-steps: the lane's words of its k-slots' channels, then two decodes per mma.
     // A dead m-tile (the second half of a last tile of 16-token rows) is computed and not stored.

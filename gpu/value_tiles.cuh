@@ -93,17 +93,11 @@ struct ValueStages {
   // overwrites, starts the copy of the warp's next stretch `next` into the other stage. Past `last` it
   // commits an empty group, so that landed() always leaves exactly one group pending.
   __device__ __forceinline__ void copy_next(unsigned i, int next, int last, Stage* stages) const {
-    __syncwarp();
-    if (next < last) copy_stretch(next, stages[(i + 1) % kStages]);
-    else copy_commit();
+    ring_refill<kStages>(i, next < last, stages, [&](Stage& stage) { copy_stretch(next, stage); });
   }
 
   // The warp's i-th stretch once every lane's copies of it have landed.
-  __device__ __forceinline__ Stage& landed(unsigned i, Stage* stages) const {
-    copy_wait<1>();
-    __syncwarp();
-    return stages[i % kStages];
-  }
+  __device__ __forceinline__ Stage& landed(unsigned i, Stage* stages) const { return ring_landed<kStages>(i, stages); }
 
   // Where lane t's block of stretch st starts in the region's compact zero points (hybrid; else 0):
   // loaded a stretch ahead and handed to ValueTiles::stage_probs or expand_zeros, so that no m-tile
@@ -240,11 +234,7 @@ struct ValueTiles : ValueStages<Bits, D, Meta> {
   __device__ __forceinline__ void product(const Loads& cur, float (&out)[2]) const {
     float scale[2], zero[2];
 #pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      scale[k] = magnitude(cur.scale[k]);
-      const bool asym = mode == GroupMode::asym || (mode == GroupMode::hybrid && sign_bit(cur.scale[k]));
-      zero[k] = asym ? plain(cur.zero[k]) : -offset * scale[k];
-    }
+    for (int k = 0; k < 2; ++k) scale_and_zero(cur.scale[k], cur.zero[k], mode, offset, scale[k], zero[k]);
     int c[4] = {};
 #pragma unroll
     for (int j = 0; j < kMmas; ++j) {
