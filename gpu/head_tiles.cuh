@@ -9,7 +9,9 @@
 //
 // A lane's two rows are the adjacent channels 16m + 2g and 16m + 2g + 1, so that their codes and
 // scales are one shared-memory load each. The probabilities are 16-bit fixed point relative to each
-// head's largest |p| in the stretch, as for one head.
+// head's largest |p| in the stretch, as for one head. Sym (symmetric values, every group): the zero
+// point, an integer offset in codes, comes off the integer dot product (offset times the tile's
+// integer sum of p), with no zero points loaded or tested.
 #include <cstdint>
 #include <type_traits>
 
@@ -24,7 +26,7 @@ using value_tiles::kStretch;
 // Per stretch: copy_stretch into a stage a stretch ahead, zero_start a stretch ahead (hybrid),
 // stage_probs and locate(), then, once the stage has landed, expand_zeros (hybrid) and load() on the
 // m-tiles, each ahead of its product(). Quads: B sets of 4 heads (1 for groups up to 4, 2 up to 8).
-template <int Bits, int D, class Meta, int Quads>
+template <int Bits, int D, class Meta, int Quads, bool Sym = false>
 struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
   using Base = value_tiles::ValueStages<Bits, D, Meta>;
   using typename Base::Stage;
@@ -55,6 +57,7 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
   // into the probabilities' scale, and where its loads start in the stage (locate()).
   std::uint32_t b[4][Quads][kPlanes][2];
   float tile_sum[Quads][4];
+  int tile_offset[Quads][4];  // Sym: tile_sum times the code offset, in integers
   float inv_range[Quads];
   int code_at[4], meta_at[4];
 
@@ -85,7 +88,9 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const int h = 4 * q + (g >> 1);
-        tile_sum[q][u] = static_cast<float>(planes::shared_b<Bits>(scratch.bytes[u][h], h < group, g, t, b[u][q]));
+        const int sum = planes::shared_b<Bits>(scratch.bytes[u][h], h < group, g, t, b[u][q]);
+        tile_sum[q][u] = static_cast<float>(sum);
+        tile_offset[q][u] = static_cast<int>(offset) * sum;
       }
   }
 
@@ -128,7 +133,7 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
       }
       // The channel is even: the pair is one aligned load.
       into.scale[u] = *reinterpret_cast<const MetaPair*>(scales0 + meta_at[u]);
-      into.zero[u] = mode != GroupMode::sym ? *reinterpret_cast<const MetaPair*>(zeros0 + meta_at[u]) : MetaPair{};
+      into.zero[u] = !Sym && mode != GroupMode::sym ? *reinterpret_cast<const MetaPair*>(zeros0 + meta_at[u]) : MetaPair{};
     }
   }
 
@@ -138,7 +143,12 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       float scale[2], zero[2];
-      if constexpr (sizeof(Meta) == 2) {
+      if constexpr (Sym && sizeof(Meta) == 2) {
+        const float2 s = magnitude_pair(cur.scale[u]);
+        scale[0] = s.x, scale[1] = s.y;
+      } else if constexpr (Sym) {
+        scale[0] = magnitude(cur.scale[u].x), scale[1] = magnitude(cur.scale[u].y);
+      } else if constexpr (sizeof(Meta) == 2) {
         scale_and_zero_pair(cur.scale[u], cur.zero[u], mode, offset, scale, zero);
       } else {
 #pragma unroll
@@ -153,7 +163,11 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
 #pragma unroll
         for (int plane = 0; plane < kPlanes; ++plane) planes::imma(c, a[plane], b[u][q][plane][0], b[u][q][plane][1]);
 #pragma unroll
-        for (int k = 0; k < 2; ++k) acc[q][k] += (scale[k] * static_cast<float>(256 * c[2 * k] + c[2 * k + 1]) + zero[k] * tile_sum[q][u]) * inv_range[q];
+        for (int k = 0; k < 2; ++k) {
+          const int dot = 256 * c[2 * k] + c[2 * k + 1];
+          if constexpr (Sym) acc[q][k] += static_cast<float>(dot - tile_offset[q][u]) * (scale[k] * inv_range[q]);
+          else acc[q][k] += (scale[k] * static_cast<float>(dot) + zero[k] * tile_sum[q][u]) * inv_range[q];
+        }
       }
     }
   }

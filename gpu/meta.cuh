@@ -57,13 +57,15 @@ __device__ __forceinline__ void scale_and_zero(Meta scale_raw, Meta zero_raw, Gr
 
 // The same for two fp16 groups whose entries share one register each (group 0 in the low half):
 // one mask and one paired conversion for both scales, one for both zero points.
+__device__ __forceinline__ float2 half_pair(std::uint32_t bits) {
+  __half2 h;
+  std::memcpy(&h, &bits, sizeof(h));
+  return __half22float2(h);
+}
+__device__ __forceinline__ float2 magnitude_pair(std::uint32_t scales) { return half_pair(scales & 0x7fff7fffu); }
 __device__ __forceinline__ void scale_and_zero_pair(std::uint32_t scales, std::uint32_t zeros, GroupMode mode, float offset, float (&scale)[2],
                                                     float (&zero)[2]) {
-  const std::uint32_t mag = scales & 0x7fff7fffu;
-  __half2 s2, z2;
-  std::memcpy(&s2, &mag, sizeof(s2));
-  std::memcpy(&z2, &zeros, sizeof(z2));
-  const float2 s = __half22float2(s2), z = __half22float2(z2);
+  const float2 s = magnitude_pair(scales), z = half_pair(zeros);
   const bool hybrid = mode == GroupMode::hybrid, all = mode == GroupMode::asym;
   scale[0] = s.x, scale[1] = s.y;
   zero[0] = all || (hybrid && (scales & 0x8000u) != 0u) ? z.x : -offset * s.x;

@@ -57,10 +57,10 @@ constexpr int heads_blocks() {
   return fit < 1 ? 1 : fit > 4 ? 4 : fit;
 }
 
-template <int Bits, int D, class Meta, int Quads, bool Softmax>
+template <int Bits, int D, class Meta, int Quads, bool Softmax, bool Sym>
 __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>()))
     outputs_heads_kernel(OutputsParams p, int stretches_per_split, SoftmaxParts sp) {
-  using Values = head_tiles::HeadTiles<Bits, D, Meta, Quads>;
+  using Values = head_tiles::HeadTiles<Bits, D, Meta, Quads, Sym>;
   using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles, kHeads = Values::kHeads;
   extern __shared__ __align__(16) unsigned char dynamic_smem[];  // [kWarps][Values::kStages] stages, then the warps' sums
@@ -298,16 +298,21 @@ constexpr std::size_t heads_launch_smem() {
   return kSmem;
 }
 
+// Symmetric values take the Sym instantiation.
 template <int Bits, int D, class Meta, int Quads>
 cudaError_t launch_heads(const OutputsParams& p, cudaStream_t stream) {
-  return launch_splits(outputs_heads_kernel<Bits, D, Meta, Quads, false>, p.group, D, p, stream, heads_launch_smem<Bits, D, Meta, Quads>(),
-                       SoftmaxParts{});
+  constexpr std::size_t kSmem = heads_launch_smem<Bits, D, Meta, Quads>();
+  if (p.values.shape.mode == GroupMode::sym)
+    return launch_splits(outputs_heads_kernel<Bits, D, Meta, Quads, false, true>, p.group, D, p, stream, kSmem, SoftmaxParts{});
+  return launch_splits(outputs_heads_kernel<Bits, D, Meta, Quads, false, false>, p.group, D, p, stream, kSmem, SoftmaxParts{});
 }
 
 template <int Bits, int D, class Meta, int Quads>
 cudaError_t launch_softmax(const OutputsParams& p, const SoftmaxParts& sp, int& used, cudaStream_t stream) {
+  constexpr std::size_t kSmem = heads_launch_smem<Bits, D, Meta, Quads>();
   SplitRuns runs;
-  const cudaError_t e = launch_runs(outputs_heads_kernel<Bits, D, Meta, Quads, true>, p, heads_launch_smem<Bits, D, Meta, Quads>(), runs, stream, sp);
+  const cudaError_t e = p.values.shape.mode == GroupMode::sym ? launch_runs(outputs_heads_kernel<Bits, D, Meta, Quads, true, true>, p, kSmem, runs, stream, sp)
+                                                               : launch_runs(outputs_heads_kernel<Bits, D, Meta, Quads, true, false>, p, kSmem, runs, stream, sp);
   used = runs.splits;
   return e;
 }
