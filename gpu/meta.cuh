@@ -55,14 +55,15 @@ __device__ __forceinline__ void scale_and_zero(Meta scale_raw, Meta zero_raw, Gr
   zero = asym ? plain(zero_raw) : -offset * scale;
 }
 
-// The same for two fp16 groups whose entries share one register each (group 0 in the low half):
-// one mask and one paired conversion for both scales, one for both zero points.
+// Two fp16 entries in one register (entry 0 in the low half) as floats, in one paired conversion;
+// magnitude_pair: both |scale|s, with one mask.
 __device__ __forceinline__ float2 half_pair(std::uint32_t bits) {
   __half2 h;
   std::memcpy(&h, &bits, sizeof(h));
   return __half22float2(h);
 }
 __device__ __forceinline__ float2 magnitude_pair(std::uint32_t scales) { return half_pair(scales & 0x7fff7fffu); }
+// scale_and_zero for two fp16 groups whose entries share one register each (group 0 in the low half).
 __device__ __forceinline__ void scale_and_zero_pair(std::uint32_t scales, std::uint32_t zeros, GroupMode mode, float offset, float (&scale)[2],
                                                     float (&zero)[2]) {
   const float2 s = magnitude_pair(scales), z = half_pair(zeros);
