@@ -146,4 +146,22 @@ __device__ __forceinline__ void imma(int (&c)[4], const std::uint32_t (&a)[4], s
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Shared chunks: one B set's products over a chunk (a: A of each plane, b: B of each plane), the lane's
+// accumulator pair per row k being its head's exact dot product, added to out[k] as the row's group
+// term in the fixed point's scale times inv: (|s| dot + zero * sum) * inv, or with Sym, the zero point
+// being -offset |s|, (dot - offset_sum) * |s| * inv on the integers (offset_sum = offset * sum).
+template <int Bits, bool Sym>
+__device__ __forceinline__ void add_chunk_terms(const std::uint32_t (&a)[kPlanes<Bits>][4], const std::uint32_t (&b)[kPlanes<Bits>][2], const float (&scale)[2],
+                                                const float (&zero)[2], float sum, int offset_sum, float inv, float (&out)[2]) {
+  int c[4] = {};
+#pragma unroll
+  for (int plane = 0; plane < kPlanes<Bits>; ++plane) imma(c, a[plane], b[plane][0], b[plane][1]);
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const int dot = 256 * c[2 * k] + c[2 * k + 1];
+    if constexpr (Sym) out[k] += static_cast<float>(dot - offset_sum) * (scale[k] * inv);
+    else out[k] += (scale[k] * static_cast<float>(dot) + zero[k] * sum) * inv;
+  }
+}
+
 }  // namespace kvq::gpu::planes

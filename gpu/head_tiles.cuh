@@ -158,17 +158,8 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
 #pragma unroll
       for (int plane = 0; plane < kPlanes; ++plane) planes::a_regs_at<Bits>(cur.w[u][0], cur.w[u][1], t, plane, a[plane]);
 #pragma unroll
-      for (int q = 0; q < Quads; ++q) {
-        int c[4] = {};
-#pragma unroll
-        for (int plane = 0; plane < kPlanes; ++plane) planes::imma(c, a[plane], b[u][q][plane][0], b[u][q][plane][1]);
-#pragma unroll
-        for (int k = 0; k < 2; ++k) {
-          const int dot = 256 * c[2 * k] + c[2 * k + 1];
-          if constexpr (Sym) acc[q][k] += static_cast<float>(dot - tile_offset[q][u]) * (scale[k] * inv_range[q]);
-          else acc[q][k] += (scale[k] * static_cast<float>(dot) + zero[k] * tile_sum[q][u]) * inv_range[q];
-        }
-      }
+      for (int q = 0; q < Quads; ++q)
+        planes::add_chunk_terms<Bits, Sym>(a, b[u][q], scale, zero, tile_sum[q][u], tile_offset[q][u], inv_range[q], acc[q]);
     }
   }
 

@@ -193,12 +193,12 @@ struct KeyHeads {
     }
   }
 
-  // The scores of tokens 16m + g + 8k for head 4q + t: score[k][q].
-  __device__ __forceinline__ void product(const Loads& cur, float (&score)[2][Quads]) const {
+  // The scores of tokens 16m + g + 8k for head 4q + t: score[q][k].
+  __device__ __forceinline__ void product(const Loads& cur, float (&score)[Quads][2]) const {
 #pragma unroll
     for (int k = 0; k < 2; ++k)
 #pragma unroll
-      for (int q = 0; q < Quads; ++q) score[k][q] = 0.0f;
+      for (int q = 0; q < Quads; ++q) score[q][k] = 0.0f;
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
       std::uint32_t a[kPlanes][4];
@@ -211,17 +211,8 @@ struct KeyHeads {
         else scale_and_zero(cur.scale[k][c], cur.zero[k][c], mode, offset, scale[k], zero[k]);
       }
 #pragma unroll
-      for (int q = 0; q < Quads; ++q) {
-        int acc[4] = {};
-#pragma unroll
-        for (int plane = 0; plane < kPlanes; ++plane) planes::imma(acc, a[plane], b[c][q][plane][0], b[c][q][plane][1]);
-#pragma unroll
-        for (int k = 0; k < 2; ++k) {
-          const int dot = 256 * acc[2 * k] + acc[2 * k + 1];
-          if constexpr (Sym) score[k][q] += static_cast<float>(dot - q_offset[q][c]) * (scale[k] * inv_range[q][c]);
-          else score[k][q] += (scale[k] * static_cast<float>(dot) + zero[k] * q_sum[q][c]) * inv_range[q][c];
-        }
-      }
+      for (int q = 0; q < Quads; ++q)
+        planes::add_chunk_terms<Bits, Sym>(a, b[c][q], scale, zero, q_sum[q][c], q_offset[q][c], inv_range[q][c], score[q]);
     }
   }
 };
@@ -263,7 +254,7 @@ __global__ void __launch_bounds__(kThreads, Quads == 1 ? 4 : 3) scores_heads_ker
     for (int m = 0; m < kStretch / 16; ++m) {
       if (16 * m >= live) break;
       if (m + 1 < kStretch / 16) keys.load(cur, m + 1, l[(m + 1) % 2]);
-      float score[2][Quads];
+      float score[Quads][2];
       keys.product(l[m % 2], score);
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
@@ -273,7 +264,7 @@ __global__ void __launch_bounds__(kThreads, Quads == 1 ? 4 : 3) scores_heads_ker
 #pragma unroll
         for (int q = 0; q < Quads; ++q) {
           const int h = 4 * q + keys.t;
-          if (h < group && h < kHeads) out[static_cast<long long>(h) * tokens + tok] = score[k][q] * sg;
+          if (h < group && h < kHeads) out[static_cast<long long>(h) * tokens + tok] = score[q][k] * sg;
         }
       }
     }
