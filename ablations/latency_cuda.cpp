@@ -90,9 +90,10 @@ std::string cuda_unsupported(const CacheSpec& spec, const std::string& kernel) {
     if (t->rotation != Rotation::none || t->token_scale != TokenScale::none) return "rotated or token-scaled caches are not in the latency grid's CUDA path";
   }
   const bool inner = spec.k.group_axis == GroupAxis::channel && spec.v.group_axis == GroupAxis::token;
-  if (kernel == "attention" && !inner)
-    return "the fused attention kernel takes InnerQ's layouts (channel-axis keys, token-axis values); outer layouts have the qk and pv kernels";
-  if (kernel == "attention" && !gpu::attention_inner_bits(spec.k.bits, spec.v.bits))
+  const bool outer = spec.k.group_axis == GroupAxis::token && spec.v.group_axis == GroupAxis::channel;
+  if (kernel == "attention" && !inner && !outer)
+    return "attention takes the inner layouts (channel-axis keys, token-axis values) or the outer ones (token-axis keys, channel-axis values), not a mix";
+  if (kernel == "attention" && inner && !gpu::attention_inner_bits(spec.k.bits, spec.v.bits))
     return fmt::format("no fused attention kernel for {}-bit keys with {}-bit values", spec.k.bits, spec.v.bits);
   return "";
 }
@@ -191,8 +192,8 @@ CudaTiming time_cuda(const LatencyShape& shape, int N, const CacheSpec& spec, co
       gpu::AttentionParams p;
       p.keys = s.k, p.values = s.v, p.window_keys = s.wk, p.window_values = s.wv, p.window = w;
       p.queries = q, p.group = group, p.scale = scale, p.outputs = out, p.scratch = scratch, p.splits = splits;
-      p.scores_scratch = scores;  // GQA groups: the unfused route, measured faster (gpu/attention.h)
-      return gpu::attention_inner(p);
+      p.scores_scratch = scores;  // inner GQA groups: the unfused route, measured faster; outer: needed (gpu/attention.h)
+      return s.k.shape.channel_axis ? gpu::attention_inner(p) : gpu::attention_outer(p);
     }
     // The separate products: the quantized part, then the fp16 window (both launched each call).
     if (kernel == "qk") {

@@ -395,10 +395,12 @@ void cublas_gemv(benchmark::State& state, bool keys, Shape shape) {
 //                   token groups, group 32) with a 128-token fp16 window (sink 32 + recent 96), as a caller
 //                   runs it: given scores_scratch, so GQA groups take the unfused route;
 //   innerq_fused:   the same without scores_scratch: the fused kernel for every group;
+//   kivi:           gpu::attention_outer over KIVI's cache (K and V 2-bit asym, groups of 32: per-channel
+//                   keys, per-token values) with the same window: the outer GEMVs and a softmax pass;
 //   fp16_fused:     gpu::attention_fp16;
 //   fp16_unfused:   our fp16 GEMVs with softmax_rows between them;
 //   cublas_unfused: cuBLAS GEMM q.K^T, softmax_rows to fp16, cuBLAS GEMM p.V.
-enum class Path { innerq, innerq_fused, fp16_fused, fp16_unfused, cublas_unfused };
+enum class Path { innerq, innerq_fused, kivi, fp16_fused, fp16_unfused, cublas_unfused };
 
 void attention(benchmark::State& state, Path path, Shape shape) {
   const int n = static_cast<int>(state.range(0)), d = 128, regions = shape.regions, group = shape.group, window = 128;
@@ -433,18 +435,24 @@ void attention(benchmark::State& state, Path path, Shape shape) {
   Fp16Caches dense, windows;
   std::vector<kvq::gpu::DeviceRegions> keys, values;
   cublasHandle_t handle = nullptr;
-  const bool innerq = path == Path::innerq || path == Path::innerq_fused;
-  if (innerq) {
+  const bool kivi = path == Path::kivi, quantized = path == Path::innerq || path == Path::innerq_fused || kivi;
+  if (quantized) {
     kvq::gpu::RegionShape ks, vs;
     ks.tokens = vs.tokens = std::max(0, (n - window) / 32 * 32);
     ks.head_dim = vs.head_dim = d;
-    ks.bits = 3, ks.mode = kvq::gpu::GroupMode::sym, ks.channel_axis = true;
-    vs.bits = 2, vs.mode = kvq::gpu::GroupMode::hybrid, vs.channel_axis = false;
+    if (kivi) {
+      ks.bits = vs.bits = 2, ks.mode = vs.mode = kvq::gpu::GroupMode::asym, ks.channel_axis = false, vs.channel_axis = true;
+    } else {
+      ks.bits = 3, ks.mode = kvq::gpu::GroupMode::sym, ks.channel_axis = true;
+      vs.bits = 2, vs.mode = kvq::gpu::GroupMode::hybrid, vs.channel_axis = false;
+    }
     const int w = n - ks.tokens;
-    auto region_bytes = [&](const kvq::gpu::RegionShape& s, bool hybrid) {
-      return static_cast<double>(regions) * (s.code_words() * 4 + s.groups() * 2 + (hybrid ? s.groups() * 2 / 4 + s.zero_blocks() * 4 : 0));
+    // Codes, scales, and zero points: every group's (asym), about a quarter of them (hybrid's estimate).
+    auto region_bytes = [&](const kvq::gpu::RegionShape& s) {
+      const double zeros = s.mode == kvq::gpu::GroupMode::asym ? s.groups() * 2.0 : s.mode == kvq::gpu::GroupMode::hybrid ? s.groups() * 2 / 4 + s.zero_blocks() * 4 : 0;
+      return static_cast<double>(regions) * (s.code_words() * 4 + s.groups() * 2 + zeros);
     };
-    bytes = region_bytes(ks, false) + region_bytes(vs, true) + 2.0 * regions * w * d * 2;
+    bytes = region_bytes(ks) + region_bytes(vs) + 2.0 * regions * w * d * 2;
     copies = static_cast<int>(std::max<double>(1, std::ceil(4 * g_device.l2_bytes / bytes)));
     const std::size_t count = static_cast<std::size_t>(regions) * ks.tokens * d;
     float* rows_dev = nullptr;
@@ -479,13 +487,14 @@ void attention(benchmark::State& state, Path path, Shape shape) {
   auto launch = [&](int c) -> cudaError_t {
     switch (path) {
       case Path::innerq:
-      case Path::innerq_fused: {
+      case Path::innerq_fused:
+      case Path::kivi: {
         kvq::gpu::AttentionParams p;
         p.keys = keys[c], p.values = values[c];
         p.window_keys = windows.keys[c], p.window_values = windows.values[c], p.window = n - keys[c].shape.tokens;
         p.queries = q, p.group = group, p.scale = scale, p.outputs = out, p.scratch = scratch, p.splits = splits;
-        p.scores_scratch = path == Path::innerq ? scores : nullptr;
-        return kvq::gpu::attention_inner(p);
+        p.scores_scratch = path == Path::innerq_fused ? nullptr : scores;
+        return kivi ? kvq::gpu::attention_outer(p) : kvq::gpu::attention_inner(p);
       }
       case Path::fp16_fused: {
         kvq::gpu::Fp16AttentionParams p;
@@ -559,11 +568,13 @@ BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_pv, false, kPaper)->Apply(paper_args
 BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_qk, true, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_pv, false, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, paper_innerq_attention, Path::innerq, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(attention, paper_kivi_attention, Path::kivi, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_fp16_fused_attention, Path::fp16_fused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_fp16_unfused_attention, Path::fp16_unfused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_cublas_attention, Path::cublas_unfused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, serving_innerq_attention, Path::innerq, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_innerq_fused_attention, Path::innerq_fused, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(attention, serving_kivi_attention, Path::kivi, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_fp16_fused_attention, Path::fp16_fused, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_fp16_unfused_attention, Path::fp16_unfused, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_cublas_attention, Path::cublas_unfused, kServing)->Apply(serving_args);

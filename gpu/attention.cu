@@ -94,22 +94,79 @@ cudaError_t unfused_inner(const AttentionParams& p, const Parts& parts, int& use
   return outputs_softmax_mma(o, p.scale, parts, used, stream);
 }
 
+// A row's softmax statistics over scale * s: its max m and sum l of e^(scale s - m), returned to every
+// thread of the block (all of it must call it). One read: each thread keeps its own running (m, l),
+// rescaled as its max grows, over four loads in flight at a time, and the block merges them.
+__device__ void row_max_sum(const float* s, int tokens, float scale, float* red, float& m, float& l) {
+  float mt = -INFINITY, lt = 0.0f;
+  const int stride = static_cast<int>(blockDim.x);
+  for (int i0 = threadIdx.x; i0 < tokens; i0 += 4 * stride) {
+    float x[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) x[k] = i0 + k * stride < tokens ? s[i0 + k * stride] * scale : -INFINITY;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (x[k] == -INFINITY) continue;
+      if (x[k] > mt) lt = lt * __expf(mt - x[k]) + 1.0f, mt = x[k];
+      else lt += __expf(x[k] - mt);
+    }
+  }
+  m = block_reduce(mt, red, MaxOp{});
+  l = block_reduce(mt == -INFINITY ? 0.0f : lt * __expf(mt - m), red, SumOp{});
+}
+
 __global__ void softmax_kernel(const float* scores, int tokens, float scale, float* probs, __half* probs_fp16) {
   __shared__ float red[32];
   const long long row = blockIdx.x;
   const float* s = scores + row * tokens;
-  float m = -INFINITY;
-  for (int i = threadIdx.x; i < tokens; i += blockDim.x) m = fmaxf(m, s[i] * scale);
-  m = block_reduce(m, red, MaxOp{});
-  float sum = 0.0f;
-  for (int i = threadIdx.x; i < tokens; i += blockDim.x) sum += __expf(s[i] * scale - m);
-  sum = block_reduce(sum, red, SumOp{});
-  const float inv = 1.0f / sum;
+  float m, l;
+  row_max_sum(s, tokens, scale, red, m, l);
+  const float inv = 1.0f / l;
   for (int i = threadIdx.x; i < tokens; i += blockDim.x) {
     const float pr = __expf(s[i] * scale - m) * inv;
     if (probs) probs[row * tokens + i] = pr;
     if (probs_fp16) probs_fp16[row * tokens + i] = __float2half_rn(pr);
   }
+}
+
+// Row r * group + h's softmax statistics (m, l) over its scores, as part 0's.
+__global__ void row_stats_kernel(const float* scores, int tokens, float scale, Parts parts) {
+  __shared__ float red[32];
+  const int row = blockIdx.x;
+  float m, l;
+  row_max_sum(scores + static_cast<long long>(row) * tokens, tokens, scale, red, m, l);
+  if (threadIdx.x == 0) {
+    const long long at = parts.row(0, row / parts.group, row % parts.group);
+    parts.ml[2 * at] = m, parts.ml[2 * at + 1] = l;
+  }
+}
+
+// Outer layouts, unfused, as one part: the keys' GEMV into p.scores_scratch, each row's (m, l) into
+// part 0, then the values' GEMV weighing the raw scores as e^(scale s - m) itself (OutputsParams::
+// row_stats: no pass writes the probabilities) into part 0's o. Its split sums go through parts 1..
+// of o, free until the windows' part is written after it (stream order).
+cudaError_t outer_part(const AttentionParams& p, const Parts& parts, cudaStream_t stream) {
+  const int tokens = p.keys.shape.tokens, rows = p.keys.regions * p.group;
+  KVQ_CUDA_TRY(scores_outer({p.keys, p.queries, p.group, p.scores_scratch, p.key_token_scale, GemvKernel::automatic}, stream));
+  row_stats_kernel<<<static_cast<unsigned>(rows), 512, 0, stream>>>(p.scores_scratch, tokens, p.scale, parts);
+  KVQ_CUDA_TRY(cudaGetLastError());
+  OutputsParams o;
+  o.values = p.values, o.probs = p.scores_scratch, o.group = p.group, o.splits = p.splits, o.token_scale = p.value_token_scale;
+  o.row_stats = parts.ml, o.score_scale = p.scale;  // part 0's rows come first
+  o.outputs = parts.o;
+  o.partial = parts.o + static_cast<long long>(rows) * parts.head_dim;
+  return outputs_outer(o, stream);
+}
+
+// The fp16 windows as part `used` (unless the quantized kernel took them), then the merge of every part.
+cudaError_t windows_and_merge(const AttentionParams& p, const Parts& parts, int used, bool windows_taken, cudaStream_t stream) {
+  int window_parts = 0;
+  if (p.window > 0 && !windows_taken) {
+    KVQ_DISPATCH_HEAD_DIM(p.keys.shape.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, KVQ_CUDA_TRY((launch_fp16<D, H>(p.window_keys, p.window_values, p.keys.regions, p.window, 1,
+                                                                                                               p.queries, p.scale, parts, used, window_parts, stream)));))
+  }
+  if (used + window_parts == 0) return cudaMemsetAsync(p.outputs, 0, sizeof(float) * parts.regions * parts.group * parts.head_dim, stream);
+  return merge(parts, used + window_parts, p.outputs, stream);
 }
 
 }  // namespace
@@ -135,7 +192,7 @@ cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
                       (p.window == 0 || (p.window_keys && p.window_values));
   if (!shapes || !attention_inner_bits(ks.bits, vs.bits)) return cudaErrorInvalidValue;
   const Parts parts = parts_of(p.scratch, p.keys.regions, p.group, ks.head_dim, p.splits);
-  int used = 0, window_parts = 0;
+  int used = 0;
   bool windows_taken = false;  // by the quantized kernel (the lane-owned one takes them into its last part)
   if (ks.tokens > 0 && p.group > 1 && p.scores_scratch && outputs_mma_supported(p.values, p.group)) {
     KVQ_CUDA_TRY(unfused_inner(p, parts, used, stream));
@@ -148,12 +205,18 @@ cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
       default: return cudaErrorInvalidValue;
     }
   }
-  if (p.window > 0 && !windows_taken) {
-    KVQ_DISPATCH_HEAD_DIM(ks.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, KVQ_CUDA_TRY((launch_fp16<D, H>(p.window_keys, p.window_values, p.keys.regions, p.window, 1,
-                                                                                                     p.queries, p.scale, parts, used, window_parts, stream)));))
-  }
-  if (used + window_parts == 0) return cudaMemsetAsync(p.outputs, 0, sizeof(float) * parts.regions * parts.group * parts.head_dim, stream);
-  return merge(parts, used + window_parts, p.outputs, stream);
+  return windows_and_merge(p, parts, used, windows_taken, stream);
+}
+
+cudaError_t attention_outer(const AttentionParams& p, cudaStream_t stream) {
+  const RegionShape &ks = p.keys.shape, &vs = p.values.shape;
+  const bool shapes = !ks.channel_axis && vs.channel_axis && scores_outer_supported(ks, p.group) && outputs_outer_supported(vs, p.group) &&
+                      ks.tokens == vs.tokens && ks.head_dim == vs.head_dim && p.keys.regions == p.values.regions && p.splits >= 1 && p.window >= 0 &&
+                      (p.window == 0 || (p.window_keys && p.window_values)) && (ks.tokens == 0 || p.scores_scratch);
+  if (!shapes) return cudaErrorInvalidValue;
+  const Parts parts = parts_of(p.scratch, p.keys.regions, p.group, ks.head_dim, p.splits);
+  if (ks.tokens > 0) KVQ_CUDA_TRY(outer_part(p, parts, stream));
+  return windows_and_merge(p, parts, ks.tokens > 0 ? 1 : 0, false, stream);
 }
 
 cudaError_t attention_fp16(const Fp16AttentionParams& p, cudaStream_t stream) {

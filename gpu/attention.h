@@ -8,6 +8,10 @@
 //                    otherwise the tensor-core stages of gpu/inner_stage.cuh (gpu/attention_inner.cuh);
 //                    for GQA groups given scores_scratch, the keys' GEMV, then the values' kernel
 //                    running the online softmax over its scores (gpu/outputs_mma.h) instead;
+//   attention_outer: over an outer-layout cache (KIVI's: token-axis key groups, channel-axis value
+//                    groups), unfused: the outer keys' GEMV into scores_scratch, each row's softmax max
+//                    and sum, the outer values' GEMV weighing the scores as e^(scale s - m) itself, as
+//                    one part; the fp16 windows another, then the merge;
 //   attention_fp16:  the fp16 baseline over dense fp16 keys and values.
 // softmax_rows (with scores_fp16/outputs_fp16 or cuBLAS) is the unfused path for comparison.
 #include <cuda_fp16.h>
@@ -18,8 +22,9 @@
 namespace kvq::gpu {
 
 struct AttentionParams {
-  // Quantized tokens: keys with channel-axis groups and values with token-axis groups, the same
-  // `regions` regions (batch x kv heads) of the same token count (value groups whole).
+  // Quantized tokens, the same `regions` regions (batch x kv heads) of the same token count: for
+  // attention_inner keys with channel-axis groups and values with token-axis groups (value groups
+  // whole), for attention_outer the other way round (key groups whole).
   DeviceRegions keys, values;
   // Optional token scales (rotation family): [regions][keys.shape.tokens] fp32 each; null: none.
   const float* key_token_scale = nullptr;
@@ -41,7 +46,8 @@ struct AttentionParams {
   // Optional, for GQA groups: [regions][group][keys.shape.tokens] fp32, device. Given it, a group > 1
   // whose values the tensor-core outputs take (outputs_mma_supported) runs as scores_inner into this
   // array, then the values' kernel with an online softmax over it (up to `splits` sequence splits),
-  // which measured faster than the fused kernel there (docs/PERF.md); null: fused.
+  // which measured faster than the fused kernel there (docs/PERF.md); null: fused. attention_outer
+  // needs it whenever there are quantized tokens (its scores).
   float* scores_scratch = nullptr;
 };
 
@@ -65,9 +71,11 @@ int attention_splits(int regions, int tokens, int multiprocessors);
 // Floats of scratch for up to `splits` parts (+1 for the windows).
 long long attention_scratch_floats(int regions, int group, int head_dim, int splits);
 
-// Each returns the first CUDA error, or cudaErrorInvalidValue for an unsupported shape (as
-// scores_inner/outputs_inner, on the tensor-core kernels; keys and values of equal token counts).
+// Each returns the first CUDA error, or cudaErrorInvalidValue for an unsupported shape (attention_inner:
+// as scores_inner/outputs_inner, on the tensor-core kernels; attention_outer: as scores_outer and
+// outputs_outer; keys and values of equal token counts).
 cudaError_t attention_inner(const AttentionParams& params, cudaStream_t stream = nullptr);
+cudaError_t attention_outer(const AttentionParams& params, cudaStream_t stream = nullptr);
 cudaError_t attention_fp16(const Fp16AttentionParams& params, cudaStream_t stream = nullptr);
 
 // probs = softmax(scale * scores) row by row: scores [rows][tokens] fp32; probs fp32 and/or fp16

@@ -49,6 +49,11 @@ struct OutputsParams {
   // Optional token scales: [regions][tokens] fp32, folded into the probabilities; null: none.
   // Rotated values give rotated outputs: rotate them back with gpu::rotate_rows (inverse).
   const float* token_scale = nullptr;
+  // outputs_outer only, for the outer attention (gpu/attention.h): given row_stats ([regions][group][2]
+  // fp32, row r * group + h's softmax max m first), probs holds raw scores s and each weighs
+  // e^(score_scale s - m), the unnormalized softmax, with no pass writing it; null: probs are weights.
+  const float* row_stats = nullptr;
+  float score_scale = 1.0f;
   // automatic and tensor_cores: outputs_inner takes the tensor-core kernels (gpu/outputs_mma.h: lane-owned
   // tiles for one head, heads in B's columns for GQA groups) where they support the shape, else CUDA
   // cores; outputs_outer as said below.

@@ -1,7 +1,9 @@
 #pragma once
-// Shared by the outer-layout GEMVs (scores_outer.cu, outputs_outer.cu): a group's terms in the
-// unit-code form of code_slices.cuh.
+// Shared by the outer-layout GEMVs: a group's terms in the unit-code form of code_slices.cuh (the CUDA-core
+// scores_outer.cu, outputs_outer.cu), and a token's weight in the values' products (those and
+// outputs_outer_mma.cu).
 #include "core/packed.h"
+#include "gpu/gemv.h"
 #include "gpu/meta.cuh"
 #include "gpu/region.h"
 
@@ -23,5 +25,12 @@ __device__ __forceinline__ GroupTerms group_terms(const RegionShape& s, float sc
   const float zero = asym ? stored_zero : -static_cast<float>(packed::sym_offset(Bits, s.twos)) * scale;
   return {a, zero - a};
 }
+
+// The weight of a probs entry x whose row's softmax max is m (read only with p.row_stats): x, or
+// e^(score_scale x - m) where probs holds raw scores (OutputsParams::row_stats).
+__device__ __forceinline__ float weight(const OutputsParams& p, float x, float m) { return p.row_stats ? __expf(x * p.score_scale - m) : x; }
+
+// Row `row`'s softmax max where p.row_stats is given (0 otherwise).
+__device__ __forceinline__ float row_max(const OutputsParams& p, long long row) { return p.row_stats ? p.row_stats[2 * row] : 0.0f; }
 
 }  // namespace kvq::gpu::outer

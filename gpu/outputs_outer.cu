@@ -57,8 +57,10 @@ struct BlockFetch {
         // Token scales (rotation family) fold into the weights: sum_t p_t sigma_t x'_t.
         const float sigma = p.token_scale && live ? p.token_scale[static_cast<long long>(r) * s.tokens + t] : 1.0f;
 #pragma unroll
-        for (int h = 0; h < Heads; ++h)
-          prob[k][h] = live && h < p.group ? p.probs[(static_cast<long long>(r) * p.group + h) * s.tokens + t] * sigma : 0.0f;
+        for (int h = 0; h < Heads; ++h) {
+          const long long row = static_cast<long long>(r) * p.group + h;
+          prob[k][h] = live && h < p.group ? outer::weight(p, p.probs[row * s.tokens + t], outer::row_max(p, row)) * sigma : 0.0f;
+        }
       }
     }
   }
@@ -126,7 +128,8 @@ __global__ void __launch_bounds__(kWarps * 32) outputs_channel(OutputsParams p, 
         if constexpr (Fetch::kProbs) {
           pt = cur.prob[k][h];
         } else {
-          pt = live ? p.probs[(static_cast<long long>(r) * p.group + h) * s.tokens + t] * sigma : 0.0f;
+          const long long row = static_cast<long long>(r) * p.group + h;
+          pt = live ? outer::weight(p, p.probs[row * s.tokens + t], outer::row_max(p, row)) * sigma : 0.0f;
         }
         konst[h] += pt * terms.c;
         const float pa = pt * terms.a;

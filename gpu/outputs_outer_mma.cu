@@ -32,6 +32,7 @@
 #include "gpu/meta.cuh"
 #include "gpu/mma.cuh"
 #include "gpu/outer_mma.cuh"
+#include "gpu/outer_terms.cuh"
 #include "gpu/outputs_outer_mma.h"
 #include "gpu/pipeline.cuh"
 #include "gpu/region_arrays.cuh"
@@ -67,8 +68,11 @@ struct alignas(16) Scratch {
   uint2 b[2 * kStepPitch];
 };
 
-// Heads: the bucket (1, 2 or 4) of the GQA group, which sizes the registers kept per head.
-template <int Bits, int D, int Heads>
+// Heads: the bucket (1, 2 or 4) of the GQA group, which sizes the registers kept per head. Scores: probs
+// holds raw scores, weighed as e^(score_scale s - m) with each row's max m from p.row_stats (the outer
+// attention); its own instantiation, so that the plain GEMV holds no register for it (at 128 registers
+// it spills already: 4 more cost its serving shape 5%).
+template <int Bits, int D, int Heads, bool Scores>
 __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsParams p, int per_split) {
   using StageT = Stage<Bits, D>;
   using ScratchT = Scratch<D>;
@@ -130,7 +134,12 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
     }
   };
 
-  // What the next stretch needs from global memory beyond its stage, loaded a stretch ahead.
+  // Scores: each head's softmax max.
+  float m_row[Scores ? Heads : 1];
+#pragma unroll
+  for (int h = 0; h < (Scores ? Heads : 0); ++h) m_row[h] = h < heads ? p.row_stats[2 * (static_cast<long long>(r) * heads + h)] : 0.0f;
+  // What the next stretch needs from global memory beyond its stage, loaded a stretch ahead (raw: the
+  // weights are taken when the stretch starts, so that nothing waits on the loads here).
   float p_next[Heads], sigma_next = 1.0f;
   std::uint32_t base_next = 0;
   const auto fetch = [&](int st) {
@@ -152,7 +161,10 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
     const float sig = sigma_next;
     const std::uint32_t base = base_next;
 #pragma unroll
-    for (int h = 0; h < Heads; ++h) pv[h] = p_next[h] * sig;
+    for (int h = 0; h < Heads; ++h) {
+      if constexpr (Scores) pv[h] = h < heads && st * kStretch + lane < s.tokens ? outer::weight(p, p_next[h], m_row[h]) * sig : 0.0f;
+      else pv[h] = p_next[h] * sig;
+    }
     fetch(st + kWarps);
     const StageT& stage = ring_landed<2>(i, stages);
 
@@ -278,7 +290,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
 
 template <int Bits, int D, int Heads>
 cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
-  const auto kernel = outputs_outer_mma_kernel<Bits, D, Heads>;
+  const auto kernel = p.row_stats ? outputs_outer_mma_kernel<Bits, D, Heads, true> : outputs_outer_mma_kernel<Bits, D, Heads, false>;
   constexpr std::size_t kSmem = kWarps * (2 * sizeof(Stage<Bits, D>) + sizeof(Scratch<D>));
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, kSmem, info));

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -108,17 +109,24 @@ class GpuAttention : public ::testing::TestWithParam<AttentionCase> {
   }
 };
 
-TEST_P(GpuAttention, FusedMatchesDoubleOnTheDequantizedCache) {
-  const AttentionCase k = GetParam();
-  const int d = k.head_dim, group = k.group, regions = 3, vg = k.value_group;
-  TensorSpec kspec = quantized(k.key_mode, k.key_bits, GroupAxis::channel, k.key_group);
-  TensorSpec vspec = quantized(k.value_mode, k.value_bits, GroupAxis::token, vg);
-  if (k.meta_fp32) kspec.meta = vspec.meta = MetaPrecision::fp32;
-  std::mt19937_64 rng(77 + k.key_bits * 7 + k.value_bits * 13 + d + group);
+// One way of running the attention: sets what it needs in p (scores: [regions][group][max(n, 1)] fp32
+// scratch) and launches.
+struct Route {
+  const char* name;
+  std::function<cudaError_t(gpu::AttentionParams& p, float* scores)> run;
+};
+
+// Every route on seeded caches of kspec/vspec (3 regions) plus fp16 windows, against a double
+// attention over the CPU reference's dequantized cache and the windows. Quantized token counts are
+// multiples of `whole` (the token-axis tensor's group size).
+void check_attention(const TensorSpec& kspec, const TensorSpec& vspec, int d, int group, bool token_scales, std::uint64_t seed, int whole,
+                     const std::vector<Route>& routes) {
+  const int regions = 3;
+  std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal;
-  // (quantized tokens, window tokens): window only, one value group, partial stretches crossing parts,
-  // many parts (quantized tokens are whole value groups).
-  for (auto [n, w] : {std::pair{0, 1}, std::pair{0, 3}, std::pair{vg, 0}, std::pair{vg, 31}, std::pair{9 * vg, 33}, std::pair{129 * vg, 1}}) {
+  // (quantized tokens, window tokens): window only, one group, partial stretches crossing parts, many
+  // parts.
+  for (auto [n, w] : {std::pair{0, 1}, std::pair{0, 3}, std::pair{whole, 0}, std::pair{whole, 31}, std::pair{9 * whole, 33}, std::pair{129 * whole, 1}}) {
     SCOPED_TRACE("quantized " + std::to_string(n) + " window " + std::to_string(w));
     std::vector<float> krows(static_cast<std::size_t>(regions) * n * d), vrows(krows.size());
     for (std::size_t i = 0; i < krows.size(); ++i) {
@@ -130,23 +138,24 @@ TEST_P(GpuAttention, FusedMatchesDoubleOnTheDequantizedCache) {
     for (std::size_t i = 0; i < wk.size(); ++i) wk[i] = __float2half(wkf[i] = round_to_half(normal(rng))), wv[i] = __float2half(wvf[i] = round_to_half(normal(rng)));
     std::vector<float> q(static_cast<std::size_t>(regions) * group * d), ksig(static_cast<std::size_t>(regions) * n, 1.0f), vsig(ksig.size(), 1.0f);
     for (auto& x : q) x = normal(rng);
-    if (k.token_scales)
+    if (token_scales)
       for (std::size_t i = 0; i < ksig.size(); ++i) ksig[i] = 0.5f + std::fabs(normal(rng)), vsig[i] = 0.5f + std::fabs(normal(rng));
     PackedPair kp(kspec, krows, regions, n, d), vp(vspec, vrows, regions, n, d);
-    float *d_q = upload(q), *d_ks = upload(ksig), *d_vs = upload(vsig), *d_out = nullptr, *d_scratch = nullptr;
+    float *d_q = upload(q), *d_ks = upload(ksig), *d_vs = upload(vsig), *d_out = nullptr, *d_scratch = nullptr, *d_scores = nullptr;
     __half *d_wk = upload(wk), *d_wv = upload(wv);
     gpu::DeviceInfo info;
     CUDA_OK(gpu::query_device(0, info));
     gpu::AttentionParams p;
     p.keys = kp.cache.dev;
     p.values = vp.cache.dev;
-    p.key_token_scale = k.token_scales ? d_ks : nullptr;
-    p.value_token_scale = k.token_scales ? d_vs : nullptr;
+    p.key_token_scale = token_scales ? d_ks : nullptr;
+    p.value_token_scale = token_scales ? d_vs : nullptr;
     p.window_keys = d_wk, p.window_values = d_wv, p.window = w;
     p.queries = d_q, p.group = group, p.scale = 1.0f / std::sqrt(static_cast<float>(d));
     p.splits = gpu::attention_splits(regions, n, info.multiprocessors);
     CUDA_OK(cudaMalloc(&d_out, sizeof(float) * regions * group * d));
     CUDA_OK(cudaMalloc(&d_scratch, sizeof(float) * gpu::attention_scratch_floats(regions, group, d, p.splits)));
+    CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * group * std::max(n, 1)));
     p.outputs = d_out, p.scratch = d_scratch;
     std::vector<double> ref;
     for (int r = 0; r < regions; ++r) {
@@ -166,29 +175,83 @@ TEST_P(GpuAttention, FusedMatchesDoubleOnTheDequantizedCache) {
         ref.insert(ref.end(), o.begin(), o.end());
       }
     }
-    // The fused kernel, and for GQA groups the unfused route too (scores_scratch: the keys' GEMV, then
-    // the values' kernel with the online softmax over its scores).
-    float* d_scores = nullptr;
-    if (group > 1) {
-      CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * regions * group * std::max(n, 1)));
-    }
-    const std::vector<float*> routes = group > 1 ? std::vector<float*>{nullptr, d_scores} : std::vector<float*>{nullptr};
-    for (float* scores_scratch : routes) {
-      SCOPED_TRACE(scores_scratch ? "unfused" : "fused");
-      p.scores_scratch = scores_scratch;
+    for (const Route& route : routes) {
+      SCOPED_TRACE(route.name);
       CUDA_OK(cudaMemset(d_out, 0xff, sizeof(float) * regions * group * d));  // NaN: every output must be written
-      CUDA_OK(gpu::attention_inner(p));
+      CUDA_OK(route.run(p, d_scores));
       CUDA_OK(cudaDeviceSynchronize());
       const auto got = download(d_out, static_cast<std::size_t>(regions) * group * d);
-      // fp32 softmax with __expf (a few ulp) and hi/lo fp16 q and p on the tensor cores (~2^-22 each):
-      // ~1e-10 expected; 1e-6 is tighter than the 5e-4 for fp16-softmax paths.
+      // fp32 softmax with __expf (a few ulp) and hi/lo fp16 (or 16-bit fixed point) q and p on the
+      // tensor cores (~2^-22 each): ~1e-10 expected; 1e-6 is tighter than the 5e-4 for
+      // fp16-softmax paths.
       EXPECT_LT(test::nmse(got, ref), 1e-6);
     }
     for (void* ptr : std::initializer_list<void*>{d_q, d_ks, d_vs, d_out, d_scratch, d_wk, d_wv, d_scores}) cudaFree(ptr);
   }
 }
 
+TEST_P(GpuAttention, FusedMatchesDoubleOnTheDequantizedCache) {
+  const AttentionCase k = GetParam();
+  TensorSpec kspec = quantized(k.key_mode, k.key_bits, GroupAxis::channel, k.key_group);
+  TensorSpec vspec = quantized(k.value_mode, k.value_bits, GroupAxis::token, k.value_group);
+  if (k.meta_fp32) kspec.meta = vspec.meta = MetaPrecision::fp32;
+  // The fused kernel, and for GQA groups the unfused route too (scores_scratch: the keys' GEMV, then
+  // the values' kernel with the online softmax over its scores).
+  std::vector<Route> routes{{"fused", [](gpu::AttentionParams& p, float*) { return p.scores_scratch = nullptr, gpu::attention_inner(p); }}};
+  if (k.group > 1) routes.push_back({"unfused", [](gpu::AttentionParams& p, float* scores) { return p.scores_scratch = scores, gpu::attention_inner(p); }});
+  check_attention(kspec, vspec, k.head_dim, k.group, k.token_scales, 77 + k.key_bits * 7 + k.value_bits * 13 + k.head_dim + k.group, k.value_group, routes);
+}
+
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuAttention, ::testing::ValuesIn(attention_cases()), [](const auto& info) { return attention_name(info.param); });
+
+// The outer layouts (KIVI's: token-axis key groups, channel-axis value groups) through attention_outer:
+// bits 2/4/8 (the tensor-core GEMVs where the metadata is fp16) and 3 (CUDA cores), head_dim 64 and
+// 128, one, four and seven query heads per kv head, with the modes, group sizes, token scales and the
+// metadata precision taken in turn.
+struct OuterCase {
+  int bits, head_dim, group;
+  Mode key_mode, value_mode;
+  int key_group, value_group;
+  bool token_scales, meta_fp32;
+};
+
+std::vector<OuterCase> outer_cases() {
+  std::vector<OuterCase> out;
+  const Mode modes[] = {Mode::sym, Mode::asym, Mode::hybrid};
+  const int sizes[] = {32, 16, 64, 128};
+  int i = 0;
+  for (int bits : {2, 3, 4, 8})
+    for (int d : {64, 128})
+      for (int group : {1, 4, 7}) {
+        out.push_back({bits, d, group, modes[i % 3], modes[(i / 3) % 3], sizes[i % 4], std::min(sizes[(i + 1) % 4], d), i % 2 == 1, i % 5 == 3});
+        ++i;
+      }
+  return out;
+}
+
+class GpuOuterAttention : public ::testing::TestWithParam<OuterCase> {
+ protected:
+  void SetUp() override {
+    if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+TEST_P(GpuOuterAttention, MatchesDoubleOnTheDequantizedCache) {
+  const OuterCase k = GetParam();
+  TensorSpec kspec = quantized(k.key_mode, k.bits, GroupAxis::token, k.key_group);
+  TensorSpec vspec = quantized(k.value_mode, k.bits, GroupAxis::channel, k.value_group);
+  if (k.meta_fp32) kspec.meta = vspec.meta = MetaPrecision::fp32;
+  const std::vector<Route> routes{{"outer", [](gpu::AttentionParams& p, float* scores) { return p.scores_scratch = scores, gpu::attention_outer(p); }}};
+  check_attention(kspec, vspec, k.head_dim, k.group, k.token_scales, 91 + k.bits * 5 + k.head_dim + k.group, k.key_group, routes);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sweep, GpuOuterAttention, ::testing::ValuesIn(outer_cases()), [](const auto& info) {
+  const OuterCase& c = info.param;
+  auto mode = [](Mode m) { return m == Mode::sym ? "sym" : m == Mode::asym ? "asym" : "hybrid"; };
+  return "k" + std::to_string(c.bits) + mode(c.key_mode) + "_v" + std::to_string(c.bits) + mode(c.value_mode) + "_d" + std::to_string(c.head_dim) + "_gqa" +
+         std::to_string(c.group) + "_kg" + std::to_string(c.key_group) + "_vg" + std::to_string(c.value_group) + (c.token_scales ? "_scaled" : "") +
+         (c.meta_fp32 ? "_meta32" : "");
+});
 
 TEST(GpuAttentionFp16, FusedMatchesDouble) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
@@ -317,6 +380,12 @@ TEST(GpuAttention, UnsupportedShapesAreErrorsNotCrashes) {
   p.keys.shape.bits = 3;
   p.values.shape.tokens = 64;  // keys and values of different lengths
   EXPECT_EQ(gpu::attention_inner(p), cudaErrorInvalidValue);
+  EXPECT_EQ(gpu::attention_outer(p), cudaErrorInvalidValue);  // inner layouts
+  gpu::AttentionParams o;
+  o.keys.shape.channel_axis = false;
+  o.values.shape.channel_axis = true;
+  o.keys.shape.tokens = o.values.shape.tokens = 64;
+  EXPECT_EQ(gpu::attention_outer(o), cudaErrorInvalidValue);  // quantized tokens and no scores_scratch
   gpu::Fp16AttentionParams f;
   f.head_dim = 96;
   EXPECT_EQ(gpu::attention_fp16(f), cudaErrorInvalidValue);
