@@ -396,7 +396,8 @@ void cublas_gemv(benchmark::State& state, bool keys, Shape shape) {
 //                   runs it: given scores_scratch, so GQA groups take the unfused route;
 //   innerq_fused:   the same without scores_scratch: the fused kernel for every group;
 //   kivi:           gpu::attention_outer over KIVI's cache (K and V 2-bit asym, groups of 32: per-channel
-//                   keys, per-token values) with the same window: the outer GEMVs and a softmax pass;
+//                   keys, per-token values) with the same window: the outer GEMVs, with one read of
+//                   the scores for each row's softmax max and sum between them;
 //   fp16_fused:     gpu::attention_fp16;
 //   fp16_unfused:   our fp16 GEMVs with softmax_rows between them;
 //   cublas_unfused: cuBLAS GEMM q.K^T, softmax_rows to fp16, cuBLAS GEMM p.V.
