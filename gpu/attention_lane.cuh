@@ -84,20 +84,13 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
       }
     }
     // Online softmax over the stretch's 128 scores, 4 per lane.
-    float mx = fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3]));
-    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    const float m_new = fmaxf(m_run, mx);
-    const float corr = __expf(m_run - m_new);  // 0 on the first stretch
-    m_run = m_new;
-    float pv[4], psum = 0.0f;
+    float pv[4];
+    const float corr = warp_softmax_step(s, m_run, l_run, pv);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int tok = (4 * st + k) * kUnit + g + 8 * t;
-      const float e = __expf(s[k] - m_new);
-      psum += e;
-      pv[k] = value_sigma && tok < tokens ? e * value_sigma[tok] : e;
+      if (value_sigma && tok < tokens) pv[k] *= value_sigma[tok];
     }
-    l_run = l_run * corr + psum;
     const float inv_range = values.stage_probs(pv, g + 8 * t, zero_first, probs[warp]);
     const Stage& cur = values.landed(i, stages);
     values.load(cur, st, 0, vb[0]);

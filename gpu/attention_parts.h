@@ -23,6 +23,28 @@ struct WarpParts {
   float o[Warps][Group][D];
 };
 
+// One step of a warp's online softmax over a stretch of scores, four per lane (-inf where there is
+// none): the stretch's max over the warp joins the running max m, e[k] = e^(s[k] - m), and the lane's
+// share l of the running sum is rescaled and takes the lane's e. Returns the rescaling factor
+// e^(m_before - m) for the accumulators (0 on the warp's first stretch). Every lane of the warp calls it.
+__device__ __forceinline__ float warp_softmax_step(const float (&s)[4], float& m, float& l, float (&e)[4]) {
+  float mx = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) mx = fmaxf(mx, s[k]);
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  const float m_new = fmaxf(m, mx);
+  const float corr = __expf(m - m_new);
+  m = m_new;
+  float sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    e[k] = __expf(s[k] - m_new);
+    sum += e[k];
+  }
+  l = l * corr + sum;
+  return corr;
+}
+
 // After a barrier: the block's warps merged (max-rescaled, in warp order) into part `part` of region r,
 // for heads [0, group) (a kernel built for up to Group heads may run fewer).
 template <int Warps, int Group, int D>

@@ -108,21 +108,12 @@ __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>(
           for (int u = 0; u < 4; ++u) pc[h][u] = 0.0f;
           continue;
         }
-        float s[4], mx = -INFINITY;
+        float s[4], e[4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) s[u] = live[u] ? next_p[h][u] * sp.scale : -INFINITY, mx = fmaxf(mx, s[u]);
-        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-        const float m_new = fmaxf(run_m[h], mx);
-        const float c = __expf(run_m[h] - m_new);  // 0 on the warp's first stretch
-        run_m[h] = m_new;
-        float sum = 0.0f;
+        for (int u = 0; u < 4; ++u) s[u] = live[u] ? next_p[h][u] * sp.scale : -INFINITY;
+        const float c = attention_detail::warp_softmax_step(s, run_m[h], run_l[h], e);
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const float e = __expf(s[u] - m_new);
-          sum += e;
-          pc[h][u] = e * next_sigma[u];
-        }
-        run_l[h] = run_l[h] * c + sum;
+        for (int u = 0; u < 4; ++u) pc[h][u] = e[u] * next_sigma[u];
         if (h % 4 == values.t) corr[h / 4] = c;
       }
 #pragma unroll
