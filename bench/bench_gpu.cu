@@ -393,7 +393,8 @@ void cublas_gemv(benchmark::State& state, bool keys, Shape shape) {
 // One decode attention step (scores, softmax, outputs) for every query head:
 //   innerq:         gpu::attention_inner over InnerQ's cache (K 3-bit sym channel groups, V 2-bit hybrid
 //                   token groups, group 32) with a 128-token fp16 window (sink 32 + recent 96), as a caller
-//                   runs it: given scores_scratch, so GQA groups take the unfused route;
+//                   runs it: given scores_scratch, so GQA groups, and one head from
+//                   kUnfusedOneHeadTokens quantized tokens, take the unfused route (AttentionRoute);
 //   innerq_fused:   the same without scores_scratch: the fused kernel for every group;
 //   kivi:           gpu::attention_outer over KIVI's cache (K and V 2-bit asym, groups of 32: per-channel
 //                   keys, per-token values) with the same window: the outer GEMVs, with one read of
@@ -569,6 +570,7 @@ BENCHMARK_CAPTURE(cublas_gemv, paper_cublas_pv, false, kPaper)->Apply(paper_args
 BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_qk, true, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_pv, false, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, paper_innerq_attention, Path::innerq, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(attention, paper_innerq_fused_attention, Path::innerq_fused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_kivi_attention, Path::kivi, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_fp16_fused_attention, Path::fp16_fused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_fp16_unfused_attention, Path::fp16_unfused, kPaper)->Apply(paper_args);

@@ -85,13 +85,13 @@ cudaError_t merge(Parts parts, int count, float* outputs, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// GQA groups, unfused: the scores into p.scores_scratch, then the values' kernel running the softmax
-// over them and writing parts [0, used). The windows then take part `used`.
-cudaError_t unfused_inner(const AttentionParams& p, const Parts& parts, int& used, cudaStream_t stream) {
+// Unfused: the scores into p.scores_scratch, then the values' kernel running the softmax over them and
+// writing parts [0, used), the last of them the windows where it took them (one query head per kv head).
+cudaError_t unfused_inner(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream) {
   KVQ_CUDA_TRY(scores_inner({p.keys, p.queries, p.group, p.scores_scratch, p.key_token_scale, GemvKernel::automatic}, stream));
   OutputsParams o;
   o.values = p.values, o.probs = p.scores_scratch, o.group = p.group, o.splits = p.splits, o.token_scale = p.value_token_scale;
-  return outputs_softmax_mma(o, p.scale, parts, used, stream);
+  return outputs_softmax_mma(o, p.scale, parts, {p.window_keys, p.window_values, p.queries, p.window}, used, windows_taken, stream);
 }
 
 // A row's softmax statistics over scale * s: its max m and sum l of e^(scale s - m), returned to every
@@ -194,8 +194,11 @@ cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
   const Parts parts = parts_of(p.scratch, p.keys.regions, p.group, ks.head_dim, p.splits);
   int used = 0;
   bool windows_taken = false;  // by the quantized kernel (the lane-owned one takes them into its last part)
-  if (ks.tokens > 0 && p.group > 1 && p.scores_scratch && outputs_mma_supported(p.values, p.group)) {
-    KVQ_CUDA_TRY(unfused_inner(p, parts, used, stream));
+  const bool unfused = ks.tokens > 0 && p.scores_scratch && outputs_mma_supported(p.values, p.group) &&
+                       (p.route == AttentionRoute::unfused ||
+                        (p.route == AttentionRoute::automatic && (p.group > 1 || ks.tokens >= kUnfusedOneHeadTokens)));
+  if (unfused) {
+    KVQ_CUDA_TRY(unfused_inner(p, parts, used, windows_taken, stream));
   } else if (ks.tokens > 0) {
     switch (ks.bits * 10 + vs.bits) {
       case 32: KVQ_CUDA_TRY(inner_k3v2(p, parts, used, windows_taken, stream)); break;

@@ -6,8 +6,9 @@
 //                    (sink + recent). One query head per kv head with fp16 metadata: warps streaming
 //                    their own stretches on the GEMVs' lane-owned decode (gpu/attention_lane.cuh);
 //                    otherwise the tensor-core stages of gpu/inner_stage.cuh (gpu/attention_inner.cuh);
-//                    for GQA groups given scores_scratch, the keys' GEMV, then the values' kernel
-//                    running the online softmax over its scores (gpu/outputs_mma.h) instead;
+//                    given scores_scratch, for GQA groups and long sequences (AttentionRoute), the
+//                    keys' GEMV, then the values' kernel running the online softmax over its scores
+//                    (gpu/outputs_mma.h) instead;
 //   attention_outer: over an outer-layout cache (KIVI's: token-axis key groups, channel-axis value
 //                    groups), unfused: the outer keys' GEMV into scores_scratch, each row's softmax max
 //                    and sum, the outer values' GEMV weighing the scores as e^(scale s - m) itself, as
@@ -20,6 +21,17 @@
 #include "gpu/region.h"
 
 namespace kvq::gpu {
+
+// How attention_inner runs where the caller gives scores_scratch (without it: fused).
+enum class AttentionRoute {
+  // Unfused for GQA groups, and for one query head per kv head from kUnfusedOneHeadTokens quantized
+  // tokens on (measured faster there, docs/PERF.md); fused otherwise.
+  automatic,
+  fused,    // the fused kernel
+  unfused,  // the keys' GEMV into scores_scratch, then the values' kernel with the softmax
+};
+// One head's unfused route beat the fused kernel at 32768 tokens and lost at 16384 (H100, paper shape).
+inline constexpr int kUnfusedOneHeadTokens = 24576;
 
 struct AttentionParams {
   // Quantized tokens, the same `regions` regions (batch x kv heads) of the same token count: for
@@ -43,12 +55,13 @@ struct AttentionParams {
   // Scratch of attention_scratch_floats(regions, group, head_dim, splits) floats, device.
   float* scratch = nullptr;
   int splits = 1;  // at most this many sequence parts over the quantized tokens (see attention_splits)
-  // Optional, for GQA groups: [regions][group][keys.shape.tokens] fp32, device. Given it, a group > 1
-  // whose values the tensor-core outputs take (outputs_mma_supported) runs as scores_inner into this
-  // array, then the values' kernel with an online softmax over it (up to `splits` sequence splits),
-  // which measured faster than the fused kernel there (docs/PERF.md); null: fused. attention_outer
-  // needs it whenever there are quantized tokens (its scores).
+  // Optional for attention_inner: [regions][group][keys.shape.tokens] fp32, device. Given it, values the
+  // tensor-core outputs take (outputs_mma_supported) may run unfused (`route`): scores_inner into this
+  // array, then the values' kernel with an online softmax over it (up to `splits` sequence splits; for
+  // one head it also takes the windows); null: fused. attention_outer needs it whenever there are
+  // quantized tokens (its scores).
   float* scores_scratch = nullptr;
+  AttentionRoute route = AttentionRoute::automatic;
 };
 
 struct Fp16AttentionParams {

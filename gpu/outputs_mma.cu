@@ -13,6 +13,7 @@
 #include "gpu/attention_parts.h"
 #include "gpu/cuda_check.h"
 #include "gpu/dispatch.cuh"
+#include "gpu/fp16_part.cuh"
 #include "gpu/head_tiles.cuh"
 #include "gpu/launch.h"
 #include "gpu/meta.cuh"
@@ -32,6 +33,7 @@ constexpr int kStretch = value_tiles::kStretch;  // tokens per block iteration: 
 struct SoftmaxParts {
   float scale = 1.0f;  // the softmax scale, applied to the scores
   attention_detail::Parts parts{};
+  SoftmaxWindows windows{};  // one head: taken by the last split's block, as part gridDim.x
 };
 
 // GQA groups: as one head, with the quad sharing each tile and the heads in B's columns
@@ -186,9 +188,11 @@ __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>(
 // One query head: each warp streams its own stretches (gpu/value_tiles.cuh: B per warp, every m-tile
 // of the values per warp), with no barrier per stretch. The warp copies its next stretch into the
 // other of its two shared-memory stages (cp.async) while it works on the current one, and loads a
-// stretch's probabilities a stretch ahead. The block's warps add up at the end.
-template <int Bits, int D, class Meta>
-__global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split) {
+// stretch's probabilities a stretch ahead. The block's warps add up at the end. Softmax: as the GQA
+// kernel's, for one head (the values half of the one-head attention given its scores); the last
+// split's block then takes the fp16 windows into one more part while the other blocks still stream.
+template <int Bits, int D, class Meta, bool Softmax>
+__global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split, SoftmaxParts sp) {
   using Values = value_tiles::ValueTiles<Bits, D, Meta>;
   using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
@@ -218,14 +222,24 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
     }
   };
   float acc[kMTiles][2] = {};
+  float run_m = -INFINITY, run_l = 0.0f;  // Softmax: the warp's running max, this lane's share of its sum
   float next_p[4], next_sigma[4];
   int next_zero = 0;
   int st = first + warp;
   if (st < last) load_probs(st, next_p, next_sigma), next_zero = values.zero_start(st), values.copy_stretch(st, stages[0]);
   for (int i = 0; st < last; st += kWarps, ++i) {
-    float pc[4];
+    float pc[4], corr = 1.0f;
+    if constexpr (Softmax) {
+      float s[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) pc[u] = st * kStretch + 32 * u + lane < tokens ? next_p[u] * next_sigma[u] : 0.0f;
+      for (int u = 0; u < 4; ++u) s[u] = st * kStretch + 32 * u + lane < tokens ? next_p[u] * sp.scale : -INFINITY;
+      corr = attention_detail::warp_softmax_step(s, run_m, run_l, pc);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) pc[u] *= next_sigma[u];
+    } else {
+#pragma unroll
+      for (int u = 0; u < 4; ++u) pc[u] = st * kStretch + 32 * u + lane < tokens ? next_p[u] * next_sigma[u] : 0.0f;
+    }
     const int zero_first = next_zero, next = st + kWarps;
     if (next < last) load_probs(next, next_p, next_sigma), next_zero = values.zero_start(next);
     values.copy_next(i, next, last, stages);
@@ -241,8 +255,32 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
       float out[2];
       values.product(l[m % (kAhead + 1)], out);
 #pragma unroll
-      for (int k = 0; k < 2; ++k) acc[m][k] += out[k] * inv_range;
+      for (int k = 0; k < 2; ++k) {
+        if constexpr (Softmax) acc[m][k] = acc[m][k] * corr + out[k] * inv_range;
+        else acc[m][k] += out[k] * inv_range;
+      }
     }
+  }
+  if constexpr (Softmax) {
+    // The warps' parts go through the stages, free once every warp is past its last stretch.
+    using WarpParts = attention_detail::Fp16Smem<D, 1>;
+    static_assert(kWarps == 4 && kWarps * Values::kStages * sizeof(Stage) >= sizeof(WarpParts), "the warps' parts fit in their stages");
+    auto& w = *reinterpret_cast<WarpParts*>(dynamic_smem);
+    copy_wait<0>();
+    __syncthreads();
+    values.store_sums(acc, w.o[warp][0]);
+    for (int off = 16; off > 0; off >>= 1) run_l += __shfl_xor_sync(0xffffffffu, run_l, off);
+    if (lane == 0) w.m[warp][0] = run_m, w.l[warp][0] = run_l;
+    __syncthreads();
+    attention_detail::write_part(w, sp.parts, split, r);
+    const SoftmaxWindows& win = sp.windows;
+    if (win.tokens > 0 && split == static_cast<int>(gridDim.x) - 1) {
+      __syncthreads();  // write_part's reads of w are done
+      const long long base = static_cast<long long>(r) * win.tokens * D;
+      attention_detail::fp16_part<D, 1>(win.keys + base, win.values + base, 0, win.tokens, win.queries + static_cast<long long>(r) * D, sp.scale,
+                                        sp.parts, static_cast<int>(gridDim.x), r, w);
+    }
+    return;
   }
   values.store_sums(acc, sums[warp]);
   __syncthreads();
@@ -272,12 +310,25 @@ cudaError_t launch_splits(Kernel kernel, int heads, int head_dim, const OutputsP
   return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * heads * head_dim, p.outputs, stream);
 }
 
-// The warps' stages in dynamic shared memory (for GQA groups also the warps' sums at the end).
+// The one-head kernel's dynamic shared memory: the warps' stages.
+template <int Bits, int D, class Meta>
+constexpr std::size_t warp_smem() {
+  using Values = value_tiles::ValueTiles<Bits, D, Meta>;
+  return (kThreads / 32) * Values::kStages * sizeof(typename Values::Stage);
+}
+
 template <int Bits, int D, class Meta>
 cudaError_t launch_warps(const OutputsParams& p, cudaStream_t stream) {
-  using Values = value_tiles::ValueTiles<Bits, D, Meta>;
-  constexpr std::size_t kSmem = (kThreads / 32) * Values::kStages * sizeof(typename Values::Stage);
-  return launch_splits(outputs_warp_kernel<Bits, D, Meta>, 1, D, p, stream, kSmem);
+  return launch_splits(outputs_warp_kernel<Bits, D, Meta, false>, 1, D, p, stream, warp_smem<Bits, D, Meta>(), SoftmaxParts{});
+}
+
+// The windows' part comes after the splits' parts.
+template <int Bits, int D, class Meta>
+cudaError_t launch_warp_softmax(const OutputsParams& p, const SoftmaxParts& sp, int& used, cudaStream_t stream) {
+  SplitRuns runs;
+  const cudaError_t e = launch_runs(outputs_warp_kernel<Bits, D, Meta, true>, p, warp_smem<Bits, D, Meta>(), runs, stream, sp);
+  used = runs.splits + (sp.windows.tokens > 0 ? 1 : 0);
+  return e;
 }
 
 template <int Bits, int D, class Meta, int Quads>
@@ -334,11 +385,22 @@ cudaError_t outputs_mma(const OutputsParams& p, cudaStream_t stream) {
   return cudaErrorInvalidValue;
 }
 
-cudaError_t outputs_softmax_mma(const OutputsParams& p, float scale, const attention_detail::Parts& parts, int& used, cudaStream_t stream) {
+cudaError_t outputs_softmax_mma(const OutputsParams& p, float scale, const attention_detail::Parts& parts, const SoftmaxWindows& windows, int& used,
+                                bool& windows_taken, cudaStream_t stream) {
   const RegionShape& s = p.values.shape;
   used = 0;
-  if (!outputs_mma_supported(p.values, p.group) || p.group < 2 || p.splits < 1) return cudaErrorInvalidValue;
-  const SoftmaxParts sp{scale, parts};
+  windows_taken = false;
+  if (!outputs_mma_supported(p.values, p.group) || p.splits < 1 || windows.tokens < 0) return cudaErrorInvalidValue;
+  if (p.group == 1) {
+    windows_taken = true;
+    const SoftmaxParts sp{scale, parts, windows};
+    KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, {
+      if (s.meta_fp16) return launch_warp_softmax<B, D, std::uint16_t>(p, sp, used, stream);
+      return launch_warp_softmax<B, D, std::uint32_t>(p, sp, used, stream);
+    }))
+    return cudaErrorInvalidValue;
+  }
+  const SoftmaxParts sp{scale, parts, SoftmaxWindows{}};
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, {
     if (s.meta_fp16) return p.group <= 4 ? launch_softmax<B, D, std::uint16_t, 1>(p, sp, used, stream) : launch_softmax<B, D, std::uint16_t, 2>(p, sp, used, stream);
     return p.group <= 4 ? launch_softmax<B, D, std::uint32_t, 1>(p, sp, used, stream) : launch_softmax<B, D, std::uint32_t, 2>(p, sp, used, stream);

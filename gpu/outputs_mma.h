@@ -1,5 +1,6 @@
 #pragma once
 // Tensor-core outputs over token-axis values (internal to gpu/; outputs_inner picks it).
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "gpu/attention_parts.h"
@@ -15,12 +16,23 @@ bool outputs_mma_supported(const DeviceRegions& values, int group);
 // resident blocks), partial sums in
 // params.partial ([splits][regions][group][head_dim]), added in split order (deterministic).
 cudaError_t outputs_mma(const OutputsParams& params, cudaStream_t stream);
-// The values half of the GQA attention (gpu/attention.cu), for groups of 2..8 where
+// fp16 windows (sink + recent tokens) for outputs_softmax_mma to take: keys and values
+// [regions][tokens][head_dim], queries [regions][head_dim] fp32; tokens 0: none.
+struct SoftmaxWindows {
+  const __half* keys = nullptr;
+  const __half* values = nullptr;
+  const float* queries = nullptr;
+  int tokens = 0;
+};
+
+// The values half of the unfused attention (gpu/attention.cu), for groups of 1..8 where
 // outputs_mma_supported: params.probs holds the raw scores q . k^ ([regions][group][tokens] fp32), and
 // each of at most params.splits runs turns them into e^(scale s - m) against each head's running max m
 // (an online softmax, times the token scale where given) and writes its part (unnormalized output, m
-// and the sum of the exponentials) into parts [0, used) of `parts`, for the merge. params.outputs and
-// params.partial are not used.
-cudaError_t outputs_softmax_mma(const OutputsParams& params, float scale, const attention_detail::Parts& parts, int& used, cudaStream_t stream);
+// and the sum of the exponentials) into parts [0, used) of `parts`, for the merge. One query head per
+// kv head also takes the windows, as the last of those parts (windows_taken); GQA groups leave them to
+// the caller. params.outputs and params.partial are not used.
+cudaError_t outputs_softmax_mma(const OutputsParams& params, float scale, const attention_detail::Parts& parts, const SoftmaxWindows& windows, int& used,
+                                bool& windows_taken, cudaStream_t stream);
 
 }  // namespace kvq::gpu

@@ -195,10 +195,12 @@ TEST_P(GpuAttention, FusedMatchesDoubleOnTheDequantizedCache) {
   TensorSpec kspec = quantized(k.key_mode, k.key_bits, GroupAxis::channel, k.key_group);
   TensorSpec vspec = quantized(k.value_mode, k.value_bits, GroupAxis::token, k.value_group);
   if (k.meta_fp32) kspec.meta = vspec.meta = MetaPrecision::fp32;
-  // The fused kernel, and for GQA groups the unfused route too (scores_scratch: the keys' GEMV, then
+  // The fused kernel, and the unfused route (scores_scratch: the keys' GEMV, then
   // the values' kernel with the online softmax over its scores).
-  std::vector<Route> routes{{"fused", [](gpu::AttentionParams& p, float*) { return p.scores_scratch = nullptr, gpu::attention_inner(p); }}};
-  if (k.group > 1) routes.push_back({"unfused", [](gpu::AttentionParams& p, float* scores) { return p.scores_scratch = scores, gpu::attention_inner(p); }});
+  const std::vector<Route> routes{
+      {"fused", [](gpu::AttentionParams& p, float* scores) { return p.scores_scratch = scores, p.route = gpu::AttentionRoute::fused, gpu::attention_inner(p); }},
+      {"unfused",
+       [](gpu::AttentionParams& p, float* scores) { return p.scores_scratch = scores, p.route = gpu::AttentionRoute::unfused, gpu::attention_inner(p); }}};
   check_attention(kspec, vspec, k.head_dim, k.group, k.token_scales, 77 + k.key_bits * 7 + k.value_bits * 13 + k.head_dim + k.group, k.value_group, routes);
 }
 
