@@ -193,7 +193,7 @@ cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
   if (!shapes || !attention_inner_bits(ks.bits, vs.bits)) return cudaErrorInvalidValue;
   const Parts parts = parts_of(p.scratch, p.keys.regions, p.group, ks.head_dim, p.splits);
   int used = 0;
-  bool windows_taken = false;  // by the quantized kernel (the lane-owned one takes them into its last part)
+  bool windows_taken = false;  // by a quantized kernel (the one-head kernels take them into their last part)
   const bool unfused = ks.tokens > 0 && p.scores_scratch && outputs_mma_supported(p.values, p.group) &&
                        (p.route == AttentionRoute::unfused ||
                         (p.route == AttentionRoute::automatic && (p.group > 1 || ks.tokens >= kUnfusedOneHeadTokens)));
