@@ -24,21 +24,21 @@ namespace kvq::gpu::attention_detail {
 constexpr int kLaneThreads = 128;
 
 // Part blockIdx.x of region blockIdx.y: stretches [first, last), warp w taking first + w, first + w + 4, ...
-// The last part's block, whose run is no longer than the others', then takes the fp16 windows into
-// part `window_part` (none where it is negative), in the time the other blocks still stream.
+// The last part's block, whose run is no longer than the others', then takes the fp16 windows (if any)
+// into part gridDim.x, in the time the other blocks still stream.
 template <int KBits, int VBits, int D, GroupMode KMode>
-__global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, int window_part,
-                                                                         std::uint32_t ones) {
+__global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, std::uint32_t ones) {
   using Meta = std::uint16_t;
   using Keys = key_units::KeyUnits<KBits, D, Meta, KMode>;
   using Values = value_tiles::ValueTiles<VBits, D, Meta>;
   constexpr int kWarps = kLaneThreads / 32, kMTiles = Values::kMTiles, kUnit = key_units::kUnit;
   __shared__ typename Keys::WarpB key_b[kWarps];
   __shared__ typename Values::ProbScratch probs[kWarps];
-  __shared__ WarpParts<kWarps, 1, D> warp_parts;
+  __shared__ Fp16Smem<D, 1> warp_parts;
+  static_assert(kWarps == 4, "the warps' parts are fp16_part's");
   extern __shared__ __align__(16) unsigned char dynamic_smem[];
   using Stage = typename Values::Stage;
-  const int r = blockIdx.y, part = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = blockIdx.y, part = blockIdx.x, warp = threadIdx.x >> 5;
   const int tokens = p.keys.shape.tokens, units = (tokens + kUnit - 1) / kUnit;
   const int stretches = (tokens + value_tiles::kStretch - 1) / value_tiles::kStretch;
   const int first = part * stretches_per_part, last = min(stretches, first + stretches_per_part);
@@ -107,17 +107,7 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   }
 
   // The warp's part: the quad's tiles summed onto one lane per channel, then the block's warps merged.
-  for (int off = 16; off > 0; off >>= 1) l_run += __shfl_xor_sync(0xffffffffu, l_run, off);
-  values.store_sums(acc, warp_parts.o[warp][0]);
-  if (lane == 0) warp_parts.m[warp][0] = m_run, warp_parts.l[warp][0] = l_run;
-  __syncthreads();
-  write_part(warp_parts, parts, part, r);
-  if (window_part >= 0 && part == static_cast<int>(gridDim.x) - 1) {
-    __syncthreads();  // write_part's reads of warp_parts are done
-    const long long base = static_cast<long long>(r) * p.window * D;
-    fp16_part<D, 1>(p.window_keys + base, p.window_values + base, 0, p.window, p.queries + static_cast<long long>(r) * D, p.scale, parts, window_part, r,
-                    warp_parts);
-  }
+  one_head_part<D>(values, acc, m_run, l_run, warp_parts, parts, part, r, p.window_keys, p.window_values, p.window, p.queries, p.scale);
 }
 
 template <int KBits, int VBits, int D, GroupMode KMode>
@@ -132,9 +122,8 @@ cudaError_t launch_lane(const AttentionParams& p, const Parts& parts, int& used,
   const SplitRuns runs = split_runs(stretches, p.splits, info, p.keys.regions);
   windows_taken = p.window > 0;
   used = runs.splits + (windows_taken ? 1 : 0);
-  const int window_part = windows_taken ? runs.splits : -1;
   kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.keys.regions)), kLaneThreads, smem, stream>>>(p, runs.per_split, parts,
-                                                                                                                      window_part, pairs::kOnes);
+                                                                                                                      pairs::kOnes);
   return cudaGetLastError();
 }
 

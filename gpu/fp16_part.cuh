@@ -91,4 +91,26 @@ __device__ void fp16_part(const __half* keys, const __half* values, int a, int b
   write_part(sh, parts, part, r);
 }
 
+// The end of a one-head block that streamed a run of quantized values (the fused one-head kernel, and
+// the one-head values kernel's softmax): each warp's output sums (values.store_sums of acc), its running
+// max m and its lane's share l of the sum merge into part `part` through w; then the block of the
+// region's last part (gridDim.x - 1) takes the fp16 windows, if any, into part gridDim.x while the other
+// blocks still stream. Window keys and values: [regions][window][D]; queries: [regions][D].
+template <int D, class Values, int MTiles>
+__device__ void one_head_part(const Values& values, const float (&acc)[MTiles][2], float m, float l, Fp16Smem<D, 1>& w, const Parts& parts, int part,
+                              int r, const __half* window_keys, const __half* window_values, int window, const float* queries, float scale) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
+  values.store_sums(acc, w.o[warp][0]);
+  if (lane == 0) w.m[warp][0] = m, w.l[warp][0] = l;
+  __syncthreads();
+  write_part(w, parts, part, r);
+  if (window > 0 && part == static_cast<int>(gridDim.x) - 1) {
+    __syncthreads();  // write_part's reads of w are done
+    const long long base = static_cast<long long>(r) * window * D;
+    fp16_part<D, 1>(window_keys + base, window_values + base, 0, window, queries + static_cast<long long>(r) * D, scale, parts, static_cast<int>(gridDim.x),
+                    r, w);
+  }
+}
+
 }  // namespace kvq::gpu::attention_detail

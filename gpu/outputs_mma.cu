@@ -265,21 +265,11 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
     // The warps' parts go through the stages, free once every warp is past its last stretch.
     using WarpParts = attention_detail::Fp16Smem<D, 1>;
     static_assert(kWarps == 4 && kWarps * Values::kStages * sizeof(Stage) >= sizeof(WarpParts), "the warps' parts fit in their stages");
-    auto& w = *reinterpret_cast<WarpParts*>(dynamic_smem);
     copy_wait<0>();
     __syncthreads();
-    values.store_sums(acc, w.o[warp][0]);
-    for (int off = 16; off > 0; off >>= 1) run_l += __shfl_xor_sync(0xffffffffu, run_l, off);
-    if (lane == 0) w.m[warp][0] = run_m, w.l[warp][0] = run_l;
-    __syncthreads();
-    attention_detail::write_part(w, sp.parts, split, r);
     const SoftmaxWindows& win = sp.windows;
-    if (win.tokens > 0 && split == static_cast<int>(gridDim.x) - 1) {
-      __syncthreads();  // write_part's reads of w are done
-      const long long base = static_cast<long long>(r) * win.tokens * D;
-      attention_detail::fp16_part<D, 1>(win.keys + base, win.values + base, 0, win.tokens, win.queries + static_cast<long long>(r) * D, sp.scale,
-                                        sp.parts, static_cast<int>(gridDim.x), r, w);
-    }
+    attention_detail::one_head_part<D>(values, acc, run_m, run_l, *reinterpret_cast<WarpParts*>(dynamic_smem), sp.parts, split, r, win.keys, win.values,
+                                       win.tokens, win.queries, sp.scale);
     return;
   }
   values.store_sums(acc, sums[warp]);
