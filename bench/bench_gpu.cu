@@ -2,8 +2,8 @@
 // (batch 16, 32 query heads on 8 kv heads): fp16 baselines (ours and cuBLAS), InnerQ keys (3-bit
 // sym, channel groups) for q.K^T, InnerQ values (2-bit hybrid, token groups) for p.V, each on the
 // tensor-core and CUDA-core kernels, the outer layouts (KIVI: 2-bit asym per-channel keys and per-token
-// values), and the fused attention paths. CUDA events around passes of calls,
-// warm-up, median of repetitions (--benchmark_repetitions), input buffers rotated over at least
+// values), the fused attention paths, and attention over two gpu::TensorCache (quantized_attention).
+// CUDA events around passes of calls, warm-up, median of repetitions (--benchmark_repetitions), input buffers rotated over at least
 // 4x the L2; counters: us, GB/s of cache read, % of the device-to-device copy bandwidth
 // measured at start-up, and % of the read floor: the time a plain read of the same bytes takes,
 // timed the same way in the same run (a small read pays the launch and ramp that a large copy
@@ -16,15 +16,19 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <random>
 #include <vector>
 
+#include "core/spec.h"
 #include "gpu/attention.h"
 #include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/pack.h"
 #include "gpu/pass.h"
+#include "gpu/quantized_attention.h"
 #include "gpu/rotate.h"
+#include "gpu/tensor_cache.h"
 
 namespace {
 
@@ -404,6 +408,13 @@ void cublas_gemv(benchmark::State& state, bool keys, Shape shape) {
 //   cublas_unfused: cuBLAS GEMM q.K^T, softmax_rows to fp16, cuBLAS GEMM p.V.
 enum class Path { innerq, innerq_fused, kivi, fp16_fused, fp16_unfused, cublas_unfused };
 
+// Bytes a call reads of `regions` regions of shape s (fp16 metadata): codes, scales, and zero points:
+// every group's (asym), about a quarter of them (hybrid's estimate).
+double region_bytes(const kvq::gpu::RegionShape& s, int regions) {
+  const double zeros = s.mode == kvq::gpu::GroupMode::asym ? s.groups() * 2.0 : s.mode == kvq::gpu::GroupMode::hybrid ? s.groups() * 2 / 4 + s.zero_blocks() * 4 : 0;
+  return static_cast<double>(regions) * (s.code_words() * 4 + s.groups() * 2 + zeros);
+}
+
 void attention(benchmark::State& state, Path path, Shape shape) {
   const int n = static_cast<int>(state.range(0)), d = 128, regions = shape.regions, group = shape.group, window = 128;
   if (kvq::gpu::device_count() == 0) {
@@ -449,12 +460,7 @@ void attention(benchmark::State& state, Path path, Shape shape) {
       vs.bits = 2, vs.mode = kvq::gpu::GroupMode::hybrid, vs.channel_axis = false;
     }
     const int w = n - ks.tokens;
-    // Codes, scales, and zero points: every group's (asym), about a quarter of them (hybrid's estimate).
-    auto region_bytes = [&](const kvq::gpu::RegionShape& s) {
-      const double zeros = s.mode == kvq::gpu::GroupMode::asym ? s.groups() * 2.0 : s.mode == kvq::gpu::GroupMode::hybrid ? s.groups() * 2 / 4 + s.zero_blocks() * 4 : 0;
-      return static_cast<double>(regions) * (s.code_words() * 4 + s.groups() * 2 + zeros);
-    };
-    bytes = region_bytes(ks) + region_bytes(vs) + 2.0 * regions * w * d * 2;
+    bytes = region_bytes(ks, regions) + region_bytes(vs, regions) + 2.0 * regions * w * d * 2;
     copies = static_cast<int>(std::max<double>(1, std::ceil(4 * g_device.l2_bytes / bytes)));
     const std::size_t count = static_cast<std::size_t>(regions) * ks.tokens * d;
     float* rows_dev = nullptr;
@@ -529,6 +535,64 @@ void attention(benchmark::State& state, Path path, Shape shape) {
     cudaFree(p);
 }
 
+// gpu::quantized_attention over a key and a value gpu::TensorCache of InnerQ's hybrid preset (sink 32,
+// recent 96; keys flushed one token at a time, values 32 at a time), prefilled with n tokens and then
+// appended 17: 17 quantized keys whose values are still fp16 (n + 17 tokens in all). Times the whole call
+// (the query's fold, the windows' assembly, attention_inner), to set beside innerq_attention over packed
+// regions with ready windows.
+void cache_attention(benchmark::State& state, Shape shape) {
+  const int n = static_cast<int>(state.range(0)), d = 128, regions = shape.regions, group = shape.group, appended = 17;
+  if (kvq::gpu::device_count() == 0) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const kvq::CacheSpec cs = kvq::preset("innerq_hybrid");
+  std::vector<std::unique_ptr<kvq::gpu::TensorCache>> keys, values;
+  auto make = [&](bool key) { return std::make_unique<kvq::gpu::TensorCache>(key ? cs.k : cs.v, regions, d, cs.sink, cs.recent, key && cs.key_norm, n + appended); };
+  keys.push_back(make(true)), values.push_back(make(false));
+  BENCH_CUDA(keys[0]->status());
+  BENCH_CUDA(values[0]->status());
+  const std::size_t rows = static_cast<std::size_t>(regions) * group;
+  float *input, *q, *out;
+  const std::size_t count = static_cast<std::size_t>(regions) * n * d;
+  BENCH_CUDA(cudaMalloc(&input, count * sizeof(float)));
+  BENCH_CUDA(cudaMalloc(&q, rows * d * sizeof(float)));
+  BENCH_CUDA(cudaMalloc(&out, rows * d * sizeof(float)));
+  BENCH_CUDA(fill_pattern(input, count, 9));
+  BENCH_CUDA(fill_pattern(q, rows * d, 5));
+  double bytes = 0;
+  int copies = 1;
+  for (int c = 0; c < copies; ++c) {
+    if (c > 0) keys.push_back(make(true)), values.push_back(make(false));
+    for (auto* cache : {keys[c].get(), values[c].get()}) {
+      BENCH_CUDA(cache->status());
+      BENCH_CUDA(cache->prefill(input, n));
+      for (int i = 0; i < appended; ++i) BENCH_CUDA(cache->append(input + static_cast<std::size_t>(i) * d));
+    }
+    if (c == 0) {
+      const int window = n + appended - std::min(keys[0]->quantized_tokens(), values[0]->quantized_tokens());  // the windows' rows
+      bytes = region_bytes(keys[0]->region().shape, regions) + region_bytes(values[0]->region().shape, regions) + 2.0 * regions * window * d * 2;
+      state.counters["window"] = window;
+      copies = static_cast<int>(std::max<double>(1, std::ceil(4 * g_device.l2_bytes / bytes)));
+      state.counters["quantized_keys"] = keys[0]->quantized_tokens();
+      state.counters["quantized_values"] = values[0]->quantized_tokens();
+    }
+  }
+  cudaFree(input);
+  void* workspace = nullptr;
+  BENCH_CUDA(cudaMalloc(&workspace, kvq::gpu::quantized_attention_workspace(*keys[0], *values[0], group)));
+  auto launch = [&](int c) {
+    kvq::gpu::CacheAttentionParams p;
+    p.queries = q, p.group = group, p.scale = 1.0f / std::sqrt(static_cast<float>(d)), p.outputs = out, p.workspace = workspace;
+    return kvq::gpu::quantized_attention(*keys[c], *values[c], p);
+  };
+  for (int c = 0; c < copies; ++c) BENCH_CUDA(launch(c));
+  BENCH_CUDA(cudaDeviceSynchronize());
+  time_calls(state, launch, copies, bytes);
+  state.counters["MB"] = bytes / 1e6;
+  for (void* p : {static_cast<void*>(q), static_cast<void*>(out), workspace}) cudaFree(p);
+}
+
 const Shape kPaper{32, 1};
 const Shape kServing{16 * 8, 4};
 
@@ -571,12 +635,14 @@ BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_qk, true, kServing)->Apply(serving
 BENCHMARK_CAPTURE(cublas_gemv, serving_cublas_pv, false, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, paper_innerq_attention, Path::innerq, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_innerq_fused_attention, Path::innerq_fused, kPaper)->Apply(paper_args);
+BENCHMARK_CAPTURE(cache_attention, paper_innerq_cache_attention, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_kivi_attention, Path::kivi, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_fp16_fused_attention, Path::fp16_fused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_fp16_unfused_attention, Path::fp16_unfused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, paper_cublas_attention, Path::cublas_unfused, kPaper)->Apply(paper_args);
 BENCHMARK_CAPTURE(attention, serving_innerq_attention, Path::innerq, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_innerq_fused_attention, Path::innerq_fused, kServing)->Apply(serving_args);
+BENCHMARK_CAPTURE(cache_attention, serving_innerq_cache_attention, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_kivi_attention, Path::kivi, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_fp16_fused_attention, Path::fp16_fused, kServing)->Apply(serving_args);
 BENCHMARK_CAPTURE(attention, serving_fp16_unfused_attention, Path::fp16_unfused, kServing)->Apply(serving_args);

@@ -91,7 +91,7 @@ cudaError_t unfused_inner(const AttentionParams& p, const Parts& parts, int& use
   KVQ_CUDA_TRY(scores_inner({p.keys, p.queries, p.group, p.scores_scratch, p.key_token_scale, GemvKernel::automatic}, stream));
   OutputsParams o;
   o.values = p.values, o.probs = p.scores_scratch, o.group = p.group, o.splits = p.splits, o.token_scale = p.value_token_scale;
-  return outputs_softmax_mma(o, p.scale, parts, {p.window_keys, p.window_values, p.queries, p.window}, used, windows_taken, stream);
+  return outputs_softmax_mma(o, p.scale, parts, {p.window_keys, p.window_values, p.window_queries, p.window}, used, windows_taken, stream);
 }
 
 // A row's softmax statistics over scale * s: its max m and sum l of e^(scale s - m), returned to every
@@ -163,10 +163,17 @@ cudaError_t windows_and_merge(const AttentionParams& p, const Parts& parts, int 
   int window_parts = 0;
   if (p.window > 0 && !windows_taken) {
     KVQ_DISPATCH_HEAD_DIM(p.keys.shape.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, KVQ_CUDA_TRY((launch_fp16<D, H>(p.window_keys, p.window_values, p.keys.regions, p.window, 1,
-                                                                                                               p.queries, p.scale, parts, used, window_parts, stream)));))
+                                                                                                               p.window_queries, p.scale, parts, used, window_parts, stream)));))
   }
   if (used + window_parts == 0) return cudaMemsetAsync(p.outputs, 0, sizeof(float) * parts.regions * parts.group * parts.head_dim, stream);
   return merge(parts, used + window_parts, p.outputs, stream);
+}
+
+// params with window_queries resolved (null: the queries), as every kernel below reads it.
+AttentionParams with_window_queries(const AttentionParams& params) {
+  AttentionParams p = params;
+  if (!p.window_queries) p.window_queries = p.queries;
+  return p;
 }
 
 }  // namespace
@@ -185,7 +192,8 @@ long long attention_scratch_floats(int regions, int group, int head_dim, int spl
   return static_cast<long long>(splits + 1) * regions * group * (head_dim + 2);
 }
 
-cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
+cudaError_t attention_inner(const AttentionParams& params, cudaStream_t stream) {
+  const AttentionParams p = with_window_queries(params);
   const RegionShape &ks = p.keys.shape, &vs = p.values.shape;
   const bool shapes = ks.channel_axis && !vs.channel_axis && stage::supported(ks, p.group) && stage::supported(vs, p.group) && ks.tokens == vs.tokens &&
                       ks.head_dim == vs.head_dim && p.keys.regions == p.values.regions && p.splits >= 1 && p.window >= 0 &&
@@ -211,7 +219,8 @@ cudaError_t attention_inner(const AttentionParams& p, cudaStream_t stream) {
   return windows_and_merge(p, parts, used, windows_taken, stream);
 }
 
-cudaError_t attention_outer(const AttentionParams& p, cudaStream_t stream) {
+cudaError_t attention_outer(const AttentionParams& params, cudaStream_t stream) {
+  const AttentionParams p = with_window_queries(params);
   const RegionShape &ks = p.keys.shape, &vs = p.values.shape;
   const bool shapes = !ks.channel_axis && vs.channel_axis && scores_outer_supported(ks, p.group) && outputs_outer_supported(vs, p.group) &&
                       ks.tokens == vs.tokens && ks.head_dim == vs.head_dim && p.keys.regions == p.values.regions && p.splits >= 1 && p.window >= 0 &&

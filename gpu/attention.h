@@ -48,6 +48,10 @@ struct AttentionParams {
   int window = 0;
   // queries: [regions][group][head_dim] fp32 (key normalization folded in, rotated if the keys are).
   const float* queries = nullptr;
+  // Optional: the windows' queries, [regions][group][head_dim] fp32; null: queries. Windows that hold
+  // keys as given, beside quantized keys divided by a key-normalization factor f, take q where the
+  // quantized keys take q f (gpu/quantized_attention.h).
+  const float* window_queries = nullptr;
   int group = 1;       // query heads per kv head (1..8)
   float scale = 1.0f;  // softmax scale, usually 1/sqrt(head_dim)
   // outputs: [regions][group][head_dim] fp32 = softmax(scale * q.K^) V^ (rotated values: rotate back).

@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   }
 
   // The warp's part: the quad's tiles summed onto one lane per channel, then the block's warps merged.
-  one_head_part<D>(values, acc, m_run, l_run, warp_parts, parts, part, r, p.window_keys, p.window_values, p.window, p.queries, p.scale);
+  one_head_part<D>(values, acc, m_run, l_run, warp_parts, parts, part, r, p.window_keys, p.window_values, p.window, p.window_queries, p.scale);
 }
 
 template <int KBits, int VBits, int D, GroupMode KMode>

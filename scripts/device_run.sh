@@ -38,7 +38,7 @@ echo "== GPU tests =="
 echo "== compute-sanitizer =="
 filter='Sweep/GpuKernels.*/hybrid3_*:Sweep/GpuKernels.*/hybrid2_token_g32_d128*:Sweep/GpuKernels.*/asym2_*g16*:Sweep/GpuKernels.*/sym2_token_g16_d128_fp16_twos*:Sweep/GpuKernels.*/hybrid8_token_g16_d128*:Sweep/GpuKernels.*/asym4_token_g32_d128*:Sweep/GpuKernels.*/*2_channel_g64_d128*:Sweep/GpuKernels.*/*4_channel_g32_d128_fp16*:Sweep/GpuKernels.*/*8_channel_g16_d128*:GpuFp16.*:GpuRotation.*'
 attention_filter='Sweep/GpuAttention.*gqa4*:Sweep/GpuAttention.*gqa7*:Sweep/GpuAttention.*v2hybrid*gqa1*:Sweep/GpuOuterAttention.*k2*:GpuGemvGroups.*'
-cache_filter='Sweep/GpuPackAppend.*hybrid*:Sweep/GpuPackAppend.*asym2*'
+cache_filter='Sweep/GpuPackAppend.*hybrid*:Sweep/GpuPackAppend.*asym2*:Sweep/GpuCacheAttention.*innerq_hybrid:Sweep/GpuCacheAttention.*kivi:GpuCacheAttention.*'
 for tool in memcheck racecheck; do
   for run in "test_gpu_kernels $filter" "test_gpu_attention $attention_filter" "test_gpu_cache $cache_filter"; do
     set -- $run

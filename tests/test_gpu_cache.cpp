@@ -1,6 +1,7 @@
-// The GPU's decode path against the CPU reference: gpu::pack appending to regions in pieces, and
-// gpu::TensorCache (windows, flushes, key normalization) step by step, bit for bit. Skipped where no
-// CUDA device exists.
+// The GPU's decode path against the CPU reference: gpu::pack appending to regions in pieces,
+// gpu::TensorCache (windows, flushes, key normalization) step by step, bit for bit, and
+// gpu::quantized_attention over two such caches against double precision. Skipped where no CUDA device
+// exists.
 #include <gtest/gtest.h>
 
 #include <cuda_fp16.h>
@@ -11,11 +12,13 @@
 #include <random>
 
 #include "core/half.h"
+#include "cpu_ref/attention.h"
 #include "cpu_ref/packed_region.h"
 #include "cpu_ref/tensor_cache.h"
 #include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/pack.h"
+#include "gpu/quantized_attention.h"
 #include "gpu/spec_shape.h"
 #include "gpu/tensor_cache.h"
 #include "gpu_fixtures.h"
@@ -231,6 +234,169 @@ TEST(GpuTensorCache, StreamsLikeTheCpuCache) {
         // kernels take (the query carries f), so the CPU's region is compared as stored.
         if (gpu_cache.quantized_tokens() > 0) expect_products_match(gpu_cache.region(), cpu_caches, key, rng, "after the appends");
       }
+}
+
+struct CacheAttentionCase {
+  std::string name;
+  CacheSpec spec;
+  int head_dim, batch, kv_heads, group, prefill;
+};
+
+// A preset with other windows, groups and metadata (flushes follow the token-axis group).
+CacheSpec varied(const char* name, int sink, int recent, int group_size, int bits, MetaPrecision key_meta) {
+  CacheSpec cs = preset(name);
+  cs.sink = sink, cs.recent = recent;
+  for (TensorSpec* t : {&cs.k, &cs.v}) {
+    t->group_size = group_size, t->bits = bits;
+    if (t->group_axis == GroupAxis::token) t->flush = 2 * group_size;
+  }
+  cs.k.mode = Mode::asym;
+  cs.k.meta = key_meta;
+  return cs;
+}
+
+std::vector<CacheAttentionCase> cache_attention_cases() {
+  return {
+      {"innerq_hybrid", preset("innerq_hybrid"), 128, 1, 3, 1, 257},
+      {"innerq_base_gqa3", preset("innerq_base"), 64, 2, 2, 3, 200},
+      {"innerq_small_prefill1", preset("innerq_small"), 128, 1, 2, 1, 1},
+      {"inner_k4asym_fp32_v4hybrid_g64", varied("innerq_hybrid", 5, 7, 64, 4, MetaPrecision::fp32), 128, 1, 2, 1, 150},
+      {"inner_k2asym_v2hybrid_g32_gqa4", varied("innerq_hybrid", 3, 0, 32, 2, MetaPrecision::fp16), 128, 2, 1, 4, 97},
+      {"kivi", preset("kivi"), 128, 1, 3, 1, 257},
+      {"kivi_sink_gqa2", preset("kivi_sink"), 64, 1, 2, 2, 161},
+  };
+}
+
+using GpuCacheAttention = test::GpuSweep<CacheAttentionCase>;
+
+// gpu::quantized_attention over a key and a value gpu::TensorCache, through prefill and appends (keys and
+// values holding different quantized counts, either way round, then equal), on both routes, against
+// attention in double precision over the CPU caches' dequantized tokens (cpu::TensorCache::dequantize,
+// key normalization undone).
+TEST_P(GpuCacheAttention, MatchesDoubleOverTheCpuCaches) {
+  const CacheAttentionCase& k = GetParam();
+  const CacheSpec& cs = k.spec;
+  const int d = k.head_dim, regions = k.batch * k.kv_heads, group = k.group, steps = 70, capacity = k.prefill + steps;
+  gpu::TensorCache keys(cs.k, regions, d, cs.sink, cs.recent, cs.key_norm, capacity);
+  gpu::TensorCache values(cs.v, regions, d, cs.sink, cs.recent, false, capacity);
+  CUDA_OK(keys.status());
+  CUDA_OK(values.status());
+  std::vector<cpu::TensorCache> cpu_keys, cpu_values;
+  for (int r = 0; r < regions; ++r) {
+    cpu_keys.emplace_back(cs.k, d, cs.sink, cs.recent, cs.key_norm);
+    cpu_values.emplace_back(cs.v, d, cs.sink, cs.recent, false);
+  }
+  const std::size_t workspace_bytes = gpu::quantized_attention_workspace(keys, values, group);
+  ASSERT_GT(workspace_bytes, 0u);
+  void* workspace = nullptr;
+  CUDA_OK(cudaMalloc(&workspace, workspace_bytes));
+  float* d_out = nullptr;
+  CUDA_OK(cudaMalloc(&d_out, sizeof(float) * regions * group * d));
+  std::mt19937_64 rng(31 + k.prefill + d);
+  std::normal_distribution<float> normal;
+  auto draw = [&](int count) {  // [regions][count][d]; channel 7 an outlier, as real keys have
+    std::vector<float> rows(static_cast<std::size_t>(regions) * count * d);
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = normal(rng) * ((i % d) == 7 ? 30.0f : 1.0f);
+    return rows;
+  };
+  int checked_unequal = 0;
+  auto check = [&](const std::string& step) {
+    const int n = cpu_keys[0].size();
+    ASSERT_EQ(keys.quantized_tokens(), cpu_keys[0].quantized_tokens()) << step;
+    if (keys.quantized_tokens() != values.quantized_tokens()) ++checked_unequal;
+    std::vector<float> q(static_cast<std::size_t>(regions) * group * d);
+    for (auto& x : q) x = normal(rng) * 0.5f;
+    float* d_q = upload(q);
+    std::vector<double> ref;
+    for (int r = 0; r < regions; ++r) {
+      std::vector<float> kx(static_cast<std::size_t>(n) * d), vx(static_cast<std::size_t>(n) * d);
+      cpu_keys[r].dequantize(kx.data());
+      cpu_values[r].dequantize(vx.data());
+      for (int h = 0; h < group; ++h) {
+        cpu::ReferenceAttention out;
+        cpu::reference_attention(kx.data(), vx.data(), n, d, q.data() + (static_cast<std::size_t>(r) * group + h) * d, out);
+        ref.insert(ref.end(), out.output.begin(), out.output.end());
+      }
+    }
+    for (gpu::AttentionRoute route : {gpu::AttentionRoute::fused, gpu::AttentionRoute::unfused}) {
+      CUDA_OK(cudaMemset(d_out, 0xff, sizeof(float) * ref.size()));  // NaN: every output must be written
+      gpu::CacheAttentionParams p;
+      p.queries = d_q, p.group = group, p.scale = 1.0f / std::sqrt(static_cast<float>(d)), p.outputs = d_out, p.workspace = workspace;
+      p.route = route;
+      CUDA_OK(gpu::quantized_attention(keys, values, p));
+      CUDA_OK(cudaDeviceSynchronize());
+      // The GEMV and fused-attention bound of test_gpu_attention.cpp; the tokens only one cache holds
+      // quantized (under a flush plus a group) are rounded to fp16 as window rows, a relative 2^-12 on
+      // a few of n tokens, far below it.
+      EXPECT_LT(test::nmse(download(d_out, ref.size()), ref), 1e-6)
+          << step << ": " << (route == gpu::AttentionRoute::fused ? "fused" : "unfused") << ", " << n << " tokens, keys "
+          << keys.quantized_tokens() << " and values " << values.quantized_tokens() << " quantized";
+    }
+    cudaFree(d_q);
+  };
+  const auto rows = draw(k.prefill);
+  float* d_rows = upload(rows);
+  CUDA_OK(keys.prefill(d_rows, k.prefill));
+  CUDA_OK(values.prefill(d_rows, k.prefill));
+  cudaFree(d_rows);
+  for (int r = 0; r < regions; ++r) {
+    cpu_keys[r].prefill(rows.data() + static_cast<std::size_t>(r) * k.prefill * d, k.prefill);
+    cpu_values[r].prefill(rows.data() + static_cast<std::size_t>(r) * k.prefill * d, k.prefill);
+  }
+  check("prefill");
+  for (int step = 0; step < steps && !HasFatalFailure(); ++step) {
+    const auto row = draw(1);
+    float* d_row = upload(row);
+    CUDA_OK(keys.append(d_row));
+    CUDA_OK(values.append(d_row));
+    cudaFree(d_row);
+    for (int r = 0; r < regions; ++r) {
+      cpu_keys[r].append(row.data() + static_cast<std::size_t>(r) * d);
+      cpu_values[r].append(row.data() + static_cast<std::size_t>(r) * d);
+    }
+    if (step % 6 == 0 || step == steps - 1) check("append " + std::to_string(step));
+  }
+  // Every case but the one-token prefill reaches states where the counts differ.
+  if (k.prefill > 1) {
+    EXPECT_GT(checked_unequal, 0);
+  }
+  cudaFree(workspace);
+  cudaFree(d_out);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sweep, GpuCacheAttention, ::testing::ValuesIn(cache_attention_cases()), [](const auto& info) { return info.param.name; });
+
+TEST(GpuCacheAttention, RefusesCachesThatDoNotGoTogether) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const CacheSpec inner = preset("innerq_hybrid"), outer = preset("kivi");
+  gpu::TensorCache keys(inner.k, 2, 128, inner.sink, inner.recent, true, 64);
+  gpu::TensorCache values(inner.v, 2, 128, inner.sink, inner.recent, false, 64);
+  gpu::TensorCache other_regions(inner.v, 3, 128, inner.sink, inner.recent, false, 64);
+  gpu::TensorCache outer_values(outer.v, 2, 128, inner.sink, inner.recent, false, 64);  // channel-axis values beside channel-axis keys
+  for (const gpu::TensorCache* c : {&keys, &values, &other_regions, &outer_values}) CUDA_OK(c->status());
+  EXPECT_GT(gpu::quantized_attention_workspace(keys, values, 1), 0u);
+  EXPECT_EQ(gpu::quantized_attention_workspace(keys, other_regions, 1), 0u);
+  EXPECT_EQ(gpu::quantized_attention_workspace(keys, outer_values, 1), 0u);
+  EXPECT_EQ(gpu::quantized_attention_workspace(keys, values, 9), 0u);
+  gpu::CacheAttentionParams p;  // no queries, outputs or workspace
+  EXPECT_EQ(gpu::quantized_attention(keys, values, p), cudaErrorInvalidValue);
+  float *d_q = nullptr, *d_out = nullptr;
+  void* workspace = nullptr;
+  CUDA_OK(cudaMalloc(&d_q, sizeof(float) * 2 * 128));
+  CUDA_OK(cudaMalloc(&d_out, sizeof(float) * 2 * 128));
+  CUDA_OK(cudaMalloc(&workspace, gpu::quantized_attention_workspace(keys, values, 1)));
+  p.queries = d_q, p.outputs = d_out, p.workspace = workspace;
+  CUDA_OK(cudaMemset(d_q, 0, sizeof(float) * 2 * 128));
+  CUDA_OK(gpu::quantized_attention(keys, values, p));  // both empty: outputs 0
+  // Sizes that differ: one more token in the keys.
+  std::vector<float> row(2 * 128, 1.0f);
+  float* d_row = upload(row);
+  CUDA_OK(keys.append(d_row));
+  cudaFree(d_row);
+  EXPECT_EQ(gpu::quantized_attention(keys, values, p), cudaErrorInvalidValue);
+  cudaFree(d_q);
+  cudaFree(d_out);
+  cudaFree(workspace);
 }
 
 TEST(GpuTensorCache, RefusesWhatItDoesNotTake) {
