@@ -40,7 +40,7 @@ __device__ void dequantized(const DeviceRegions& x, int r, int t, float (&v)[Per
   } else {
     row_first = static_cast<long long>(t / G) * d, block = t / G, block_first = row_first;
   }
-  int zero_before = 0;  // hybrid: asymmetric groups of the zero-block before this lane's first group
+  int zero_before = 0;  // hybrid: where the lane's next zero point sits (zero_base, then the asymmetric groups before it)
   if (hybrid) {
     int earlier = 0;
     for (long long g = block_first + lane; g < row_first; g += 32) earlier += sign_bit(a.scales[g]) ? 1 : 0;

@@ -242,7 +242,8 @@ struct CacheAttentionCase {
   int head_dim, batch, kv_heads, group, prefill;
 };
 
-// A preset with other windows, groups and metadata (flushes follow the token-axis group).
+// A preset with other windows, group size, bits and key metadata, and asymmetric keys (the token-axis
+// tensor flushes two groups at a time).
 CacheSpec varied(const char* name, int sink, int recent, int group_size, int bits, MetaPrecision key_meta) {
   CacheSpec cs = preset(name);
   cs.sink = sink, cs.recent = recent;
