@@ -41,12 +41,7 @@ __global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
     bool sign;
     if (live)
       for (int g = 0; g < groups_per_row; ++g) meta_value(p.keys.scales, group0 + g, s.meta_fp16, sign), mine += sign;
-    int before = mine;
-    for (int k = 1; k < 32; k <<= 1) {
-      const int up = __shfl_up_sync(0xffffffffu, before, k);
-      if ((threadIdx.x & 31) >= k) before += up;
-    }
-    before -= mine;
+    const int before = warp_exclusive_sum(mine);
     if (live) zero_index = p.keys.zero_offset[r] + p.keys.zero_base[static_cast<long long>(r) * s.zero_block_stride() + t / 32] + before;
   }
   if (!live) return;

@@ -21,6 +21,7 @@
 #include "gpu/meta.cuh"
 #include "gpu/mma.cuh"
 #include "gpu/pipeline.cuh"
+#include "gpu/reduce.cuh"
 
 namespace kvq::gpu::stage {
 
@@ -127,7 +128,7 @@ struct Meta {
 template <int D>
 __device__ __forceinline__ void key_meta_load(const char* buffer, const Layout& l, const DeviceRegions& k, int r, int t0, Meta& m) {
   const RegionShape& s = k.shape;
-  const int gpr = D / s.group_size, tok = threadIdx.x, lane = threadIdx.x & 31;
+  const int gpr = D / s.group_size, tok = threadIdx.x;
   const KeySources src = key_sources(k, nullptr, r, t0 < s.tokens ? t0 : 0);
   const bool live = t0 < s.tokens && tok < src.n;
   const char* scales = reinterpret_cast<const char*>(landed<char>(buffer, l.scales, src.scales));
@@ -147,13 +148,7 @@ __device__ __forceinline__ void key_meta_load(const char* buffer, const Layout& 
   if (s.mode != GroupMode::hybrid) return;
   // Compact zero points: the token's first is its 32-token block's base (the warp's tokens are one
   // block) plus the asymmetric groups of the tokens before it in the block.
-  int before = asym_groups;
-#pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    const int up = __shfl_up_sync(0xffffffffu, before, d);
-    if (lane >= d) before += up;
-  }
-  before -= asym_groups;
+  const int before = warp_exclusive_sum(asym_groups);
   if (!live) return;
   long long z = k.zero_offset[r] + landed<std::uint32_t>(buffer, l.zero_base, src.zero_base)[tok / 32] + before;
 #pragma unroll
