@@ -24,6 +24,7 @@
 // stretch are loaded a stretch ahead into registers.
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
@@ -61,22 +62,27 @@ struct alignas(16) Stage {
 
 // The warp's B for one stretch: [k-step][group][lane] fragment pairs (b0, b1), each two fp16 tokens;
 // the second k-step is shifted by 32 bytes so that the writes of lanes 16..31 miss those of 0..15.
-template <int D>
+// With SharedTotals, also the accumulators' running totals, [m-tile][row g, g + 8][lane]: added to every
+// kFlush stretches, so for GQA groups they wait here rather than hold 2 D / 16 registers (which spilled).
+template <int D, int Groups, bool SharedTotals>
 struct alignas(16) Scratch {
-  static constexpr int kGroups = D / 16;
-  static constexpr int kStepPitch = kGroups * 32 + 4;  // in 8-byte entries
+  static constexpr int kStepPitch = Groups * 32 + 4;  // in 8-byte entries
   uint2 b[2 * kStepPitch];
+  float total[SharedTotals ? D / 16 : 1][2][32];
 };
+template <int Heads>
+inline constexpr bool kSharedTotals = Heads >= 2;
 
+// Groups: a token's groups (D / group size), so that the per-token metadata loops have fixed trip counts.
 // Heads: the bucket (1, 2 or 4) of the GQA group, which sizes the registers kept per head. Scores: probs
 // holds raw scores, weighed as e^(score_scale s - m) with each row's max m from p.row_stats (the outer
-// attention); its own instantiation, so that the plain GEMV holds no register for it (at 128 registers
-// it spills already: 4 more cost its serving shape 5%).
-template <int Bits, int D, int Heads, bool Scores>
+// attention); its own instantiation, so that the plain GEMV holds no register for it (its registers are
+// tight: 4 more cost the serving shape 5% when its totals still sat in registers).
+template <int Bits, int D, int Groups, int Heads, bool Scores>
 __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsParams p, int per_split) {
   using StageT = Stage<Bits, D>;
-  using ScratchT = Scratch<D>;
-  constexpr int kMTiles = D / 16, kGroupsMax = D / 16, kWords = StageT::kWords;
+  using ScratchT = Scratch<D, Groups, kSharedTotals<Heads>>;
+  constexpr int kMTiles = D / 16, kWords = StageT::kWords;
   extern __shared__ __align__(16) unsigned char smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   StageT* stages = reinterpret_cast<StageT*>(smem) + 2 * warp;
@@ -84,8 +90,8 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
   __shared__ float red[kWarps][Heads][D];
 
   const RegionShape s = p.values.shape;
-  const int r = blockIdx.y, heads = p.group, groups = D / s.group_size;
-  const int group_shift = 31 - __clz(s.group_size);
+  const int r = blockIdx.y, heads = p.group;
+  constexpr int kGroupShift = Groups == D / 16 ? 4 : Groups == D / 32 ? 5 : Groups == D / 64 ? 6 : 7;  // log2 of the group size
   const int stretches = (s.tokens + kStretch - 1) / kStretch;
   const int first = blockIdx.x * per_split, last = min(stretches, first + per_split);
   const float offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
@@ -96,40 +102,63 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
   const float* probs = p.probs + static_cast<long long>(r) * p.group * s.tokens;
   const float* sigma = p.token_scale ? p.token_scale + static_cast<long long>(r) * s.tokens : nullptr;
 
-  // B's columns past the group's heads stay zero.
+  // B's columns past the group's heads stay zero, and shared totals start at zero. Lanes clear one
+  // another's entries, so the warp syncs before any lane reads its own (a warp with no stretch reads
+  // its totals right away).
   for (int i = lane; i < static_cast<int>(sizeof(ScratchT) / 16); i += 32) reinterpret_cast<uint4*>(&scratch)[i] = make_uint4(0, 0, 0, 0);
+  __syncwarp();
 
   // Starts the copy of stretch st into `stage`: live rows of codes, live tokens' scales (and zeros).
-  // A stretch's metadata starts 64 * groups bytes after the one before, so it sits at the same offset
-  // within its first 16 bytes in every stage (scale_at, zero_at).
+  // A stretch's metadata starts 64 * Groups bytes after the one before, so it sits at the same offset
+  // within its first 16 bytes in every stage (scale_at, zero_at). Where both arrays start on 16 bytes,
+  // a whole stretch is fixed 16-byte pieces (no loop over a live count, no tail).
   const int scale_at = static_cast<int>(reinterpret_cast<std::uintptr_t>(scales) & 15u);
   const int zero_at = static_cast<int>(reinterpret_cast<std::uintptr_t>(zeros) & 15u);
+  const bool meta_on16 = scale_at == 0 && (s.mode != GroupMode::asym || zero_at == 0);
   const auto copy_stretch = [&](int st, StageT& stage) {
     const int live = min(kStretch, s.tokens - st * kStretch);
-    constexpr int kRowPieces = kWords / 4;
+    constexpr int kRowPieces = kWords / 4, kMetaPieces = kStretch * Groups * 2 / 16;
     const char* src = reinterpret_cast<const char*>(codes + static_cast<long long>(st) * kStretch * kWords);
     const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&stage));
-    for (int i = lane; i < live * kRowPieces; i += 32)
-      copy16(dst + (i / kRowPieces) * StageT::kPitch * 4 + 16 * (i % kRowPieces), src + 16 * static_cast<long long>(i));
-    const long long meta0 = static_cast<long long>(st) * kStretch * groups, bytes = 2LL * live * groups;
-    copy_async(stage.scales, scales + meta0, bytes, lane, 32);
-    if (s.mode == GroupMode::asym) copy_async(stage.zeros, zeros + meta0, bytes, lane, 32);
+    const long long meta0 = static_cast<long long>(st) * kStretch * Groups;
+    if (live == kStretch && meta_on16) {
+#pragma unroll
+      for (int j = 0; j < kStretch * kRowPieces / 32; ++j) {
+        const int i = lane + 32 * j;
+        copy16(dst + (i / kRowPieces) * StageT::kPitch * 4 + 16 * (i % kRowPieces), src + 16 * i);
+      }
+      if (lane < kMetaPieces) {
+        copy16(static_cast<unsigned>(__cvta_generic_to_shared(stage.scales)) + 16 * lane, scales + meta0 + 8 * lane);
+        if (s.mode == GroupMode::asym) copy16(static_cast<unsigned>(__cvta_generic_to_shared(stage.zeros)) + 16 * lane, zeros + meta0 + 8 * lane);
+      }
+    } else {
+      for (int i = lane; i < live * kRowPieces; i += 32)
+        copy16(dst + (i / kRowPieces) * StageT::kPitch * 4 + 16 * (i % kRowPieces), src + 16 * static_cast<long long>(i));
+      const long long bytes = 2LL * live * Groups;
+      copy_async(stage.scales, scales + meta0, bytes, lane, 32);
+      if (s.mode == GroupMode::asym) copy_async(stage.zeros, zeros + meta0, bytes, lane, 32);
+    }
     copy_commit();
   };
 
   const LaneDecode<Bits> dec(g);
   float acc[kMTiles][4] = {};
-  float total[kMTiles][2] = {};
-  float konst[Heads][kGroupsMax] = {};
+  float konst[Heads][Groups] = {};
   int range_exp = 126;  // B = value * 2^range_exp; only ever lowered
+  // Row g (0) or g + 8 (1) of m-tile i's running total: registers for one head, the scratch for more.
+  float total_regs[kSharedTotals<Heads> ? 1 : kMTiles][2] = {};
+  const auto total = [&](int i, int row) -> float& {
+    if constexpr (kSharedTotals<Heads>) return scratch.total[i][row][lane];
+    else return total_regs[i][row];
+  };
   // Reads the accumulators out at the current range (undoing the rows' weights 2^pos and B's
-  // 2^range_exp) and clears them.
+  // 2^range_exp) into the totals and clears them.
   const auto flush = [&]() {
     const float w_g = exp2f(static_cast<float>(-dec.pos_g - range_exp)), w_g8 = exp2f(static_cast<float>(-dec.pos_g8 - range_exp));
 #pragma unroll
     for (int i = 0; i < kMTiles; ++i) {
-      total[i][0] = fmaf(acc[i][0] + acc[i][1], w_g, total[i][0]);
-      total[i][1] = fmaf(acc[i][2] + acc[i][3], w_g8, total[i][1]);
+      total(i, 0) = fmaf(acc[i][0] + acc[i][1], w_g, total(i, 0));
+      total(i, 1) = fmaf(acc[i][2] + acc[i][3], w_g8, total(i, 1));
       acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
     }
   };
@@ -171,14 +200,14 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
     // Token l of the stretch: its groups' |scale|, mode bits and the largest |p sigma| |s|.
     const int tok = st * kStretch + lane;
     const bool live = tok < s.tokens;
-    const std::uint16_t* my_scales = reinterpret_cast<const std::uint16_t*>(stage.scales + scale_at) + lane * groups;
-    const std::uint16_t* my_zeros = reinterpret_cast<const std::uint16_t*>(stage.zeros + zero_at) + lane * groups;
-    float mag[kGroupsMax];
+    const std::uint16_t* my_scales = reinterpret_cast<const std::uint16_t*>(stage.scales + scale_at) + lane * Groups;
+    const std::uint16_t* my_zeros = reinterpret_cast<const std::uint16_t*>(stage.zeros + zero_at) + lane * Groups;
+    float mag[Groups];
     std::uint32_t mask = 0;
     float smax = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kGroupsMax; ++k) {
-      const std::uint16_t raw = live && k < groups ? my_scales[k] : std::uint16_t{0};
+    for (int k = 0; k < Groups; ++k) {
+      const std::uint16_t raw = live ? my_scales[k] : std::uint16_t{0};
       mag[k] = magnitude(raw);
       mask |= static_cast<std::uint32_t>(sign_bit(raw)) << k;
       smax = fmaxf(smax, mag[k]);
@@ -186,40 +215,45 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
     float pmax = 0.0f;
 #pragma unroll
     for (int h = 0; h < Heads; ++h) pmax = fmaxf(pmax, fabsf(pv[h]));
-    float vmax = pmax * smax;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
-    if (vmax > 0.0f) {
-      const int wanted = 14 - ilogbf(vmax);
+    // The warp's largest p sigma |s|: non-negative, so its bits order as the values do (one REDUX).
+    const std::uint32_t vmax = __reduce_max_sync(0xffffffffu, __float_as_uint(pmax * smax));
+    if (vmax != 0u) {
+      const int wanted = 14 - (static_cast<int>(vmax >> 23) - 127);  // a subnormal reads as 2^-127: wanted stays above range_exp
       if (wanted < range_exp) flush(), range_exp = wanted, since_flush = 0;
     }
-    const float range = exp2f(static_cast<float>(range_exp));
-
-    // Hybrid: token l's first compact zero point, after the block's earlier tokens' (a warp scan).
-    long long compact = 0;
-    if (s.mode == GroupMode::hybrid) compact = base + warp_exclusive_sum(__popc(mask));
+    const float range = __uint_as_float(static_cast<std::uint32_t>(range_exp + 127) << 23);  // range_exp in [-113, 126]
 
     // B values into the scratch (token l: k-step l / 16, lane column 4 n + l % 4, slot (l % 16) / 4)
-    // and the zero points' sums.
+    // and the zero points' sums: one copy per group mode behind a uniform branch, so that no copy
+    // carries another mode's work.
     std::uint16_t* out = reinterpret_cast<std::uint16_t*>(scratch.b + (lane >> 4) * ScratchT::kStepPitch) + (lane & 3) * 4 + ((lane & 15) >> 2);
+    const auto build_b = [&](auto mode) {
+      constexpr GroupMode kMode = decltype(mode)::value;
+      // Hybrid: token l's first compact zero point, after the block's earlier tokens' (a warp scan).
+      long long compact = 0;
+      if constexpr (kMode == GroupMode::hybrid) compact = base + warp_exclusive_sum(__popc(mask));
 #pragma unroll
-    for (int k = 0; k < kGroupsMax; ++k) {
-      if (k >= groups) break;
-      float zero = -offset * mag[k];
-      if (s.mode == GroupMode::asym) zero = live ? plain(my_zeros[k]) : 0.0f;
-      if (s.mode == GroupMode::hybrid && ((mask >> k) & 1u))
-        zero = plain(__ldg(zeros + compact + __popc(mask & ((1u << k) - 1u))));
+      for (int k = 0; k < Groups; ++k) {
+        float zero = -offset * mag[k];
+        if constexpr (kMode == GroupMode::asym) zero = live ? plain(my_zeros[k]) : 0.0f;
+        if constexpr (kMode == GroupMode::hybrid) {
+          if ((mask >> k) & 1u) zero = plain(__ldg(zeros + compact + __popc(mask & ((1u << k) - 1u))));
+        }
 #pragma unroll
-      for (int h = 0; h < Heads; ++h) {
-        if (h >= heads) break;
-        konst[h][k] = fmaf(pv[h], zero, konst[h][k]);
-        const float v = pv[h] * mag[k] * range;
-        const __half hi = __float2half_rn(v);
-        const __half lo = __float2half_rn(v - __half2float(hi));
-        out[(k * 32 + 8 * h) * 4] = __half_as_ushort(hi);
-        out[(k * 32 + 8 * h + 4) * 4] = __half_as_ushort(lo);
+        for (int h = 0; h < Heads; ++h) {
+          if (h >= heads) break;
+          konst[h][k] = fmaf(pv[h], zero, konst[h][k]);
+          const float v = pv[h] * mag[k] * range;
+          const __half hi = __float2half_rn(v);
+          const __half lo = __float2half_rn(v - __half2float(hi));
+          out[(k * 32 + 8 * h) * 4] = __half_as_ushort(hi);
+          out[(k * 32 + 8 * h + 4) * 4] = __half_as_ushort(lo);
+        }
       }
-    }
+    };
+    if (s.mode == GroupMode::hybrid) build_b(std::integral_constant<GroupMode, GroupMode::hybrid>{});
+    else if (s.mode == GroupMode::asym) build_b(std::integral_constant<GroupMode, GroupMode::asym>{});
+    else build_b(std::integral_constant<GroupMode, GroupMode::sym>{});
     __syncwarp();
 
     // The two k-steps: tokens t, t + 4, t + 8, t + 12 of each (k-slots 2t, 2t + 1, 2t + 8, 2t + 9), four
@@ -244,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
         }
 #pragma unroll
         for (int m = 0; m < 4; ++m) {
-          const uint2 b = scratch.b[e * ScratchT::kStepPitch + ((16 * (m0 + m)) >> group_shift) * 32 + lane];
+          const uint2 b = scratch.b[e * ScratchT::kStepPitch + ((16 * (m0 + m)) >> kGroupShift) * 32 + lane];
           std::uint32_t a[4];
           dec.decode(w[0][m], w[1][m], a[0], a[1]);
           dec.decode(w[2][m], w[3][m], a[2], a[3]);
@@ -262,21 +296,19 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
 #pragma unroll
   for (int h = 0; h < Heads; ++h)
 #pragma unroll
-    for (int k = 0; k < kGroupsMax; ++k)
+    for (int k = 0; k < Groups; ++k)
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) konst[h][k] += __shfl_xor_sync(0xffffffffu, konst[h][k], off);
   if (t < heads) {
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
-      const int k = (16 * m) >> group_shift;
+      const int k = (16 * m) >> kGroupShift;
       float kt = 0.0f;
 #pragma unroll
       for (int h = 0; h < Heads; ++h)
-#pragma unroll
-        for (int q = 0; q < kGroupsMax; ++q)
-          if (h == t && q == k) kt = konst[h][q];
-      red[warp][t][16 * m + 2 * g] = total[m][0] + kt;
-      red[warp][t][16 * m + 2 * g + 1] = total[m][1] + kt;
+        if (h == t) kt = konst[h][k];
+      red[warp][t][16 * m + 2 * g] = total(m, 0) + kt;
+      red[warp][t][16 * m + 2 * g + 1] = total(m, 1) + kt;
     }
   }
   __syncthreads();
@@ -288,10 +320,10 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
   }
 }
 
-template <int Bits, int D, int Heads>
-cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
-  const auto kernel = p.row_stats ? outputs_outer_mma_kernel<Bits, D, Heads, true> : outputs_outer_mma_kernel<Bits, D, Heads, false>;
-  constexpr std::size_t kSmem = kWarps * (2 * sizeof(Stage<Bits, D>) + sizeof(Scratch<D>));
+template <int Bits, int D, int Groups, int Heads>
+cudaError_t launch_groups(const OutputsParams& p, cudaStream_t stream) {
+  const auto kernel = p.row_stats ? outputs_outer_mma_kernel<Bits, D, Groups, Heads, true> : outputs_outer_mma_kernel<Bits, D, Groups, Heads, false>;
+  constexpr std::size_t kSmem = kWarps * (2 * sizeof(Stage<Bits, D>) + sizeof(Scratch<D, Groups, kSharedTotals<Heads>>));
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, kSmem, info));
   const RegionShape& s = p.values.shape;
@@ -299,6 +331,20 @@ cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
   kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, kSmem, stream>>>(p, runs.per_split);
   KVQ_CUDA_TRY(cudaGetLastError());
   return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * p.group * D, p.outputs, stream);
+}
+
+// The groups axis: a token's D / group size groups (group sizes 16 to 128, at most D).
+template <int Bits, int D, int Heads>
+cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
+  switch (p.values.shape.group_size) {
+    case 16: return launch_groups<Bits, D, D / 16, Heads>(p, stream);
+    case 32: return launch_groups<Bits, D, D / 32, Heads>(p, stream);
+    case 64: return launch_groups<Bits, D, D / 64, Heads>(p, stream);
+    case 128:
+      if constexpr (D == 128) return launch_groups<Bits, D, 1, Heads>(p, stream);
+      else return cudaErrorInvalidValue;
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace

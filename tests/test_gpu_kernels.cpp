@@ -475,7 +475,8 @@ TEST(GpuRotation, TransformIsBitIdenticalAndFoldsIntoTheGemvs) {
 // The outer values' tensor-core kernel over a long sequence with softmax-like probabilities (six orders
 // of magnitude) and one sequence split, so that each warp runs 8k tokens: its B range only ever grows
 // and its accumulators are read out every 8 stretches. Both outer kernels against double precision;
-// the tensor-core kernel's scales start 2 bytes off 16 (it copies them from where they start).
+// the tensor-core kernel twice: with the packer's arrays, where a whole stretch is copied as fixed
+// 16-byte pieces, and with the scales 2 bytes off 16, copied from where they start.
 TEST(GpuOuterValues, LongSequencesMatchDouble) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const int regions = 2, d = 128, n = 32768 + 5;
@@ -499,10 +500,12 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
       ASSERT_TRUE(gpu::outputs_outer_mma_supported(off, heads));
       float* d_probs = upload(probs);
       const OutputsRun tensor_cores(off, d_probs, heads, 1, gpu::GemvKernel::automatic);
+      const OutputsRun on16(pair.cache.dev, d_probs, heads, 1, gpu::GemvKernel::automatic);
       const OutputsRun cuda_cores(pair.cache.dev, d_probs, heads, 1, gpu::GemvKernel::cuda_cores);
       CUDA_OK(tensor_cores.status);
+      CUDA_OK(on16.status);
       CUDA_OK(cuda_cores.status);
-      const std::vector<float> a = tensor_cores.host(), b = cuda_cores.host();
+      const std::vector<float> a = tensor_cores.host(), a16 = on16.host(), b = cuda_cores.host();
       std::vector<double> ref(a.size());
       for (int r = 0; r < regions; ++r)
         for (int h = 0; h < heads; ++h)
@@ -512,9 +515,10 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
             double* out = ref.data() + (static_cast<std::size_t>(r) * heads + h) * d;
             for (int c = 0; c < d; ++c) out[c] += pt * x[c];
           }
-      const double tc = test::nmse(a, ref), cc = test::nmse(b, ref);
-      std::printf("    outer values, %d tokens: NMSE tensor cores %.3g, CUDA cores %.3g\n", n, tc, cc);
+      const double tc = test::nmse(a, ref), tc16 = test::nmse(a16, ref), cc = test::nmse(b, ref);
+      std::printf("    outer values, %d tokens: NMSE tensor cores %.3g (scales on 16 bytes %.3g), CUDA cores %.3g\n", n, tc, tc16, cc);
       EXPECT_LT(tc, 1e-6);
+      EXPECT_LT(tc16, 1e-6);
       EXPECT_LT(cc, 1e-6);
       cudaFree(d_probs);
     }
