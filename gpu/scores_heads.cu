@@ -65,6 +65,7 @@ struct KeyHeads {
   GroupMode mode;
   int tokens, groups, chunk_shift, g, t;  // groups per token; chunk_shift: log2(chunks per group)
   int code_skip, scale_skip, zero_skip;   // where a stretch starts in the stage's arrays (bytes; entries)
+  bool on16;                              // codes and scales start on 16 bytes
   float offset;
   // Lane (g, t)'s B (head 4q + g / 2's part g % 2 of each chunk and plane), and for head 4q + t and
   // each chunk: what turns a product back into q's scale, and the chunk's sum of q in that scale
@@ -86,6 +87,7 @@ struct KeyHeads {
     const auto skip = [](const void* ptr) { return static_cast<int>(reinterpret_cast<std::uintptr_t>(ptr) & 15u); };
     code_skip = skip(codes), scale_skip = skip(scales) / static_cast<int>(sizeof(Meta));
     zero_skip = mode == GroupMode::asym ? skip(zeros) / static_cast<int>(sizeof(Meta)) : 0;  // hybrid: expand_zeros puts them at 0
+    on16 = code_skip == 0 && scale_skip == 0;  // symmetric keys copy no zero points
   }
 
   // q ([group][D], heads past the group weigh 0) into B through the warp's scratch.
@@ -120,14 +122,30 @@ struct KeyHeads {
 
   __device__ __forceinline__ int live_in(int st) const { return min(kStretch, tokens - st * kStretch); }
 
-  // Starts the copy of stretch st into `stage` and commits it as one cp.async group of this lane.
+  // Starts the copy of stretch st into `stage` and commits it as one cp.async group of this lane. For
+  // symmetric keys, a whole stretch of arrays on 16 bytes is fixed 16-byte pieces (no alignment or tail
+  // to work out per stretch); the rest take copy_async, which copies from anywhere, any length. (The
+  // general instantiations keep copy_async alone: the second path spilled up to 108 bytes there.)
   __device__ __forceinline__ void copy_stretch(int st, Stage& stage) const {
     const int lane = threadIdx.x & 31, live = live_in(st);
     const long long tok0 = static_cast<long long>(st) * kStretch;
-    copy_async(stage.codes, reinterpret_cast<const std::uint8_t*>(codes) + tok0 * kRowBytes, static_cast<long long>(live) * kRowBytes, lane, 32);
-    const long long meta = static_cast<long long>(live) * groups * static_cast<long long>(sizeof(Meta));
-    copy_async(stage.scales, scales + tok0 * groups, meta, lane, 32);
-    if (mode == GroupMode::asym) copy_async(stage.zeros, zeros + tok0 * groups, meta, lane, 32);
+    const std::uint8_t* code_src = reinterpret_cast<const std::uint8_t*>(codes) + tok0 * kRowBytes;
+    if (Sym && live == kStretch && on16) {
+      constexpr int kCodePieces = kStretch * kRowBytes / 16;  // 8 D Bits / 16: a multiple of 32
+      static_assert(kCodePieces % 32 == 0, "a stretch's codes are whole 16-byte pieces for every lane");
+      const unsigned code_dst = static_cast<unsigned>(__cvta_generic_to_shared(stage.codes));
+#pragma unroll
+      for (int j = 0; j < kCodePieces / 32; ++j) copy16(code_dst + 16 * (lane + 32 * j), code_src + 16 * (lane + 32 * j));
+      const int meta_pieces = kStretch * groups * static_cast<int>(sizeof(Meta)) / 16;
+      const char* scale_src = reinterpret_cast<const char*>(scales + tok0 * groups);
+      const unsigned scale_dst = static_cast<unsigned>(__cvta_generic_to_shared(stage.scales));
+      for (int i = lane; i < meta_pieces; i += 32) copy16(scale_dst + 16 * i, scale_src + 16 * i);
+    } else {
+      copy_async(stage.codes, code_src, static_cast<long long>(live) * kRowBytes, lane, 32);
+      const long long meta = static_cast<long long>(live) * groups * static_cast<long long>(sizeof(Meta));
+      copy_async(stage.scales, scales + tok0 * groups, meta, lane, 32);
+      if (mode == GroupMode::asym) copy_async(stage.zeros, zeros + tok0 * groups, meta, lane, 32);
+    }
     copy_commit();
   }
 
