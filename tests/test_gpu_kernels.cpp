@@ -475,8 +475,9 @@ TEST(GpuRotation, TransformIsBitIdenticalAndFoldsIntoTheGemvs) {
 // The outer values' tensor-core kernel over a long sequence with softmax-like probabilities (six orders
 // of magnitude) and one sequence split, so that each warp runs 8k tokens: its B range only ever grows
 // and its accumulators are read out every 8 stretches. Both outer kernels against double precision;
-// the tensor-core kernel twice: with the packer's arrays, where a whole stretch is copied as fixed
-// 16-byte pieces, and with the scales 2 bytes off 16, copied from where they start.
+// the tensor-core kernel twice: with the packer's arrays (region 0's start on 16 bytes, so its whole
+// stretches are copied as fixed 16-byte pieces; region 1's scales start 8 bytes off), and with every
+// region's scales 2 bytes off 16, copied from where they start.
 TEST(GpuOuterValues, LongSequencesMatchDouble) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const int regions = 2, d = 128, n = 32768 + 5;
