@@ -476,8 +476,8 @@ TEST(GpuRotation, TransformIsBitIdenticalAndFoldsIntoTheGemvs) {
 // of magnitude) and one sequence split, so that each warp runs 8k tokens: its B range only ever grows
 // and its accumulators are read out every 8 stretches. Both outer kernels against double precision;
 // the tensor-core kernel twice: with the packer's arrays (region 0's start on 16 bytes, so its whole
-// stretches are copied as fixed 16-byte pieces; region 1's scales start 8 bytes off), and with every
-// region's scales 2 bytes off 16, copied from where they start.
+// stretches are copied as fixed 16-byte pieces; region 1's scales start 8 bytes off), and with the
+// scales array moved 2 bytes (region 0's 2 bytes off 16, region 1's 10), copied from where they start.
 TEST(GpuOuterValues, LongSequencesMatchDouble) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const int regions = 2, d = 128, n = 32768 + 5;
