@@ -18,7 +18,7 @@ namespace kvq::gpu::key_units {
 
 constexpr int kUnit = 32;  // tokens per unit
 
-// What a lane multiplies by, built by each warp on its own (no barrier). Lane (g, t) holds column g
+// What a lane multiplies by, the same for every warp of a region. Lane (g, t) holds column g
 // of B: unit g / 2's part g % 2 (hi or lo) over quad lane t's span, zero unless g / 2 == t.
 template <int Bits, bool Half>
 struct LaneSetup {
@@ -99,8 +99,8 @@ __device__ __forceinline__ void load_unit(const std::uint32_t* codes, const Meta
   }
 }
 
-// One region's keys as a warp sees them. Per warp: init, set_query (B into the warp's slice of
-// shared memory), then load and score any units in any order.
+// One region's keys as a warp sees them. Per warp: init, set_query (B into shared memory) or
+// adopt_query (another warp's), then load and score any units in any order.
 template <int Bits, int D, class Meta, GroupMode Mode>
 struct KeyUnits {
   static constexpr bool kHalf = D == 64;
@@ -161,6 +161,16 @@ struct KeyUnits {
     b_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(&b[0][lane]));
     constant = su.constant, qsum = su.qsum, inv_range = su.inv_range;
     sym_constant = su.constant + static_cast<float>(packed::sym_offset(Bits, twos)) * su.qsum;  // a symmetric group's zero point folded in
+  }
+
+  // What set_query leaves in the lane's registers besides B: for the block's other warps.
+  __device__ __forceinline__ float4 query_constants() const { return make_float4(constant, sym_constant, qsum, inv_range); }
+
+  // B built by another warp of the block (set_query, then a block barrier) and that warp's lane's
+  // query_constants(): B depends only on q and the lane, not on the warp.
+  __device__ __forceinline__ void adopt_query(const WarpB& b, float4 c) {
+    b_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(&b[0][threadIdx.x & 31]));
+    constant = c.x, sym_constant = c.y, qsum = c.z, inv_range = c.w;
   }
 
   // q . k of token 32u + g + 8t (before token scales): the quad's 4 spans summed onto lane t. Every

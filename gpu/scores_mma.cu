@@ -1,6 +1,6 @@
 // q . K^T over channel-axis keys on the tensor cores, with lane-owned chunks (gpu/key_units.cuh): a
-// warp takes 32 tokens at a time and each warp builds its B once per run. The loads of the unit two
-// ahead are issued before a unit is multiplied.
+// warp takes 32 tokens at a time and warp 0 builds the block's B once per run. The loads of the unit
+// two ahead are issued before a unit is multiplied.
 #include <algorithm>
 #include <cstdint>
 
@@ -42,10 +42,17 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
   };
   if (u < u1) fetch(u, buf0);
   if (kAhead == 2 && u + kWarps < u1) fetch(u + kWarps, buf1);
-  // B goes to the warp's own slice of shared memory (read back per step): its registers would cost
-  // the third load buffer or a resident block.
-  __shared__ typename Keys::WarpB warp_b[kWarps];
-  keys.set_query(p.queries + static_cast<long long>(r) * D, p.keys.shape.twos, warp_b[warp]);
+  // B goes to shared memory (read back per step): its registers would cost the third load buffer or
+  // a resident block. It depends only on q and the lane, so warp 0 builds it for the block's warps
+  // while their first loads are in flight (H100: 9% faster at N = 4096, 1.6% at 32768).
+  __shared__ typename Keys::WarpB block_b;
+  __shared__ float4 constants[32];
+  if (warp == 0) {
+    keys.set_query(p.queries + static_cast<long long>(r) * D, p.keys.shape.twos, block_b);
+    constants[threadIdx.x] = keys.query_constants();
+  }
+  __syncthreads();
+  keys.adopt_query(block_b, constants[threadIdx.x & 31]);
 
   auto multiply = [&](int u, const typename Keys::Loads& cur) {
     float total = keys.score(u, cur, ones);
@@ -91,7 +98,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, 0, info));
   // One wave of resident blocks, each taking a contiguous run of units (4 warps x several each), so
-  // each warp builds its B once per run.
+  // each block builds its B once per run.
   const int units = (s.tokens + key_units::kUnit - 1) / key_units::kUnit;
   const int want = info.wave_per_region(p.keys.regions);
   const int per_block = std::max(kThreads / 32, (units + want - 1) / want);
