@@ -163,7 +163,7 @@ struct KeyUnits {
     sym_constant = su.constant + static_cast<float>(packed::sym_offset(Bits, twos)) * su.qsum;  // a symmetric group's zero point folded in
   }
 
-  // What set_query leaves in the lane's registers besides B: for the block's other warps.
+  // What set_query leaves in the lane's registers besides B, for every warp of the block (adopt_query).
   __device__ __forceinline__ float4 query_constants() const { return make_float4(constant, sym_constant, qsum, inv_range); }
 
   // B built by another warp of the block (set_query, then a block barrier) and that warp's lane's

@@ -34,8 +34,9 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
   // so each warp keeps kAhead units in flight (one for 8-bit codes, whose buffers are 4x larger).
   constexpr int kAhead = Bits == 8 ? 1 : 2;
   typename Keys::Loads buf0, buf1, buf2;
-  // Whole units without per-row checks: 11% faster for hybrid keys at N = 32768, 2% slower for
-  // 3-bit symmetric ones (H100, docs/PERF.md), so symmetric keys keep the checked loads.
+  // Whole units without per-row checks: 11% faster for hybrid keys at N = 32768, the same for asym
+  // ones, 2% slower for 3-bit symmetric ones (H100, docs/PERF.md): symmetric keys keep the checked
+  // loads.
   auto fetch = [&](int v, typename Keys::Loads& into) {
     if constexpr (Mode == GroupMode::sym) keys.load(v, into);
     else keys.load_split(v, into);
