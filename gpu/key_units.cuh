@@ -151,7 +151,8 @@ struct KeyUnits {
     else load_unit<Bits, D>(at, scales + meta, zeros + meta, 8 * per_row, (tokens - tok0 + 7) >> 3, into);
   }
 
-  // B from q ([D] fp32, device) into the warp's slice of shared memory; `twos` is the sym convention.
+  // B from q ([D] fp32, device) into shared memory (the warp's slice, or the block's B that every warp
+  // then takes with adopt_query); `twos` is the sym convention.
   __device__ __forceinline__ void set_query(const float* q, bool twos, WarpB& b) {
     const LaneSetup<Bits, kHalf> su = lane_setup<Bits, kHalf, D>(q, g, t);
     const int lane = threadIdx.x & 31;
@@ -166,8 +167,8 @@ struct KeyUnits {
   // What set_query leaves in the lane's registers besides B, for every warp of the block (adopt_query).
   __device__ __forceinline__ float4 query_constants() const { return make_float4(constant, sym_constant, qsum, inv_range); }
 
-  // B built by another warp of the block (set_query, then a block barrier) and that warp's lane's
-  // query_constants(): B depends only on q and the lane, not on the warp.
+  // B built by one warp of the block (set_query, then a block barrier; that warp calls this too) and
+  // its lane's query_constants(): B depends only on q and the lane, not on the warp.
   __device__ __forceinline__ void adopt_query(const WarpB& b, float4 c) {
     b_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(&b[0][threadIdx.x & 31]));
     constant = c.x, sym_constant = c.y, qsum = c.z, inv_range = c.w;
