@@ -21,6 +21,7 @@
 #include "cpu_ref/tensor_cache.h"
 #ifdef KVQ_HAVE_CUDA
 #include "ablations/latency_cuda.h"
+#include "gpu/launch.h"
 #endif
 
 namespace kvq::ablations {
@@ -217,6 +218,10 @@ void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const st
   nlohmann::json manifest = {{"provenance", provenance_json(prov)}, {"config", c.text}, {"backend", c.backend},
                              {"copy_bandwidth_gb_per_s", bandwidth / 1e9}, {"max_tokens", max_tokens}, {"device", device},
                              {"skipped", skipped}};
+#ifdef KVQ_HAVE_CUDA
+  // Timings of the cuda backend depend on it (gpu/dependent_launch.cuh).
+  if (cuda) manifest["dependent_launch"] = gpu::dependent_launch();
+#endif
   write_file_atomically(c.output + ".json", manifest.dump(2) + "\n");
 }
 

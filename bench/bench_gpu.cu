@@ -7,7 +7,8 @@
 // 4x the L2; counters: us, GB/s of cache read, % of the device-to-device copy bandwidth
 // measured at start-up, and % of the read floor: the time a plain read of the same bytes takes,
 // timed the same way in the same run (a small read pays the launch and ramp that a large copy
-// hides). Run: build/bench/bench_gpu --benchmark_repetitions=5.
+// hides). Run: build/bench/bench_gpu --benchmark_repetitions=5; --dependent_launch=0 times plain
+// launches instead of kvq's programmatic dependent launches (the read floor's kernel too).
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -15,13 +16,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/spec.h"
 #include "gpu/attention.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/device.h"
 #include "gpu/gemv.h"
 #include "gpu/pack.h"
@@ -76,6 +80,7 @@ double measure_copy_bandwidth() {
 // The read floor's kernel: every 16-byte piece of [pieces] once, four loads in flight per thread,
 // folded into one word that is stored only if it matches an unlikely value (so the loads stay).
 __global__ void read_pieces(const uint4* __restrict__ in, long long pieces, unsigned* sink) {
+  kvq::gpu::wait_for_prior_kernels();
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   unsigned x = 0;
@@ -107,8 +112,7 @@ double read_floor_seconds(double bytes) {
       cudaMemset(data, 1, static_cast<std::size_t>(copies) * pieces * 16) == cudaSuccess) {
     const int blocks = 4 * std::max(1, g_device.multiprocessors);  // 512 threads: 2048 per SM (a flat optimum, measured 2026-11-24)
     auto launch = [&](int c) {
-      read_pieces<<<blocks, 512>>>(data + static_cast<long long>(c) * pieces, pieces, sink);
-      return cudaGetLastError();
+      return kvq::gpu::launch_kernel(read_pieces, dim3(blocks), dim3(512), 0, nullptr, data + static_cast<long long>(c) * pieces, pieces, sink);
     };
     Pass pass;
     std::vector<float> ms;
@@ -651,6 +655,23 @@ BENCHMARK_CAPTURE(attention, serving_cublas_attention, Path::cublas_unfused, kSe
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --dependent_launch=0 times plain launches (gpu/dependent_launch.cuh); kvq's default is 1.
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i], flag = "--dependent_launch=";
+    if (arg.rfind(flag, 0) != 0) {
+      argv[kept++] = argv[i];
+      continue;
+    }
+    const std::string value = arg.substr(flag.size());
+    if (value != "0" && value != "1") {
+      std::fprintf(stderr, "bench_gpu: --dependent_launch expects 0 or 1, got '%s'\n", value.c_str());
+      return 2;
+    }
+    kvq::gpu::set_dependent_launch(value == "1");
+  }
+  argc = kept;
+  benchmark::AddCustomContext("dependent_launch", kvq::gpu::dependent_launch() ? "1" : "0");
   if (kvq::gpu::device_count() > 0) {
     kvq::gpu::query_device(0, g_device);
     g_copy_bandwidth = measure_copy_bandwidth();

@@ -6,6 +6,7 @@
 
 #include "gpu/attention.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/attention_parts.h"
 #include "gpu/fp16_part.cuh"
@@ -23,6 +24,7 @@ namespace {
 // A thread's loads go out kBatch parts at a time (one part's loads in turn waited ~0.5 us each, ~11 us
 // over a fused attention's parts); the arithmetic runs in part order as the loads land.
 __global__ void merge_parts(Parts p, int parts, float* out) {
+  wait_for_prior_kernels();
   constexpr int kBatch = 8;
   const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   const long long n = static_cast<long long>(p.regions) * p.group * p.head_dim;
@@ -63,6 +65,7 @@ __global__ void merge_parts(Parts p, int parts, float* out) {
 template <int D, int Group>
 __global__ void __launch_bounds__(128) fp16_attention_kernel(const __half* keys, const __half* values, int tokens, int per_part, const float* q,
                                                              float scale, Parts parts, int part0) {
+  wait_for_prior_kernels();
   __shared__ Fp16Smem<D, Group> sh;
   const int r = blockIdx.y, a = blockIdx.x * per_part, b = min(tokens, a + per_part);
   const long long base = static_cast<long long>(r) * tokens * D;
@@ -74,15 +77,13 @@ cudaError_t launch_fp16(const __half* keys, const __half* values, int regions, i
                         int part0, int& used, cudaStream_t stream) {
   const int per_part = std::max(1, (tokens + parts_wanted - 1) / parts_wanted);
   used = std::max(1, (tokens + per_part - 1) / per_part);
-  fp16_attention_kernel<D, Group><<<dim3(static_cast<unsigned>(used), static_cast<unsigned>(regions)), 128, 0, stream>>>(keys, values, tokens, per_part, q,
-                                                                                                                        scale, parts, part0);
-  return cudaGetLastError();
+  return launch_kernel(fp16_attention_kernel<D, Group>, dim3(static_cast<unsigned>(used), static_cast<unsigned>(regions)), dim3(128), 0, stream, keys, values,
+                       tokens, per_part, q, scale, parts, part0);
 }
 
 cudaError_t merge(Parts parts, int count, float* outputs, cudaStream_t stream) {
   const long long n = static_cast<long long>(parts.regions) * parts.group * parts.head_dim;
-  merge_parts<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(parts, count, outputs);
-  return cudaGetLastError();
+  return launch_kernel(merge_parts, dim3(static_cast<unsigned>((n + 255) / 256)), dim3(256), 0, stream, parts, count, outputs);
 }
 
 // Unfused: the scores into p.scores_scratch, then the values' kernel running the softmax over them and
@@ -116,6 +117,7 @@ __device__ void row_max_sum(const float* s, int tokens, float scale, float* red,
 }
 
 __global__ void softmax_kernel(const float* scores, int tokens, float scale, float* probs, __half* probs_fp16) {
+  wait_for_prior_kernels();
   __shared__ float red[32];
   const long long row = blockIdx.x;
   const float* s = scores + row * tokens;
@@ -131,6 +133,7 @@ __global__ void softmax_kernel(const float* scores, int tokens, float scale, flo
 
 // Row r * group + h's softmax statistics (m, l) over its scores, as part 0's.
 __global__ void row_stats_kernel(const float* scores, int tokens, float scale, Parts parts) {
+  wait_for_prior_kernels();
   __shared__ float red[32];
   const int row = blockIdx.x;
   float m, l;
@@ -148,8 +151,7 @@ __global__ void row_stats_kernel(const float* scores, int tokens, float scale, P
 cudaError_t outer_part(const AttentionParams& p, const Parts& parts, cudaStream_t stream) {
   const int tokens = p.keys.shape.tokens, rows = p.keys.regions * p.group;
   KVQ_CUDA_TRY(scores_outer({p.keys, p.queries, p.group, p.scores_scratch, p.key_token_scale, GemvKernel::automatic}, stream));
-  row_stats_kernel<<<static_cast<unsigned>(rows), 512, 0, stream>>>(p.scores_scratch, tokens, p.scale, parts);
-  KVQ_CUDA_TRY(cudaGetLastError());
+  KVQ_CUDA_TRY(launch_kernel(row_stats_kernel, dim3(static_cast<unsigned>(rows)), dim3(512), 0, stream, p.scores_scratch, tokens, p.scale, parts));
   OutputsParams o;
   o.values = p.values, o.probs = p.scores_scratch, o.group = p.group, o.splits = p.splits, o.token_scale = p.value_token_scale;
   o.row_stats = parts.ml, o.score_scale = p.scale;  // part 0's rows come first
@@ -244,8 +246,7 @@ cudaError_t attention_fp16(const Fp16AttentionParams& p, cudaStream_t stream) {
 cudaError_t softmax_rows(const float* scores, int rows, int tokens, float scale, float* probs, __half* probs_fp16, cudaStream_t stream) {
   if (rows < 0 || tokens < 1) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  softmax_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(scores, tokens, scale, probs, probs_fp16);
-  return cudaGetLastError();
+  return launch_kernel(softmax_kernel, dim3(static_cast<unsigned>(rows)), dim3(256), 0, stream, scores, tokens, scale, probs, probs_fp16);
 }
 
 }  // namespace kvq::gpu

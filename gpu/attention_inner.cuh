@@ -7,6 +7,7 @@
 
 #include "gpu/attention_parts.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/inner_stage.cuh"
 #include "gpu/launch.h"
@@ -34,6 +35,7 @@ struct InnerLayouts {
 
 template <int KBits, int VBits, int D, int Group>
 __global__ void __launch_bounds__(stage::kThreads) inner_attention_kernel(AttentionParams p, InnerLayouts layout, int stages_per_part, Parts parts) {
+  wait_for_prior_kernels();
   extern __shared__ __align__(16) char smem[];
   auto& sh = *reinterpret_cast<InnerSmem<KBits, VBits, D, Group>*>(smem);
   char* buffers = stage::buffers<InnerSmem<KBits, VBits, D, Group>>(smem);
@@ -149,8 +151,8 @@ cudaError_t launch_inner(const AttentionParams& p, const Parts& parts, int& used
   const int total = (p.keys.shape.tokens + stage::kTokens - 1) / stage::kTokens;
   const SplitRuns runs = split_runs(total, p.splits, info, p.keys.regions);
   used = runs.splits;
-  kernel<<<dim3(static_cast<unsigned>(used), static_cast<unsigned>(p.keys.regions)), stage::kThreads, smem, stream>>>(p, layout, runs.per_split, parts);
-  return cudaGetLastError();
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(used), static_cast<unsigned>(p.keys.regions)), dim3(stage::kThreads), smem, stream, p, layout,
+                       runs.per_split, parts);
 }
 
 }  // namespace kvq::gpu::attention_detail

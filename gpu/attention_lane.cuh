@@ -14,6 +14,7 @@
 
 #include "gpu/attention_parts.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/fp16_part.cuh"
 #include "gpu/key_units.cuh"
 #include "gpu/launch.h"
@@ -28,11 +29,13 @@ constexpr int kLaneThreads = 128;
 // into part gridDim.x, in the time the other blocks still stream.
 template <int KBits, int VBits, int D, GroupMode KMode>
 __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, std::uint32_t ones) {
+  wait_for_prior_kernels();
   using Meta = std::uint16_t;
   using Keys = key_units::KeyUnits<KBits, D, Meta, KMode>;
   using Values = value_tiles::ValueTiles<VBits, D, Meta>;
   constexpr int kWarps = kLaneThreads / 32, kMTiles = Values::kMTiles, kUnit = key_units::kUnit;
-  __shared__ typename Keys::WarpB key_b[kWarps];
+  __shared__ typename Keys::WarpB key_b;
+  __shared__ typename Keys::QueryShares key_shares;
   __shared__ typename Values::ProbScratch probs[kWarps];
   __shared__ Fp16Smem<D, 1> warp_parts;
   static_assert(kWarps == 4, "the warps' parts are fp16_part's");
@@ -59,7 +62,11 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
     if (4 * st < units) keys.load(4 * st, kb[0]);
     if (4 * st + 1 < units) keys.load(4 * st + 1, kb[1]);
   }
-  keys.set_query(p.queries + static_cast<long long>(r) * D, p.keys.shape.twos, key_b[warp]);
+  // The keys' B depends only on q and the lane: the block's warps build a quarter each.
+  const float* q = p.queries + static_cast<long long>(r) * D;
+  keys.set_query_part(q, warp, key_b, key_shares);
+  __syncthreads();
+  keys.gather_query(p.keys.shape.twos, key_b, key_shares);
   const int g = keys.g, t = keys.t;
 
   float m_run = -INFINITY, l_run = 0.0f;  // l: this lane's share of the running sum
@@ -122,9 +129,8 @@ cudaError_t launch_lane(const AttentionParams& p, const Parts& parts, int& used,
   const SplitRuns runs = split_runs(stretches, p.splits, info, p.keys.regions);
   windows_taken = p.window > 0;
   used = runs.splits + (windows_taken ? 1 : 0);
-  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.keys.regions)), kLaneThreads, smem, stream>>>(p, runs.per_split, parts,
-                                                                                                                      pairs::kOnes);
-  return cudaGetLastError();
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.keys.regions)), dim3(kLaneThreads), smem, stream, p,
+                       runs.per_split, parts, pairs::kOnes);
 }
 
 // The lane-owned kernel for keys of any group mode, when lane_attention_supported(p).

@@ -1,5 +1,6 @@
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/gemv.h"
 #include "gpu/meta.cuh"
@@ -18,6 +19,7 @@ constexpr int kMaxGroup = 8;
 // GQA group; blockDim 128, so a warp holds 32 consecutive tokens = one hybrid zero-block.
 template <int Bits, int D, int Group>
 __global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
+  wait_for_prior_kernels();
   const RegionShape s = p.keys.shape;
   const int r = blockIdx.y, G = s.group_size, groups_per_row = D / G;
   __shared__ float q_s[Group][D];
@@ -90,6 +92,7 @@ __global__ void __launch_bounds__(128) scores_channel(ScoresParams p) {
 // run of G-token blocks; partial sums are added in split order by sum_splits.
 template <int Bits, int D, int Group>
 __global__ void __launch_bounds__(D) outputs_token(OutputsParams p) {
+  wait_for_prior_kernels();
   const RegionShape s = p.values.shape;
   const int split = blockIdx.x, r = blockIdx.y, c = threadIdx.x, G = s.group_size;
   const int blocks = s.tokens / G;
@@ -192,6 +195,7 @@ __device__ __forceinline__ void load_half_chunk(const __half* cache, int base, i
 // Scores: block (x, r) takes tokens [x * per_block, ...) of region r, warps interleaved by 8 tokens.
 template <int D, int Group>
 __global__ void __launch_bounds__(128) scores_half(Fp16Params p, int per_block) {
+  wait_for_prior_kernels();
   constexpr int kPer = D / 32;
   const int r = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int a = blockIdx.x * per_block, b = min(p.tokens, a + per_block);
@@ -228,6 +232,7 @@ __global__ void __launch_bounds__(128) scores_half(Fp16Params p, int per_block) 
 // then added in warp order through shared memory.
 template <int D, int Group>
 __global__ void __launch_bounds__(128) outputs_half(Fp16Params p) {
+  wait_for_prior_kernels();
   constexpr int kPer = D / 32;
   __shared__ float red[4][Group][D];
   const int split = blockIdx.x, r = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -287,8 +292,8 @@ cudaError_t scores_inner(const ScoresParams& p, cudaStream_t stream) {
   }
   const dim3 grid(static_cast<unsigned>((s.tokens + 127) / 128), static_cast<unsigned>(p.keys.regions));
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H,
-      scores_channel<B, D, H><<<grid, 128, 0, stream>>>(p);)))
-  return cudaGetLastError();
+      return launch_kernel(scores_channel<B, D, H>, grid, dim3(128), 0, stream, p);)))
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t outputs_inner(const OutputsParams& p, cudaStream_t stream) {
@@ -297,8 +302,7 @@ cudaError_t outputs_inner(const OutputsParams& p, cudaStream_t stream) {
   if (p.kernel != GemvKernel::cuda_cores && outputs_mma_supported(p.values, p.group)) return outputs_mma(p, stream);  // else CUDA cores
   const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.values.regions));
   KVQ_DISPATCH_HEAD_DIM(s.head_dim, D, KVQ_DISPATCH_BITS(s.bits, B, KVQ_DISPATCH_GROUP(p.group, H,
-      outputs_token<B, D, H><<<grid, D, 0, stream>>>(p);)))
-  KVQ_CUDA_TRY(cudaGetLastError());
+      KVQ_CUDA_TRY(launch_kernel(outputs_token<B, D, H>, grid, dim3(D), 0, stream, p));)))
   const long long n = static_cast<long long>(p.values.regions) * p.group * s.head_dim;
   return add_splits(p.partial, p.splits, n, p.outputs, stream);
 }
@@ -313,15 +317,14 @@ cudaError_t scores_fp16(const Fp16Params& p, cudaStream_t stream) {
   const int want = std::max(1, 8 * sms / p.regions);
   const int per_block = std::max(32, (p.tokens + want * 32 - 1) / (want * 32) * 32);
   const dim3 grid(static_cast<unsigned>((p.tokens + per_block - 1) / per_block), static_cast<unsigned>(p.regions));
-  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, scores_half<D, H><<<grid, 128, 0, stream>>>(p, per_block);))
-  return cudaGetLastError();
+  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, return launch_kernel(scores_half<D, H>, grid, dim3(128), 0, stream, p, per_block);))
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t outputs_fp16(const Fp16Params& p, cudaStream_t stream) {
   if (p.group < 1 || p.group > kMaxGroup || p.splits < 1 || (p.head_dim != 64 && p.head_dim != 128)) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(p.splits), static_cast<unsigned>(p.regions));
-  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, outputs_half<D, H><<<grid, 128, 0, stream>>>(p);))
-  KVQ_CUDA_TRY(cudaGetLastError());
+  KVQ_DISPATCH_HEAD_DIM(p.head_dim, D, KVQ_DISPATCH_GROUP(p.group, H, KVQ_CUDA_TRY(launch_kernel(outputs_half<D, H>, grid, dim3(128), 0, stream, p));))
   const long long n = static_cast<long long>(p.regions) * p.group * p.head_dim;
   return add_splits(p.partial, p.splits, n, p.out, stream);
 }

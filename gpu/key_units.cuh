@@ -29,7 +29,9 @@ struct LaneSetup {
   float inv_range;             // 1 / the power of two q was scaled by
 };
 
-template <int Bits, bool Half, int D>
+// Pairs [I0, I1) of the lane's B (the b entries of their steps) and their shares of the constant and
+// of q's sum.
+template <int Bits, bool Half, int D, int I0, int I1>
 __device__ __forceinline__ LaneSetup<Bits, Half> lane_setup(const float* q, int g, int t) {
   constexpr int kSpan = Half ? 16 : 32;
   LaneSetup<Bits, Half> out;
@@ -49,7 +51,7 @@ __device__ __forceinline__ LaneSetup<Bits, Half> lane_setup(const float* q, int 
   const bool live = (g >> 1) == t;
   float mine = 0.0f, qsum = 0.0f;
 #pragma unroll
-  for (int i = 0; i < pairs::kPairs<Bits, Half>; ++i) {
+  for (int i = I0; i < I1; ++i) {
     const pairs::Pair P = pairs::pair<Bits, Half>(i);
     const float w = P.weight();
     const __half lo = mma::split_part(v[P.lo] * w, part), hi = mma::split_part(v[P.hi] * w, part);  // exact products
@@ -99,8 +101,8 @@ __device__ __forceinline__ void load_unit(const std::uint32_t* codes, const Meta
   }
 }
 
-// One region's keys as a warp sees them. Per warp: init, set_query (B into shared memory) or
-// adopt_query (another warp's), then load and score any units in any order.
+// One region's keys as a warp sees them. Per warp: init, set_query_part and gather_query (the block's
+// B in shared memory), then load and score any units in any order.
 template <int Bits, int D, class Meta, GroupMode Mode>
 struct KeyUnits {
   static constexpr bool kHalf = D == 64;
@@ -133,45 +135,59 @@ struct KeyUnits {
     leader = t % lanes_per_group == 0;
   }
 
-  // The lane's row g of unit u: codes at codes + (32u + g) * D/32 * Bits + chunk * Bits.
-  __device__ __forceinline__ void load(int u, Loads& into) const {
+  // The lane's rows of unit u, the first live_rows of them (the others zero): row g at codes + (32u +
+  // g) * D/32 * Bits + chunk * Bits.
+  __device__ __forceinline__ void load_rows(int u, int live_rows, Loads& into) const {
     const int tok0 = u * kUnit + g;
     const int meta = tok0 * per_row + grp;
-    load_unit<Bits, D>(codes + (tok0 * (D / 32) + chunk) * Bits, scales + meta, zeros + meta, 8 * per_row, (tokens - tok0 + 7) >> 3, into);
+    load_unit<Bits, D>(codes + (tok0 * (D / 32) + chunk) * Bits, scales + meta, zeros + meta, 8 * per_row, live_rows, into);
   }
+
+  // Unit u, checking each row against the region's length.
+  __device__ __forceinline__ void load(int u, Loads& into) const { load_rows(u, (tokens - (u * kUnit + g) + 7) >> 3, into); }
 
   // The same loads, where only a region's last unit can be partial: a whole one (a test uniform over
   // the warp) loads without a check per row, some 35 instructions fewer. Two copies of the loads: the
   // fused attention, with less room for them, keeps `load`.
   __device__ __forceinline__ void load_split(int u, Loads& into) const {
-    const int tok0 = u * kUnit + g;
-    const int meta = tok0 * per_row + grp;
-    const std::uint32_t* at = codes + (tok0 * (D / 32) + chunk) * Bits;
-    if (u < tokens / kUnit) load_unit<Bits, D>(at, scales + meta, zeros + meta, 8 * per_row, 4, into);
-    else load_unit<Bits, D>(at, scales + meta, zeros + meta, 8 * per_row, (tokens - tok0 + 7) >> 3, into);
+    if (u < tokens / kUnit) load_rows(u, 4, into);
+    else load(u, into);
   }
 
-  // B from q ([D] fp32, device) into shared memory (the warp's slice, or the block's B that every warp
-  // then takes with adopt_query); `twos` is the sym convention.
-  __device__ __forceinline__ void set_query(const float* q, bool twos, WarpB& b) {
-    const LaneSetup<Bits, kHalf> su = lane_setup<Bits, kHalf, D>(q, g, t);
+  // B from q ([D] fp32, device) into shared memory, built by a block's 4 warps together (B depends only
+  // on q and the lane): warp `part` (0-3) puts its quarter of the pairs into their steps of b and the
+  // lane's shares of the constant and of q's sum into shares[part][lane]. After a block barrier every
+  // warp calls gather_query (`twos` is the sym convention).
+  using QueryShares = float2[4][32];
+  __device__ __forceinline__ void set_query_part(const float* q, int part, WarpB& b, QueryShares& shares) {
+    switch (part) {
+      case 0: query_part<0>(q, b, shares); break;
+      case 1: query_part<1>(q, b, shares); break;
+      case 2: query_part<2>(q, b, shares); break;
+      default: query_part<3>(q, b, shares); break;
+    }
+  }
+  // set_query_part's quarter Part.
+  template <int Part>
+  __device__ __forceinline__ void query_part(const float* q, WarpB& b, QueryShares& shares) {
+    constexpr int kQuarter = pairs::kPairs<Bits, kHalf> / 4;  // a whole number of steps for every Bits
+    const LaneSetup<Bits, kHalf> su = lane_setup<Bits, kHalf, D, Part * kQuarter, (Part + 1) * kQuarter>(q, g, t);
     const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int j = 0; j < kSteps; ++j) b[j][lane] = make_uint2(su.b[j][0], su.b[j][1]);
-    __syncwarp();
-    b_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(&b[0][lane]));
-    constant = su.constant, qsum = su.qsum, inv_range = su.inv_range;
-    sym_constant = su.constant + static_cast<float>(packed::sym_offset(Bits, twos)) * su.qsum;  // a symmetric group's zero point folded in
+    for (int j = Part * kSteps / 4; j < (Part + 1) * kSteps / 4; ++j) b[j][lane] = make_uint2(su.b[j][0], su.b[j][1]);
+    shares[Part][lane] = make_float2(su.constant, su.qsum);
+    inv_range = su.inv_range;  // every warp takes q's range itself
   }
 
-  // What set_query leaves in the lane's registers besides B, for every warp of the block (adopt_query).
-  __device__ __forceinline__ float4 query_constants() const { return make_float4(constant, sym_constant, qsum, inv_range); }
-
-  // B built by one warp of the block (set_query, then a block barrier; that warp calls this too) and
-  // its lane's query_constants(): B depends only on q and the lane, not on the warp.
-  __device__ __forceinline__ void adopt_query(const WarpB& b, float4 c) {
-    b_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(&b[0][threadIdx.x & 31]));
-    constant = c.x, sym_constant = c.y, qsum = c.z, inv_range = c.w;
+  // After the barrier: the block's B and the 4 shares of this lane's constant and q sum.
+  __device__ __forceinline__ void gather_query(bool twos, const WarpB& b, const QueryShares& shares) {
+    const int lane = threadIdx.x & 31;
+    float c = 0.0f, s = 0.0f;
+#pragma unroll
+    for (int part = 0; part < 4; ++part) c += shares[part][lane].x, s += shares[part][lane].y;
+    b_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(&b[0][lane]));
+    constant = c, qsum = s;
+    sym_constant = c + static_cast<float>(packed::sym_offset(Bits, twos)) * s;
   }
 
   // q . k of token 32u + g + 8t (before token scales): the quad's 4 spans summed onto lane t. Every

@@ -1,5 +1,6 @@
 #include "gpu/launch.h"
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -8,6 +9,13 @@
 #include "gpu/cuda_check.h"
 
 namespace kvq::gpu {
+
+namespace {
+std::atomic<bool> g_dependent_launch{true};
+}  // namespace
+
+void set_dependent_launch(bool on) { g_dependent_launch.store(on, std::memory_order_relaxed); }
+bool dependent_launch() { return g_dependent_launch.load(std::memory_order_relaxed); }
 
 cudaError_t launch_info(const void* kernel, int threads, std::size_t smem, LaunchInfo& out) {
   static std::mutex mutex;

@@ -39,4 +39,10 @@ inline SplitRuns split_runs(int units, int wanted, const LaunchInfo& info, int r
 // For `kernel` with `threads` threads and `smem` bytes of dynamic shared memory on the current device.
 cudaError_t launch_info(const void* kernel, int threads, std::size_t smem, LaunchInfo& out);
 
+// Whether kvq's kernels are launched as programmatic dependent launches (gpu/dependent_launch.cuh).
+// On by default; off gives timings of plain launches (`bench_gpu --dependent_launch=0`). Process-wide,
+// read at each launch.
+void set_dependent_launch(bool on);
+bool dependent_launch();
+
 }  // namespace kvq::gpu

@@ -12,6 +12,7 @@
 #include "core/packed.h"
 #include "gpu/attention_parts.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/fp16_part.cuh"
 #include "gpu/head_tiles.cuh"
@@ -62,6 +63,7 @@ constexpr int heads_blocks() {
 template <int Bits, int D, class Meta, int Quads, bool Softmax, bool Sym>
 __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>()))
     outputs_heads_kernel(OutputsParams p, int stretches_per_split, SoftmaxParts sp) {
+  wait_for_prior_kernels();
   using Values = head_tiles::HeadTiles<Bits, D, Meta, Quads, Sym>;
   using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles, kHeads = Values::kHeads;
@@ -193,6 +195,7 @@ __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>(
 // split's block then takes the fp16 windows into one more part while the other blocks still stream.
 template <int Bits, int D, class Meta, bool Softmax>
 __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split, SoftmaxParts sp) {
+  wait_for_prior_kernels();
   using Values = value_tiles::ValueTiles<Bits, D, Meta>;
   using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
@@ -288,8 +291,8 @@ cudaError_t launch_runs(Kernel kernel, const OutputsParams& p, std::size_t smem,
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, smem, info));
   runs = split_runs((p.values.shape.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
-  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, smem, stream>>>(p, runs.per_split, extra...);
-  return cudaGetLastError();
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), dim3(kThreads), smem, stream, p, runs.per_split,
+                       extra...);
 }
 
 // A GEMV's launch, then the splits' partial sums added in order.

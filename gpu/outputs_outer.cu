@@ -10,6 +10,7 @@
 
 #include "gpu/code_slices.cuh"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/gemv.h"
 #include "gpu/launch.h"
@@ -69,6 +70,7 @@ struct BlockFetch {
 // Block (split, r): 32-token blocks [split * per_split, ...) of region r, warps taking every kWarps-th.
 template <int Bits, int D, int Heads, int Codes>
 __global__ void __launch_bounds__(kWarps * 32) outputs_channel(OutputsParams p, int per_split) {
+  wait_for_prior_kernels();
   using Fetch = BlockFetch<Bits, D, Heads, Codes>;
   constexpr int kLanesPerToken = Fetch::kLanesPerToken, kTokensPerStep = Fetch::kTokensPerStep, kSteps = Fetch::kSteps;
   const RegionShape s = p.values.shape;
@@ -169,8 +171,7 @@ cudaError_t launch(const OutputsParams& p, cudaStream_t stream) {
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kWarps * 32, 0, info));
   const SplitRuns runs = split_runs((p.values.shape.tokens + 31) / 32, p.splits, info, p.values.regions);
-  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kWarps * 32, 0, stream>>>(p, runs.per_split);
-  KVQ_CUDA_TRY(cudaGetLastError());
+  KVQ_CUDA_TRY(launch_kernel(kernel, dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), dim3(kWarps * 32), 0, stream, p, runs.per_split));
   return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * p.group * D, p.outputs, stream);
 }
 

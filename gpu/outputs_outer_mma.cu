@@ -28,6 +28,7 @@
 
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/launch.h"
 #include "gpu/meta.cuh"
@@ -80,6 +81,7 @@ inline constexpr bool kSharedTotals = Heads >= 2;
 // tight: 4 more cost the serving shape 5% when its totals still sat in registers).
 template <int Bits, int D, int Groups, int Heads, bool Scores>
 __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsParams p, int per_split) {
+  wait_for_prior_kernels();
   using StageT = Stage<Bits, D>;
   using ScratchT = Scratch<D, Groups, kSharedTotals<Heads>>;
   constexpr int kMTiles = D / 16, kWords = StageT::kWords;
@@ -328,8 +330,7 @@ cudaError_t launch_groups(const OutputsParams& p, cudaStream_t stream) {
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, kSmem, info));
   const RegionShape& s = p.values.shape;
   const SplitRuns runs = split_runs((s.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
-  kernel<<<dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), kThreads, kSmem, stream>>>(p, runs.per_split);
-  KVQ_CUDA_TRY(cudaGetLastError());
+  KVQ_CUDA_TRY(launch_kernel(kernel, dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), dim3(kThreads), kSmem, stream, p, runs.per_split));
   return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * p.group * D, p.outputs, stream);
 }
 

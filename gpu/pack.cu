@@ -3,6 +3,7 @@
 #include "core/packed.h"
 #include "core/quant_math.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/pack.h"
 
@@ -29,6 +30,7 @@ __device__ void store_meta(void* array, long long i, std::uint32_t bits, bool fp
 // One thread per new group: quantize with core/quant_math.h, OR the codes in, store the scale; asym
 // groups store their zero point (hybrid: into a per-group scratch slot, compacted afterwards).
 __global__ void pack_groups(const float* rows, DeviceRegions out, int at, std::uint32_t* asym_flag, std::uint32_t* zero_scratch) {
+  wait_for_prior_kernels();
   const RegionShape s = out.shape;
   const int d = s.head_dim, G = s.group_size, count = s.tokens - at;
   const long long groups = static_cast<long long>(count) * d / G;  // new groups per region
@@ -87,6 +89,7 @@ __device__ __forceinline__ long long zero_start(const DeviceRegions& out, int at
 // first zero (fresh regions) and each new zero-block's base (relative to its region).
 __global__ void place_zeros(DeviceRegions out, int at, const std::uint32_t* zero_count, const std::uint32_t* asym_flag, const std::uint32_t* position,
                             const std::uint32_t* zero_scratch, long long groups, long long total) {
+  wait_for_prior_kernels();
   const RegionShape s = out.shape;
   const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   if (i >= total) return;
@@ -102,6 +105,7 @@ __global__ void place_zeros(DeviceRegions out, int at, const std::uint32_t* zero
 
 // Hybrid: each region's zero-point count after this pack (one thread per region, after place_zeros).
 __global__ void count_zeros(std::uint32_t* zero_count, int at, int regions, const std::uint32_t* asym_flag, const std::uint32_t* position, long long groups) {
+  wait_for_prior_kernels();
   const int r = blockIdx.x * blockDim.x + threadIdx.x;
   if (r >= regions) return;
   const long long last = (r + 1) * groups - 1;
@@ -142,18 +146,17 @@ cudaError_t pack(const PackParams& params, cudaStream_t stream) {
   }
   const dim3 block(128);
   const dim3 grid(static_cast<unsigned>((groups + 127) / 128), static_cast<unsigned>(out.regions));
-  pack_groups<<<grid, block, 0, stream>>>(params.rows, out, at, flag, scratch);
-  KVQ_CUDA_TRY(cudaGetLastError());
+  KVQ_CUDA_TRY(launch_kernel(pack_groups, grid, block, 0, stream, params.rows, out, at, flag, scratch));
   if (s.mode == GroupMode::hybrid) {
     // Compact zero points: an exclusive scan of the asym flags over every region's new groups in order.
     KVQ_CUDA_TRY(cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, flag, position, total, stream));
     KVQ_CUDA_TRY(cudaMallocAsync(&temp, temp_bytes, stream));
     KVQ_CUDA_TRY(cub::DeviceScan::ExclusiveSum(temp, temp_bytes, flag, position, total, stream));
-    place_zeros<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(out, at, params.zero_count, flag, position, scratch, groups, total);
-    KVQ_CUDA_TRY(cudaGetLastError());
+    KVQ_CUDA_TRY(launch_kernel(place_zeros, dim3(static_cast<unsigned>((total + 255) / 256)), dim3(256), 0, stream, out, at, params.zero_count, flag, position,
+                               scratch, groups, total));
     if (params.zero_count) {
-      count_zeros<<<static_cast<unsigned>((out.regions + 127) / 128), 128, 0, stream>>>(params.zero_count, at, out.regions, flag, position, groups);
-      KVQ_CUDA_TRY(cudaGetLastError());
+      KVQ_CUDA_TRY(launch_kernel(count_zeros, dim3(static_cast<unsigned>((out.regions + 127) / 128)), dim3(128), 0, stream, params.zero_count, at, out.regions,
+                                 flag, position, groups));
     }
     KVQ_CUDA_TRY(cudaFreeAsync(temp, stream));
     KVQ_CUDA_TRY(cudaFreeAsync(flag, stream));

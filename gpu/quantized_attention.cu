@@ -4,6 +4,7 @@
 #include "core/packed.h"
 #include "core/quant_math.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/meta.cuh"
 #include "gpu/quantized_attention.h"
@@ -108,6 +109,7 @@ __device__ void assemble_row(const WindowSource& x, int r, int u, int sink, __ha
 template <int D>
 __global__ void __launch_bounds__(32 * kRowsPerBlock) assemble_windows(WindowSource keys, WindowSource values, int sink, int n0, int rows, __half* out_keys,
                                                                         __half* out_values, const float* q, int group, float* folded) {
+  wait_for_prior_kernels();
   const int r = blockIdx.y, w = blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
   if (folded && blockIdx.x == 0)
     for (int i = threadIdx.x; i < group * D; i += blockDim.x) {
@@ -212,9 +214,8 @@ cudaError_t quantized_attention(const TensorCache& keys, const TensorCache& valu
     const WindowSource ks{k, keys.window(), keys.window_stride(), keys.norm()};
     const WindowSource vs{v, values.window(), values.window_stride(), nullptr};
     const dim3 grid(static_cast<unsigned>(std::max(1, (rows + kRowsPerBlock - 1) / kRowsPerBlock)), static_cast<unsigned>(regions));
-    KVQ_DISPATCH_HEAD_DIM(d, D, assemble_windows<D><<<grid, 32 * kRowsPerBlock, 0, stream>>>(ks, vs, sink, n0, rows, window_keys, window_values,
-                                                                                              p.queries, p.group, folded);)
-    KVQ_CUDA_TRY(cudaGetLastError());
+    KVQ_DISPATCH_HEAD_DIM(d, D, KVQ_CUDA_TRY(launch_kernel(assemble_windows<D>, grid, dim3(32 * kRowsPerBlock), 0, stream, ks, vs, sink, n0, rows, window_keys,
+                                                           window_values, p.queries, p.group, folded));)
   }
   a.window_keys = window_keys, a.window_values = window_values, a.window = rows;
   a.group = p.group, a.scale = p.scale, a.outputs = p.outputs, a.route = p.route;

@@ -4,6 +4,8 @@
 // max or sum.
 #include <cuda_runtime.h>
 
+#include "gpu/dependent_launch.cuh"
+
 namespace kvq::gpu {
 
 // The sum of x over the lanes below this one (every lane of the warp must call it): where a lane's
@@ -41,6 +43,7 @@ __device__ float block_reduce(float v, float* red, Op op) {
 
 template <typename T = float>
 __global__ void sum_splits(const T* partial, int splits, long long n, T* out) {
+  wait_for_prior_kernels();
   const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   T sum = 0;
@@ -50,8 +53,7 @@ __global__ void sum_splits(const T* partial, int splits, long long n, T* out) {
 
 // Launches sum_splits over n outputs; returns the launch's error.
 inline cudaError_t add_splits(const float* partial, int splits, long long n, float* out, cudaStream_t stream) {
-  sum_splits<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(partial, splits, n, out);
-  return cudaGetLastError();
+  return launch_kernel(sum_splits<float>, dim3(static_cast<unsigned>((n + 255) / 256)), dim3(256), 0, stream, partial, splits, n, out);
 }
 
 }  // namespace kvq::gpu

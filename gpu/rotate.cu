@@ -1,4 +1,5 @@
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/rotate.h"
 
 namespace kvq::gpu {
@@ -28,6 +29,7 @@ __device__ __forceinline__ void fwht_registers(float (&x)[D]) {
 // division is IEEE (-prec-div), no FMA contraction (--fmad=false).
 template <int D>
 __global__ void __launch_bounds__(128) rotate_kernel(RotateParams p) {
+  wait_for_prior_kernels();
   const long long row = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   if (row >= p.count) return;
   float* x_row = p.rows + row * D;
@@ -76,11 +78,10 @@ cudaError_t rotate_rows(const RotateParams& p, cudaStream_t stream) {
   if (p.count == 0) return cudaSuccess;
   const unsigned blocks = static_cast<unsigned>((p.count + 127) / 128);
   switch (p.head_dim) {
-    case 64: rotate_kernel<64><<<blocks, 128, 0, stream>>>(p); break;
-    case 128: rotate_kernel<128><<<blocks, 128, 0, stream>>>(p); break;
+    case 64: return launch_kernel(rotate_kernel<64>, dim3(blocks), dim3(128), 0, stream, p);
+    case 128: return launch_kernel(rotate_kernel<128>, dim3(blocks), dim3(128), 0, stream, p);
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace kvq::gpu

@@ -17,6 +17,7 @@
 #include "core/packed.h"
 #include "gpu/byte_planes.cuh"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/launch.h"
 #include "gpu/meta.cuh"
@@ -242,6 +243,7 @@ constexpr std::size_t stages_bytes() {
 
 template <int Bits, int D, class Meta, int Quads, bool Sym>
 __global__ void __launch_bounds__(kThreads, Quads == 1 ? 4 : 3) scores_heads_kernel(ScoresParams p, int stretches_per_split) {
+  wait_for_prior_kernels();
   using Keys = KeyHeads<Bits, D, Meta, Quads, Sym>;
   using Stage = typename Keys::Stage;
   constexpr int kHeads = Keys::kHeads;
@@ -301,8 +303,7 @@ cudaError_t launch_mode(const ScoresParams& p, cudaStream_t stream) {
   const SplitRuns runs = split_runs((stretches + kWarps - 1) / kWarps, info.wave_per_region(p.keys.regions), info, p.keys.regions);
   const int per_split = runs.per_split * kWarps;
   const int splits = (stretches + per_split - 1) / per_split;
-  kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.keys.regions)), kThreads, kSmem, stream>>>(p, per_split);
-  return cudaGetLastError();
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.keys.regions)), dim3(kThreads), kSmem, stream, p, per_split);
 }
 
 template <int Bits, int D, class Meta, int Quads>

@@ -1,11 +1,12 @@
 // q . K^T over channel-axis keys on the tensor cores, with lane-owned chunks (gpu/key_units.cuh): a
-// warp takes 32 tokens at a time and warp 0 builds the block's B once per run. The loads of the unit
-// two ahead are issued before a unit is multiplied.
+// warp takes 32 tokens at a time and the block's 4 warps build its B together once per run. The loads
+// of the unit two ahead are issued before a unit is multiplied.
 #include <algorithm>
 #include <cstdint>
 
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/launch.h"
 #include "gpu/key_units.cuh"
@@ -19,6 +20,7 @@ constexpr int kThreads = 128;
 // Units [u0, u1) of region blockIdx.y; warp w takes units u0 + w, u0 + w + 4, ...
 template <int Bits, int D, class Meta, GroupMode Mode>
 __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p, int units_per_block, std::uint32_t ones) {
+  wait_for_prior_kernels();
   using Keys = key_units::KeyUnits<Bits, D, Meta, Mode>;
   constexpr int kWarps = kThreads / 32, kUnit = key_units::kUnit;
   const int r = blockIdx.y, warp = threadIdx.x >> 5;
@@ -44,16 +46,15 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
   if (u < u1) fetch(u, buf0);
   if (kAhead == 2 && u + kWarps < u1) fetch(u + kWarps, buf1);
   // B goes to shared memory (read back per step): its registers would cost the third load buffer or
-  // a resident block. It depends only on q and the lane, so warp 0 builds it for the block's warps
-  // while their first loads are in flight (H100: 9% faster at N = 4096, 1.6% at 32768).
+  // a resident block. It depends only on q and the lane, so the block's warps build a quarter each
+  // while their first loads are in flight (H100: 9.16 -> 8.75 us at N = 4096, 29.8 -> 29.6 at 32768,
+  // against warp 0 building all of it).
   __shared__ typename Keys::WarpB block_b;
-  __shared__ float4 constants[32];
-  if (warp == 0) {
-    keys.set_query(p.queries + static_cast<long long>(r) * D, p.keys.shape.twos, block_b);
-    constants[threadIdx.x] = keys.query_constants();
-  }
+  __shared__ typename Keys::QueryShares shares;
+  const float* q = p.queries + static_cast<long long>(r) * D;
+  keys.set_query_part(q, warp, block_b, shares);
   __syncthreads();
-  keys.adopt_query(block_b, constants[threadIdx.x & 31]);
+  keys.gather_query(p.keys.shape.twos, block_b, shares);
 
   auto multiply = [&](int u, const typename Keys::Loads& cur) {
     float total = keys.score(u, cur, ones);
@@ -104,8 +105,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const int want = info.wave_per_region(p.keys.regions);
   const int per_block = std::max(kThreads / 32, (units + want - 1) / want);
   const dim3 grid(static_cast<unsigned>((units + per_block - 1) / per_block), static_cast<unsigned>(p.keys.regions));
-  kernel<<<grid, kThreads, 0, stream>>>(p, per_block, pairs::kOnes);  // ones: see pairs::decode
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid, dim3(kThreads), 0, stream, p, per_block, pairs::kOnes);  // ones: see pairs::decode
 }
 
 template <int Bits, int D, class Meta>

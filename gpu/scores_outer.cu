@@ -13,6 +13,7 @@
 
 #include "gpu/code_slices.cuh"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/gemv.h"
 #include "gpu/launch.h"
@@ -52,6 +53,7 @@ __device__ __forceinline__ float transpose_sum(float (&v)[32], int lane) {
 // Block (x, r): tiles [x * tiles_per_block, ...) of region r, the warps taking every kWarps-th tile.
 template <int Bits, int D>
 __global__ void __launch_bounds__(kWarps * 32) scores_token(ScoresParams p, int tiles_per_block) {
+  wait_for_prior_kernels();
   constexpr int kPer = D / 32;  // channels lane, lane + 32, ...
   const RegionShape s = p.keys.shape;
   const int r = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = s.group_size;
@@ -140,8 +142,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const int tiles = (p.keys.shape.tokens + 31) / 32, want = info.wave_per_region(p.keys.regions);
   const int per_block = std::max(kWarps, (tiles + want * kWarps - 1) / (want * kWarps) * kWarps);
   const dim3 grid(static_cast<unsigned>((tiles + per_block - 1) / per_block), static_cast<unsigned>(p.keys.regions));
-  kernel<<<grid, kWarps * 32, 0, stream>>>(p, per_block);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid, dim3(kWarps * 32), 0, stream, p, per_block);
 }
 
 }  // namespace

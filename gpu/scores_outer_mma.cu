@@ -25,6 +25,7 @@
 
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/launch.h"
 #include "gpu/meta.cuh"
@@ -107,6 +108,7 @@ __device__ __forceinline__ float head_sums(const float (&v)[Heads], int lane) {
 // 20-30% slower on the H100.)
 template <int Bits, int D, int Heads>
 __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams p, int per_block) {
+  wait_for_prior_kernels();
   using TileT = Tile<Bits, D>;
   using ScratchT = Scratch<D>;
   constexpr int kSteps = D / 16;
@@ -335,8 +337,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const int tiles = (p.keys.shape.tokens + 31) / 32, want = info.wave_per_region(p.keys.regions);
   const int per_block = std::max(kWarps, (tiles + want * kWarps - 1) / (want * kWarps) * kWarps);
   const dim3 grid(static_cast<unsigned>((tiles + per_block - 1) / per_block), static_cast<unsigned>(p.keys.regions));
-  kernel<<<grid, kThreads, smem, stream>>>(p, per_block);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid, dim3(kThreads), smem, stream, p, per_block);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/inner_stage.cuh"
 #include "gpu/launch.h"
@@ -25,6 +26,7 @@ struct ScoresSmem {
 // Stages [first, last) of region blockIdx.y.
 template <int Bits, int D, int Group>
 __global__ void __launch_bounds__(stage::kThreads) scores_staged_kernel(ScoresParams p, stage::Layout layout, int stages_per_block) {
+  wait_for_prior_kernels();
   extern __shared__ __align__(16) char smem[];
   auto& sh = *reinterpret_cast<ScoresSmem<Bits, D, Group>*>(smem);
   char* buffers = stage::buffers<ScoresSmem<Bits, D, Group>>(smem);
@@ -86,8 +88,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const int blocks = std::min(total, info.wave_per_region(p.keys.regions));
   const int per_block = (total + blocks - 1) / blocks;
   const dim3 grid(static_cast<unsigned>((total + per_block - 1) / per_block), static_cast<unsigned>(p.keys.regions));
-  kernel<<<grid, stage::kThreads, smem, stream>>>(p, layout, per_block);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid, dim3(stage::kThreads), smem, stream, p, layout, per_block);
 }
 
 }  // namespace

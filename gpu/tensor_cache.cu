@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "gpu/cuda_check.h"
+#include "gpu/dependent_launch.cuh"
 #include "gpu/pack.h"
 #include "gpu/spec_shape.h"
 
@@ -22,6 +23,7 @@ __device__ __forceinline__ float held(const void* src, bool half, long long r, i
 
 // window[r][first_out + i] = fp16(rows[r][first + i]) for i < count.
 __global__ void store_window(const float* rows, int stride, int first, int count, __half* window, int window_stride, int first_out, int d) {
+  wait_for_prior_kernels();
   const long long r = blockIdx.y;
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < static_cast<long long>(count) * d; i += gridDim.x * blockDim.x) {
     const long long t = i / d, c = i % d;
@@ -32,6 +34,7 @@ __global__ void store_window(const float* rows, int stride, int first, int count
 // norm[r][c] = fp16(sqrt(max_t |x[t][c]|)) over the held values of `count` rows; 1 for an all-zero
 // (or non-finite) channel, as cpu::TensorCache.
 __global__ void key_norm_factors(const void* src, bool half, int stride, int first, int count, int d, float* norm) {
+  wait_for_prior_kernels();
   const long long r = blockIdx.y;
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= d) return;
@@ -44,6 +47,7 @@ __global__ void key_norm_factors(const void* src, bool half, int stride, int fir
 
 // staging[r][t] = held(x) / norm (the quantizer's input), for `count` rows.
 __global__ void stage_rows(const void* src, bool half, int stride, int first, int count, int d, const float* norm, float* staging) {
+  wait_for_prior_kernels();
   const long long r = blockIdx.y;
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < static_cast<long long>(count) * d; i += gridDim.x * blockDim.x) {
     const int t = static_cast<int>(i / d), c = static_cast<int>(i % d);
@@ -108,15 +112,14 @@ cudaError_t TensorCache::quantize(const void* src, bool src_half, int stride, in
   if (count == 0) return cudaSuccess;
   if (key_norm_ && !norm_ready_) {
     // Frozen on the first batch that is quantized.
-    key_norm_factors<<<dim3(static_cast<unsigned>((d_ + 127) / 128), regions_), 128, 0, stream>>>(src, src_half, stride, first, count, d_, norm_);
-    KVQ_CUDA_TRY(cudaGetLastError());
+    KVQ_CUDA_TRY(launch_kernel(key_norm_factors, dim3(static_cast<unsigned>((d_ + 127) / 128), regions_), dim3(128), 0, stream, src, src_half, stride, first,
+                               count, d_, norm_));
     norm_ready_ = true;
   }
   for (int done = 0; done < count; done += kPiece) {
     const int n = std::min(kPiece, count - done);
-    stage_rows<<<dim3(blocks_for(static_cast<long long>(n) * d_), regions_), 256, 0, stream>>>(src, src_half, stride, first + done, n, d_,
-                                                                                           key_norm_ ? norm_ : nullptr, staging_);
-    KVQ_CUDA_TRY(cudaGetLastError());
+    KVQ_CUDA_TRY(launch_kernel(stage_rows, dim3(blocks_for(static_cast<long long>(n) * d_), regions_), dim3(256), 0, stream, src, src_half, stride, first + done,
+                               n, d_, key_norm_ ? norm_ : nullptr, staging_));
     PackParams p;
     p.rows = staging_;
     p.out = region_;
@@ -135,17 +138,16 @@ cudaError_t TensorCache::prefill(const float* rows, int count, cudaStream_t stre
   if (size_ != 0 || count < 0 || count > capacity_ || (count > 0 && rows == nullptr)) return cudaErrorInvalidValue;
   const int sink = std::min(sink_, count), rest = count - sink;
   if (sink > 0) {
-    store_window<<<dim3(blocks_for(static_cast<long long>(sink) * d_), regions_), 256, 0, stream>>>(rows, count, 0, sink, window_, window_stride_, 0, d_);
-    KVQ_CUDA_TRY(cudaGetLastError());
+    KVQ_CUDA_TRY(launch_kernel(store_window, dim3(blocks_for(static_cast<long long>(sink) * d_), regions_), dim3(256), 0, stream, rows, count, 0, sink, window_,
+                               window_stride_, 0, d_));
   }
   int quantize_count = 0;
   if (rest > recent_) quantize_count = std::min((rest - recent_ + flush_ - 1) / flush_ * flush_, rest / flush_ * flush_);
   KVQ_CUDA_TRY(quantize(rows, false, count, sink, quantize_count, stream));
   const int recent = rest - quantize_count;
   if (recent > 0) {
-    store_window<<<dim3(blocks_for(static_cast<long long>(recent) * d_), regions_), 256, 0, stream>>>(rows, count, sink + quantize_count, recent, window_,
-                                                                                                  window_stride_, sink, d_);
-    KVQ_CUDA_TRY(cudaGetLastError());
+    KVQ_CUDA_TRY(launch_kernel(store_window, dim3(blocks_for(static_cast<long long>(recent) * d_), regions_), dim3(256), 0, stream, rows, count,
+                               sink + quantize_count, recent, window_, window_stride_, sink, d_));
   }
   sink_count_ = sink;
   recent_count_ = recent;
@@ -158,8 +160,7 @@ cudaError_t TensorCache::append(const float* rows, cudaStream_t stream) {
   if (size_ >= capacity_ || rows == nullptr) return cudaErrorInvalidValue;
   const bool to_sink = sink_count_ < sink_;
   const int row = to_sink ? sink_count_ : sink_ + recent_count_;
-  store_window<<<dim3(1, regions_), 128, 0, stream>>>(rows, 1, 0, 1, window_, window_stride_, row, d_);
-  KVQ_CUDA_TRY(cudaGetLastError());
+  KVQ_CUDA_TRY(launch_kernel(store_window, dim3(1, regions_), dim3(128), 0, stream, rows, 1, 0, 1, window_, window_stride_, row, d_));
   ++size_;
   if (to_sink) {
     ++sink_count_;

@@ -8,8 +8,10 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <random>
+#include <vector>
 
 #include "core/half.h"
 #include "cpu_ref/attention.h"
@@ -17,6 +19,7 @@
 #include "cpu_ref/tensor_cache.h"
 #include "gpu/device.h"
 #include "gpu/gemv.h"
+#include "gpu/launch.h"
 #include "gpu/pack.h"
 #include "gpu/quantized_attention.h"
 #include "gpu/spec_shape.h"
@@ -398,6 +401,66 @@ TEST(GpuCacheAttention, RefusesCachesThatDoNotGoTogether) {
   cudaFree(d_q);
   cudaFree(d_out);
   cudaFree(workspace);
+}
+
+// Dependent launches (gpu/dependent_launch.cuh) change when kernels start, never what they compute:
+// the same decode steps queued with no synchronization between them (prefill, appends, attention on
+// both routes: staging, packing with CUB's scan, windows, GEMVs, merges back to back) give
+// bit-identical outputs with them on and off. A kernel that touched memory before its wait would race
+// with the one before it and differ here.
+TEST(GpuDependentLaunch, ResultsEqualPlainLaunches) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  struct Restore {
+    ~Restore() { gpu::set_dependent_launch(true); }
+  } restore;
+  const CacheSpec cs = preset("innerq_hybrid");
+  const int d = 128, regions = 3, group = 1, prefill = 301, steps = 45, every = 4;
+  std::mt19937_64 rng(77);
+  std::normal_distribution<float> normal;
+  std::vector<float> rows(static_cast<std::size_t>(regions) * (prefill + steps) * d), q(static_cast<std::size_t>(regions) * group * d);
+  for (auto& x : rows) x = normal(rng);
+  for (auto& x : q) x = normal(rng) * 0.5f;
+  const std::size_t out_count = static_cast<std::size_t>(regions) * group * d;
+  const int calls = 2 * (steps / every + 1);
+  std::vector<float> outputs[2];
+  for (int on = 0; on < 2; ++on) {
+    gpu::set_dependent_launch(on == 1);
+    gpu::TensorCache keys(cs.k, regions, d, cs.sink, cs.recent, cs.key_norm, prefill + steps);
+    gpu::TensorCache values(cs.v, regions, d, cs.sink, cs.recent, false, prefill + steps);
+    CUDA_OK(keys.status());
+    CUDA_OK(values.status());
+    float* d_rows = upload(std::vector<float>(rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(regions) * prefill * d));
+    float* d_steps = upload(std::vector<float>(rows.begin() + static_cast<std::ptrdiff_t>(regions) * prefill * d, rows.end()));  // [steps][regions][d]
+    float* d_q = upload(q);
+    float* d_out = nullptr;
+    void* workspace = nullptr;
+    CUDA_OK(cudaMalloc(&d_out, sizeof(float) * out_count * calls));
+    CUDA_OK(cudaMalloc(&workspace, gpu::quantized_attention_workspace(keys, values, group)));
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(keys.prefill(d_rows, prefill));
+    CUDA_OK(values.prefill(d_rows, prefill));
+    int call = 0;
+    for (int step = 0; step < steps; ++step) {
+      CUDA_OK(keys.append(d_steps + static_cast<std::size_t>(step) * regions * d));
+      CUDA_OK(values.append(d_steps + static_cast<std::size_t>(step) * regions * d));
+      if (step % every != 0) continue;
+      for (gpu::AttentionRoute route : {gpu::AttentionRoute::fused, gpu::AttentionRoute::unfused}) {
+        gpu::CacheAttentionParams p;
+        p.queries = d_q, p.group = group, p.scale = 1.0f / std::sqrt(static_cast<float>(d)), p.workspace = workspace, p.route = route;
+        p.outputs = d_out + out_count * call++;
+        CUDA_OK(gpu::quantized_attention(keys, values, p));
+      }
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    ASSERT_EQ(call, calls);
+    outputs[on] = download(d_out, out_count * calls);
+    for (void* ptr : {static_cast<void*>(d_rows), static_cast<void*>(d_steps), static_cast<void*>(d_q), static_cast<void*>(d_out), workspace}) cudaFree(ptr);
+  }
+  ASSERT_EQ(outputs[0].size(), outputs[1].size());
+  int differ = 0;
+  for (std::size_t i = 0; i < outputs[0].size(); ++i) differ += std::memcmp(&outputs[0][i], &outputs[1][i], sizeof(float)) != 0;
+  EXPECT_EQ(differ, 0) << "of " << outputs[0].size() << " outputs";
+  EXPECT_TRUE(std::isfinite(outputs[1][0]) && std::isfinite(outputs[1].back()));
 }
 
 TEST(GpuTensorCache, RefusesWhatItDoesNotTake) {
