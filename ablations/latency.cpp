@@ -51,7 +51,7 @@ double copy_bandwidth() {
 LatencyConfig parse_latency_config(const std::string& text, const std::string& path, const std::string& backend) {
   const YamlReader r(path);
   const YAML::Node root = r.load(text);
-  r.known_keys(root, {"name", "shapes", "methods", "kernels", "backend", "repeats", "seed", "output"}, "the config");
+  r.known_keys(root, {"name", "shapes", "methods", "kernels", "backend", "dependent_launch", "repeats", "seed", "output"}, "the config");
   LatencyConfig c;
   c.path = path;
   c.text = text;
@@ -92,6 +92,7 @@ LatencyConfig parse_latency_config(const std::string& text, const std::string& p
 #ifndef KVQ_HAVE_CUDA
   if (c.backend == "cuda") r.error(root["backend"], "backend: cuda needs kvq built with KVQ_CUDA=ON (no CUDA compiler was found at build time)");
 #endif
+  if (root["dependent_launch"]) c.dependent_launch = r.value<bool>(root["dependent_launch"], "dependent_launch", "true or false");
   if (root["repeats"]) c.repeats = r.value<int>(root["repeats"], "repeats", "an integer");
   if (root["seed"]) c.seed = r.value<std::uint64_t>(root["seed"], "seed", "an integer");
   c.output = root["output"] ? r.value<std::string>(root["output"], "output", "a path") : "results/" + c.name + "/bench.csv";
@@ -106,6 +107,12 @@ void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const st
   std::string device = "cpu";
   const bool cuda = c.backend == "cuda";
 #ifdef KVQ_HAVE_CUDA
+  // The launch mode for this run's kernels, restored after it.
+  struct LaunchMode {
+    bool before = gpu::dependent_launch();
+    explicit LaunchMode(bool on) { gpu::set_dependent_launch(on); }
+    ~LaunchMode() { gpu::set_dependent_launch(before); }
+  } launch_mode(c.dependent_launch);
   const double bandwidth = cuda ? cuda_copy_bandwidth(device) : copy_bandwidth();
 #else
   const double bandwidth = copy_bandwidth();
@@ -218,10 +225,7 @@ void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const st
   nlohmann::json manifest = {{"provenance", provenance_json(prov)}, {"config", c.text}, {"backend", c.backend},
                              {"copy_bandwidth_gb_per_s", bandwidth / 1e9}, {"max_tokens", max_tokens}, {"device", device},
                              {"skipped", skipped}};
-#ifdef KVQ_HAVE_CUDA
-  // Timings of the cuda backend depend on it (gpu/dependent_launch.cuh).
-  if (cuda) manifest["dependent_launch"] = gpu::dependent_launch();
-#endif
+  if (cuda) manifest["dependent_launch"] = c.dependent_launch;  // the cuda backend's timings depend on it
   write_file_atomically(c.output + ".json", manifest.dump(2) + "\n");
 }
 

@@ -24,6 +24,7 @@ struct LatencyConfig {
   std::vector<std::string> methods;  // presets; the first fp16 and kivi rows give the speedups
   std::vector<std::string> kernels;  // qk, pv, attention
   std::string backend = "cpu";
+  bool dependent_launch = true;  // cuda backend: kernels as programmatic dependent launches (gpu/dependent_launch.cuh)
   int repeats = 5;
   std::uint64_t seed = 0;
   std::string output;  // CSV path

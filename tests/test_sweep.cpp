@@ -223,6 +223,9 @@ TEST(Latency, ConfigErrorsAndATinyRun) {
   expect("shapes: {p: {tokens: [64]}}\nmethods: [innerq]\n", "lat.yaml:2:");
   expect("shapes: {p: {heads: 6, kv_heads: 4, tokens: [64]}}\n", "heads a multiple of kv_heads");
   expect("shapes: {p: {tokens: [64]}}\nbackend: gpu\n", "got 'gpu', expected cpu or cuda");
+  expect("shapes: {p: {tokens: [64]}}\ndependent_launch: sometimes\n", "dependent_launch");
+  EXPECT_TRUE(ablations::parse_latency_config("shapes: {p: {tokens: [64]}}\n", "lat.yaml").dependent_launch);
+  EXPECT_FALSE(ablations::parse_latency_config("shapes: {p: {tokens: [64]}}\ndependent_launch: false\n", "lat.yaml").dependent_launch);
   // The cuda backend: refused at parse time by a build without CUDA; with CUDA but no device, the run
   // stops with a one-line error before writing anything; with a device, a tiny grid on the GPU.
   try {
