@@ -170,7 +170,8 @@ struct KeyUnits {
   // set_query_part's quarter Part.
   template <int Part>
   __device__ __forceinline__ void query_part(const float* q, WarpB& b, QueryShares& shares) {
-    constexpr int kQuarter = pairs::kPairs<Bits, kHalf> / 4;  // a whole number of steps for every Bits
+    static_assert(pairs::kPairs<Bits, kHalf> == 2 * kSteps && kSteps % 4 == 0, "each quarter is a whole number of steps");
+    constexpr int kQuarter = pairs::kPairs<Bits, kHalf> / 4;
     const LaneSetup<Bits, kHalf> su = lane_setup<Bits, kHalf, D, Part * kQuarter, (Part + 1) * kQuarter>(q, g, t);
     const int lane = threadIdx.x & 31;
 #pragma unroll
