@@ -63,10 +63,7 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
     if (4 * st + 1 < units) keys.load(4 * st + 1, kb[1]);
   }
   // The keys' B depends only on q and the lane: the block's warps build a quarter each.
-  const float* q = p.queries + static_cast<long long>(r) * D;
-  keys.set_query_part(q, warp, key_b, key_shares);
-  __syncthreads();
-  keys.gather_query(p.keys.shape.twos, key_b, key_shares);
+  keys.set_block_query(p.queries + static_cast<long long>(r) * D, warp, p.keys, key_b, key_shares);
   const int g = keys.g, t = keys.t;
 
   float m_run = -INFINITY, l_run = 0.0f;  // l: this lane's share of the running sum

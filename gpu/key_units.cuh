@@ -101,8 +101,8 @@ __device__ __forceinline__ void load_unit(const std::uint32_t* codes, const Meta
   }
 }
 
-// One region's keys as a warp sees them. Per warp: init, set_query_part and gather_query (the block's
-// B in shared memory), then load and score any units in any order.
+// One region's keys as a warp sees them. Per warp: init, set_block_query (the block's B in shared
+// memory), then load and score any units in any order.
 template <int Bits, int D, class Meta, GroupMode Mode>
 struct KeyUnits {
   static constexpr bool kHalf = D == 64;
@@ -154,11 +154,20 @@ struct KeyUnits {
     else load(u, into);
   }
 
-  // B from q ([D] fp32, device) into shared memory, built by a block's 4 warps together (B depends only
-  // on q and the lane): warp `part` (0-3) puts its quarter of the pairs into their steps of b and the
-  // lane's shares of the constant and of q's sum into shares[part][lane]. After a block barrier every
-  // warp calls gather_query (`twos` is the sym convention).
+  // B from q ([D] fp32, device) into shared memory, built by the block's 4 warps together (B depends
+  // only on q and the lane): each warp's quarter (set_query_part; `warp` is the warp's index in the
+  // block, 0-3), a block barrier, then every warp sums the shares (gather_query). Every thread of the
+  // block must call it; `keys` are those given to init. Their sym convention is read after the barrier:
+  // taken as a bool argument before it, its load moved and the fused attention's code changed.
   using QueryShares = float2[4][32];
+  __device__ __forceinline__ void set_block_query(const float* q, int warp, const DeviceRegions& keys, WarpB& b, QueryShares& shares) {
+    set_query_part(q, warp, b, shares);
+    __syncthreads();
+    gather_query(keys.shape.twos, b, shares);
+  }
+
+  // Warp `part` (0-3) puts its quarter of the pairs into their steps of b and the lane's shares of the
+  // constant and of q's sum into shares[part][lane].
   __device__ __forceinline__ void set_query_part(const float* q, int part, WarpB& b, QueryShares& shares) {
     switch (part) {
       case 0: query_part<0>(q, b, shares); break;

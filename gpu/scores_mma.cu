@@ -51,10 +51,7 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
   // against warp 0 building all of it).
   __shared__ typename Keys::WarpB block_b;
   __shared__ typename Keys::QueryShares shares;
-  const float* q = p.queries + static_cast<long long>(r) * D;
-  keys.set_query_part(q, warp, block_b, shares);
-  __syncthreads();
-  keys.gather_query(p.keys.shape.twos, block_b, shares);
+  keys.set_block_query(p.queries + static_cast<long long>(r) * D, warp, p.keys, block_b, shares);
 
   auto multiply = [&](int u, const typename Keys::Loads& cur) {
     float total = keys.score(u, cur, ones);
