@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   using Keys = key_units::KeyUnits<KBits, D, Meta, KMode>;
   using Values = value_tiles::ValueTiles<VBits, D, Meta>;
   constexpr int kWarps = kLaneThreads / 32, kMTiles = Values::kMTiles, kUnit = key_units::kUnit;
-  __shared__ typename Keys::WarpB key_b;
+  __shared__ typename Keys::BlockB key_b;
   __shared__ typename Keys::QueryShares key_shares;
   __shared__ typename Values::ProbScratch probs[kWarps];
   __shared__ Fp16Smem<D, 1> warp_parts;

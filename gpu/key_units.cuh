@@ -109,7 +109,7 @@ struct KeyUnits {
   static constexpr int kSteps = LaneSetup<Bits, kHalf>::kSteps;
   static constexpr int kSpan = kHalf ? 16 : 32;
   using Loads = UnitLoads<Bits, Meta, Mode>;
-  using WarpB = uint2[kSteps][32];  // [step][lane]: the warp's B fragments
+  using BlockB = uint2[kSteps][32];  // [step][lane]: the B fragments the block's warps share
 
   const std::uint32_t* codes;
   const Meta* scales;
@@ -160,7 +160,7 @@ struct KeyUnits {
   // block must call it; `keys` are those given to init. Their sym convention is read after the barrier:
   // taken as a bool argument before it, its load moved and the fused attention's code changed.
   using QueryShares = float2[4][32];
-  __device__ __forceinline__ void set_block_query(const float* q, int warp, const DeviceRegions& keys, WarpB& b, QueryShares& shares) {
+  __device__ __forceinline__ void set_block_query(const float* q, int warp, const DeviceRegions& keys, BlockB& b, QueryShares& shares) {
     set_query_part(q, warp, b, shares);
     __syncthreads();
     gather_query(keys.shape.twos, b, shares);
@@ -168,7 +168,7 @@ struct KeyUnits {
 
   // Warp `part` (0-3) puts its quarter of the pairs into their steps of b and the lane's shares of the
   // constant and of q's sum into shares[part][lane].
-  __device__ __forceinline__ void set_query_part(const float* q, int part, WarpB& b, QueryShares& shares) {
+  __device__ __forceinline__ void set_query_part(const float* q, int part, BlockB& b, QueryShares& shares) {
     switch (part) {
       case 0: query_part<0>(q, b, shares); break;
       case 1: query_part<1>(q, b, shares); break;
@@ -178,7 +178,7 @@ struct KeyUnits {
   }
   // set_query_part's quarter Part.
   template <int Part>
-  __device__ __forceinline__ void query_part(const float* q, WarpB& b, QueryShares& shares) {
+  __device__ __forceinline__ void query_part(const float* q, BlockB& b, QueryShares& shares) {
     static_assert(pairs::kPairs<Bits, kHalf> == 2 * kSteps && kSteps % 4 == 0, "each quarter is a whole number of steps");
     constexpr int kQuarter = pairs::kPairs<Bits, kHalf> / 4;
     const LaneSetup<Bits, kHalf> su = lane_setup<Bits, kHalf, D, Part * kQuarter, (Part + 1) * kQuarter>(q, g, t);
@@ -190,7 +190,7 @@ struct KeyUnits {
   }
 
   // After the barrier: the block's B and the 4 shares of this lane's constant and q sum.
-  __device__ __forceinline__ void gather_query(bool twos, const WarpB& b, const QueryShares& shares) {
+  __device__ __forceinline__ void gather_query(bool twos, const BlockB& b, const QueryShares& shares) {
     const int lane = threadIdx.x & 31;
     float c = 0.0f, s = 0.0f;
 #pragma unroll

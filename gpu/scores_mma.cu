@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
   // a resident block. It depends only on q and the lane, so the block's warps build a quarter each
   // while their first loads are in flight (H100: 9.16 -> 8.75 us at N = 4096, 29.8 -> 29.6 at 32768,
   // against warp 0 building all of it).
-  __shared__ typename Keys::WarpB block_b;
+  __shared__ typename Keys::BlockB block_b;
   __shared__ typename Keys::QueryShares shares;
   keys.set_block_query(p.queries + static_cast<long long>(r) * D, warp, p.keys, block_b, shares);
 

@@ -410,8 +410,9 @@ TEST(GpuCacheAttention, RefusesCachesThatDoNotGoTogether) {
 // with the one before it and differ here.
 TEST(GpuDependentLaunch, ResultsEqualPlainLaunches) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  struct Restore {
-    ~Restore() { gpu::set_dependent_launch(true); }
+  struct Restore {  // the mode this test found, whatever ran before it
+    bool was = gpu::dependent_launch();
+    ~Restore() { gpu::set_dependent_launch(was); }
   } restore;
   const CacheSpec cs = preset("innerq_hybrid");
   const int d = 128, regions = 3, group = 1, prefill = 301, steps = 45, every = 4;
