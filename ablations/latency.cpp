@@ -107,12 +107,7 @@ void run_latency(const LatencyConfig& c, int max_tokens, bool progress, const st
   std::string device = "cpu";
   const bool cuda = c.backend == "cuda";
 #ifdef KVQ_HAVE_CUDA
-  // The launch mode for this run's kernels, restored after it.
-  struct LaunchMode {
-    bool before = gpu::dependent_launch();
-    explicit LaunchMode(bool on) { gpu::set_dependent_launch(on); }
-    ~LaunchMode() { gpu::set_dependent_launch(before); }
-  } launch_mode(c.dependent_launch);
+  const gpu::DependentLaunchScope launch_mode(c.dependent_launch);  // this run's kernels' launch mode
   const double bandwidth = cuda ? cuda_copy_bandwidth(device) : copy_bandwidth();
 #else
   const double bandwidth = copy_bandwidth();

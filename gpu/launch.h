@@ -45,4 +45,16 @@ cudaError_t launch_info(const void* kernel, int threads, std::size_t smem, Launc
 void set_dependent_launch(bool on);
 bool dependent_launch();
 
+// set_dependent_launch(on) for the object's lifetime; the mode it found comes back after.
+class DependentLaunchScope {
+ public:
+  explicit DependentLaunchScope(bool on) : before_(dependent_launch()) { set_dependent_launch(on); }
+  ~DependentLaunchScope() { set_dependent_launch(before_); }
+  DependentLaunchScope(const DependentLaunchScope&) = delete;
+  DependentLaunchScope& operator=(const DependentLaunchScope&) = delete;
+
+ private:
+  bool before_;
+};
+
 }  // namespace kvq::gpu

@@ -410,10 +410,6 @@ TEST(GpuCacheAttention, RefusesCachesThatDoNotGoTogether) {
 // with the one before it and differ here.
 TEST(GpuDependentLaunch, ResultsEqualPlainLaunches) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  struct Restore {  // the mode this test found, whatever ran before it
-    bool was = gpu::dependent_launch();
-    ~Restore() { gpu::set_dependent_launch(was); }
-  } restore;
   const CacheSpec cs = preset("innerq_hybrid");
   const int d = 128, regions = 3, group = 1, prefill = 301, steps = 45, every = 4;
   std::mt19937_64 rng(77);
@@ -425,7 +421,7 @@ TEST(GpuDependentLaunch, ResultsEqualPlainLaunches) {
   const int calls = 2 * (steps / every + 1);
   std::vector<float> outputs[2];
   for (int on = 0; on < 2; ++on) {
-    gpu::set_dependent_launch(on == 1);
+    const gpu::DependentLaunchScope mode(on == 1);  // gives back the mode it found
     gpu::TensorCache keys(cs.k, regions, d, cs.sink, cs.recent, cs.key_norm, prefill + steps);
     gpu::TensorCache values(cs.v, regions, d, cs.sink, cs.recent, false, prefill + steps);
     CUDA_OK(keys.status());
