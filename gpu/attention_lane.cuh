@@ -6,8 +6,8 @@
 // fragments for the stretch's four value tiles, and the warp takes every m-tile of the values
 // (gpu/value_tiles.cuh), accumulating in registers rescaled by each new maximum. Loads run ahead:
 // two key units (across stretches), and the next stretch's values into the other of the warp's two
-// shared-memory stages (cp.async), read two m-tiles ahead. The block's warps merge into one part; the
-// fp16 windows are one more part, taken by the last block of each region (no launch of their own).
+// shared-memory stages (cp.async), read two m-tiles ahead. The block's warps merge into one part with
+// the block's share of the fp16 windows (no launch of their own).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -24,9 +24,8 @@ namespace kvq::gpu::attention_detail {
 
 constexpr int kLaneThreads = 128;
 
-// Part blockIdx.x of region blockIdx.y: stretches [first, last), warp w taking first + w, first + w + 4, ...
-// The last part's block, whose run is no longer than the others', then takes the fp16 windows (if any)
-// into part gridDim.x, in the time the other blocks still stream.
+// Part blockIdx.x of region blockIdx.y: stretches [first, last), warp w taking first + w, first + w + 4, ...,
+// then its share of the fp16 windows (one_head_part).
 template <int KBits, int VBits, int D, GroupMode KMode>
 __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, std::uint32_t ones) {
   wait_for_prior_kernels();
@@ -37,8 +36,8 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   __shared__ typename Keys::BlockB key_b;
   __shared__ typename Keys::QueryShares key_shares;
   __shared__ typename Values::ProbScratch probs[kWarps];
-  __shared__ Fp16Smem<D, 1> warp_parts;
-  static_assert(kWarps == 4, "the warps' parts are fp16_part's");
+  __shared__ OneHeadSmem<D> warp_parts;
+  static_assert(kWarps == 4, "the warps' parts are slots 0-3 of one_head_part's");
   extern __shared__ __align__(16) unsigned char dynamic_smem[];
   using Stage = typename Values::Stage;
   const int r = blockIdx.y, part = blockIdx.x, warp = threadIdx.x >> 5;
@@ -125,7 +124,7 @@ cudaError_t launch_lane(const AttentionParams& p, const Parts& parts, int& used,
   const int stretches = (p.keys.shape.tokens + value_tiles::kStretch - 1) / value_tiles::kStretch;
   const SplitRuns runs = split_runs(stretches, p.splits, info, p.keys.regions);
   windows_taken = p.window > 0;
-  used = runs.splits + (windows_taken ? 1 : 0);
+  used = runs.splits;
   return launch_kernel(kernel, dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.keys.regions)), dim3(kLaneThreads), smem, stream, p,
                        runs.per_split, parts, pairs::kOnes);
 }

@@ -82,7 +82,7 @@ inline Parts parts_of(float* scratch, int regions, int group, int head_dim, int 
 }
 
 // Launches the fused kernel over p's quantized tokens into parts [0, used); one per built bit pair.
-// windows_taken: the kernel also took the fp16 windows (part used - 1), so they need no launch.
+// windows_taken: the kernel also took the fp16 windows (each part its share), so they need no launch.
 cudaError_t inner_k3v2(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream);
 cudaError_t inner_k3v3(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream);
 cudaError_t inner_k2v2(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream);

@@ -10,14 +10,14 @@
 namespace kvq::gpu::attention_detail {
 
 // fp16 attention over tokens [a, b) of one region: each warp takes 8-token chunks in turn, with its
-// own online softmax (lane l holds channels [l * D/32, (l+1) * D/32)), then the 4 warps merge in
-// shared memory and the block writes one part.
+// own online softmax (lane l holds channels [l * D/32, (l+1) * D/32)), and leaves its running max,
+// sum and unnormalized output in slot `slot0 + warp` of sh (empty where it took no token: m = -inf).
 template <int D, int Group>
 using Fp16Smem = WarpParts<4, Group, D>;
 
-template <int D, int Group>
-__device__ void fp16_part(const __half* keys, const __half* values, int a, int b, const float* q, float scale, Parts parts, int part, int r,
-                          Fp16Smem<D, Group>& sh) {
+template <int D, int Group, int Slots>
+__device__ void fp16_warp_parts(const __half* keys, const __half* values, int a, int b, const float* q, float scale, WarpParts<Slots, Group, D>& sh,
+                                int slot0) {
   constexpr int kPer = D / 32, kChunk = 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float qr[Group][kPer], m[Group], l[Group], acc[Group][kPer];
@@ -83,34 +83,47 @@ __device__ void fp16_part(const __half* keys, const __half* values, int a, int b
   }
 #pragma unroll
   for (int h = 0; h < Group; ++h) {
-    if (lane == 0) sh.m[warp][h] = m[h], sh.l[warp][h] = l[h];
+    if (lane == 0) sh.m[slot0 + warp][h] = m[h], sh.l[slot0 + warp][h] = l[h];
 #pragma unroll
-    for (int e = 0; e < kPer; ++e) sh.o[warp][h][lane * kPer + e] = acc[h][e];
+    for (int e = 0; e < kPer; ++e) sh.o[slot0 + warp][h][lane * kPer + e] = acc[h][e];
   }
+}
+
+// The 4 warps' fp16 attention over tokens [a, b) of one region, merged into part `part`.
+template <int D, int Group>
+__device__ void fp16_part(const __half* keys, const __half* values, int a, int b, const float* q, float scale, Parts parts, int part, int r,
+                          Fp16Smem<D, Group>& sh) {
+  fp16_warp_parts<D, Group>(keys, values, a, b, q, scale, sh, 0);
   __syncthreads();
   write_part(sh, parts, part, r);
 }
 
 // The end of a one-head block that streamed a run of quantized values (the fused one-head kernel, and
 // the one-head values kernel's softmax): each warp's output sums (values.store_sums of acc), its running
-// max m and its lane's share l of the sum merge into part `part` through w; then the block of the
-// region's last part (gridDim.x - 1) takes the fp16 windows, if any, into part gridDim.x while the other
-// blocks still stream. Window keys and values: [regions][window][D]; queries: [regions][D].
+// max m and its lane's share l of the sum go into slots 0-3 of w; the block's share of the fp16 windows
+// (tokens [part * window / P, (part + 1) * window / P) of P = gridDim.x parts) into slots 4-7; all
+// eight merge into part `part`. (The windows as one more part, taken by the last block after its run,
+// held every block's end back by that block's fp16 reads, one 8-token chunk per warp at a time: 3-4 us
+// at the paper shape.) Window keys and values: [regions][window][D]; queries: [regions][D].
+template <int D>
+using OneHeadSmem = WarpParts<8, 1, D>;
+
 template <int D, class Values, int MTiles>
-__device__ void one_head_part(const Values& values, const float (&acc)[MTiles][2], float m, float l, Fp16Smem<D, 1>& w, const Parts& parts, int part,
+__device__ void one_head_part(const Values& values, const float (&acc)[MTiles][2], float m, float l, OneHeadSmem<D>& w, const Parts& parts, int part,
                               int r, const __half* window_keys, const __half* window_values, int window, const float* queries, float scale) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
   values.store_sums(acc, w.o[warp][0]);
   if (lane == 0) w.m[warp][0] = m, w.l[warp][0] = l;
+  const int shares = static_cast<int>(gridDim.x);
+  const int a = static_cast<int>(static_cast<long long>(part) * window / shares), b = static_cast<int>(static_cast<long long>(part + 1) * window / shares);
+  const long long base = static_cast<long long>(r) * window * D;
+  if (a < b)
+    fp16_warp_parts<D, 1>(window_keys + base, window_values + base, a, b, queries + static_cast<long long>(r) * D, scale, w, 4);
+  else if (lane == 0)
+    w.m[4 + warp][0] = -INFINITY, w.l[4 + warp][0] = 0.0f;  // no share: write_part skips the slot
   __syncthreads();
   write_part(w, parts, part, r);
-  if (window > 0 && part == static_cast<int>(gridDim.x) - 1) {
-    __syncthreads();  // write_part's reads of w are done
-    const long long base = static_cast<long long>(r) * window * D;
-    fp16_part<D, 1>(window_keys + base, window_values + base, 0, window, queries + static_cast<long long>(r) * D, scale, parts, static_cast<int>(gridDim.x),
-                    r, w);
-  }
 }
 
 }  // namespace kvq::gpu::attention_detail

@@ -34,7 +34,7 @@ constexpr int kStretch = value_tiles::kStretch;  // tokens per block iteration: 
 struct SoftmaxParts {
   float scale = 1.0f;  // the softmax scale, applied to the scores
   attention_detail::Parts parts{};
-  SoftmaxWindows windows{};  // one head: taken by the last split's block, as part gridDim.x
+  SoftmaxWindows windows{};  // one head: shared out among the splits' blocks (one_head_part)
 };
 
 // GQA groups: as one head, with the quad sharing each tile and the heads in B's columns
@@ -191,8 +191,8 @@ __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>(
 // of the values per warp), with no barrier per stretch. The warp copies its next stretch into the
 // other of its two shared-memory stages (cp.async) while it works on the current one, and loads a
 // stretch's probabilities a stretch ahead. The block's warps add up at the end. Softmax: as the GQA
-// kernel's, for one head (the values half of the one-head attention given its scores); the last
-// split's block then takes the fp16 windows into one more part while the other blocks still stream.
+// kernel's, for one head (the values half of the one-head attention given its scores); each split's
+// block also takes its share of the fp16 windows into its part (one_head_part).
 template <int Bits, int D, class Meta, bool Softmax>
 __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split, SoftmaxParts sp) {
   wait_for_prior_kernels();
@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   }
   if constexpr (Softmax) {
     // The warps' parts go through the stages, free once every warp is past its last stretch.
-    using WarpParts = attention_detail::Fp16Smem<D, 1>;
+    using WarpParts = attention_detail::OneHeadSmem<D>;
     static_assert(kWarps == 4 && kWarps * Values::kStages * sizeof(Stage) >= sizeof(WarpParts), "the warps' parts fit in their stages");
     copy_wait<0>();
     __syncthreads();
@@ -320,7 +320,7 @@ template <int Bits, int D, class Meta>
 cudaError_t launch_warp_softmax(const OutputsParams& p, const SoftmaxParts& sp, int& used, cudaStream_t stream) {
   SplitRuns runs;
   const cudaError_t e = launch_runs(outputs_warp_kernel<Bits, D, Meta, true>, p, warp_smem<Bits, D, Meta>(), runs, stream, sp);
-  used = runs.splits + (sp.windows.tokens > 0 ? 1 : 0);
+  used = runs.splits;
   return e;
 }
 

@@ -30,7 +30,7 @@ struct SoftmaxWindows {
 // each of at most params.splits runs turns them into e^(scale s - m) against each head's running max m
 // (an online softmax, times the token scale where given) and writes its part (unnormalized output, m
 // and the sum of the exponentials) into parts [0, used) of `parts`, for the merge. One query head per
-// kv head also takes the windows, as the last of those parts (windows_taken); GQA groups leave them to
+// kv head also takes the windows, each part its share of them (windows_taken); GQA groups leave them to
 // the caller. params.outputs and params.partial are not used.
 cudaError_t outputs_softmax_mma(const OutputsParams& params, float scale, const attention_detail::Parts& parts, const SoftmaxWindows& windows, int& used,
                                 bool& windows_taken, cudaStream_t stream);
