@@ -47,10 +47,10 @@ __global__ void __launch_bounds__(kMergeThreads) merge_parts(Parts p, int parts,
     for (int t = threadIdx.x; t < rows * 2 * Batch; t += kMergeThreads) {
       const int t_row = t / (2 * Batch), k = t / 2 % Batch, which = t % 2;
       const bool live = row0 + t_row < all_rows && s0 + k < parts;
-      ml[t_row][k][which] = live ? p.ml[2 * ((s0 + k) * all_rows + row0 + t_row) + which] : (which ? 0.0f : -INFINITY);
+      ml[t_row][k][which] = live ? p.ml[2 * p.row(s0 + k, row0 + t_row) + which] : (which ? 0.0f : -INFINITY);
     }
     float os[Batch];
-    const float* o_at = p.o + s0 * n + i;
+    const float* o_at = p.o + p.row(s0, 0) * d + i;  // this thread's (row, channel) in part s0
 #pragma unroll
     for (int k = 0; k < Batch; ++k, o_at += n) os[k] = mine && s0 + k < parts ? *o_at : 0.0f;
     __syncthreads();
@@ -169,7 +169,7 @@ __global__ void row_stats_kernel(const float* scores, int tokens, float scale, P
   float m, l;
   row_max_sum(scores + static_cast<long long>(row) * tokens, tokens, scale, red, m, l);
   if (threadIdx.x == 0) {
-    const long long at = parts.row(0, row / parts.group, row % parts.group);
+    const long long at = parts.row(0, row);
     parts.ml[2 * at] = m, parts.ml[2 * at + 1] = l;
   }
 }

@@ -12,6 +12,8 @@ struct Parts {
   float* o;   // [parts][regions][group][D]
   float* ml;  // [parts][regions][group][2]
   int regions, group, head_dim;
+  // Head h of region r in part `part`; head_row = r * group + h.
+  __host__ __device__ long long row(int part, long long head_row) const { return static_cast<long long>(part) * regions * group + head_row; }
   __host__ __device__ long long row(int part, int r, int h) const { return (static_cast<long long>(part) * regions + r) * group + h; }
 };
 
