@@ -12,9 +12,10 @@ struct Parts {
   float* o;   // [parts][regions][group][D]
   float* ml;  // [parts][regions][group][2]
   int regions, group, head_dim;
-  // Head h of region r in part `part`; head_row = r * group + h.
-  __host__ __device__ long long row(int part, long long head_row) const { return static_cast<long long>(part) * regions * group + head_row; }
+  // Head h of region r in part `part`.
   __host__ __device__ long long row(int part, int r, int h) const { return (static_cast<long long>(part) * regions + r) * group + h; }
+  // The same row named by head_row = r * group + h (which can pass an int's range).
+  __host__ __device__ long long row(int part, long long head_row) const { return row(part, 0, 0) + head_row; }
 };
 
 // A block's warps, each with its own running max m, sum l and unnormalized output o per head, in
