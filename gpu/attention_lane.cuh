@@ -1,6 +1,6 @@
 #pragma once
 // The fused attention over an InnerQ cache for one query head per kv head (gpu/attention.h), on the
-// lane-owned in-place decode of the GEMVs. Each warp streams its own 128-token stretches with no
+// lane-owned keys and values of the GEMVs. Each warp streams its own 128-token stretches with no
 // block barrier: the stretch's four key units (gpu/key_units.cuh) leave one score per lane per unit
 // in registers, an online softmax runs over them with warp shuffles, the probabilities become B
 // fragments for the stretch's four value tiles, and the warp takes every m-tile of the values
@@ -16,6 +16,7 @@
 #include "gpu/cuda_check.h"
 #include "gpu/dependent_launch.cuh"
 #include "gpu/fp16_part.cuh"
+#include "gpu/key_bytes.cuh"
 #include "gpu/key_units.cuh"
 #include "gpu/launch.h"
 #include "gpu/value_tiles.cuh"
@@ -30,7 +31,7 @@ template <int KBits, int VBits, int D, GroupMode KMode>
 __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(AttentionParams p, int stretches_per_part, Parts parts, std::uint32_t ones) {
   wait_for_prior_kernels();
   using Meta = std::uint16_t;
-  using Keys = key_units::KeyUnits<KBits, D, Meta, KMode>;
+  using Keys = key_units::LaneKeys<KBits, D, Meta, KMode>;
   using Values = value_tiles::ValueTiles<VBits, D, Meta>;
   constexpr int kWarps = kLaneThreads / 32, kMTiles = Values::kMTiles, kUnit = key_units::kUnit;
   __shared__ typename Keys::BlockB key_b;

@@ -5,6 +5,7 @@
 // chunk of its 4 rows straight from global memory (gpu/mantissa_pairs.cuh), the codes decode in place
 // into fp16 mantissas, and the scale of the chunk's group multiplies the lane's accumulator. The group
 // mode and metadata precision are template axes, so the loop carries no per-unit branch on them.
+// At head_dim 128 the kernels take KeyBytes (gpu/key_bytes.cuh): these loads with an int8 product.
 #include <cstdint>
 
 #include "core/packed.h"
@@ -200,11 +201,10 @@ struct KeyUnits {
     sym_constant = c + static_cast<float>(packed::sym_offset(Bits, twos)) * s;
   }
 
-  // q . k of token 32u + g + 8t (before token scales): the quad's 4 spans summed onto lane t. Every
-  // lane of the warp must call it (shuffles); the value means something where the token exists.
-  __device__ __forceinline__ float score(int u, const Loads& cur, std::uint32_t ones) const {
-    float scale[4], zero[4];
-    bool asym[4];
+  // The lane's 4 rows of unit u: each group's |scale|, whether it is asymmetric, and its zero point
+  // (asym groups; a hybrid unit's through its compact zero points: a ballot and a load). Every lane
+  // of the warp must call it for hybrid keys (ballots).
+  __device__ __forceinline__ void group_meta(int u, const Loads& cur, float (&scale)[4], float (&zero)[4], bool (&asym)[4]) const {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       scale[i] = magnitude(cur.scale[i]);
@@ -224,6 +224,14 @@ struct KeyUnits {
         if (asym[i]) zero[i] = plain(__ldg(hz + here));
       }
     }
+  }
+
+  // q . k of token 32u + g + 8t (before token scales): the quad's 4 spans summed onto lane t. Every
+  // lane of the warp must call it (shuffles); the value means something where the token exists.
+  __device__ __forceinline__ float score(int u, const Loads& cur, std::uint32_t ones) const {
+    float scale[4], zero[4];
+    bool asym[4];
+    group_meta(u, cur, scale, zero, asym);
 
     float acc[2][4] = {};
     std::uint32_t sw[4][pairs::kWords<Bits, kHalf>];

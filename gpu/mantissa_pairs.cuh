@@ -1,6 +1,7 @@
 #pragma once
 // Lane-owned chunks, and codes to fp16 pairs in place: the tensor-core layout and decode of the
-// one-head keys GEMV and fused attention (gpu/key_units.cuh).
+// one-head keys GEMV and fused attention at head_dim 64 (gpu/key_units.cuh; head_dim 128 takes
+// gpu/key_bytes.cuh).
 //
 // In an m16n8k16 tile, lane (g, t) holds rows g and g+8 and, in every k-step, the k-slots 2t, 2t+1,
 // 2t+8, 2t+9. Since the reduction may visit its steps in any order, lane t feeds all its slots from

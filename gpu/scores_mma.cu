@@ -1,6 +1,7 @@
-// q . K^T over channel-axis keys on the tensor cores, with lane-owned chunks (gpu/key_units.cuh): a
-// warp takes 32 tokens at a time and the block's 4 warps build its B together once per run. The loads
-// of the unit two ahead are issued before a unit is multiplied.
+// q . K^T over channel-axis keys on the tensor cores, with lane-owned chunks (gpu/key_units.cuh; int8
+// at head_dim 128, gpu/key_bytes.cuh): a warp takes 32 tokens at a time and the block's 4 warps build
+// its B together once per run. The loads of the unit two ahead are issued before a unit is multiplied,
+// and short runs are prefetched into L2 while the previous kernel finishes.
 #include <algorithm>
 #include <cstdint>
 
@@ -9,6 +10,7 @@
 #include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
 #include "gpu/launch.h"
+#include "gpu/key_bytes.cuh"
 #include "gpu/key_units.cuh"
 #include "gpu/scores_mma.h"
 
@@ -17,11 +19,38 @@ namespace {
 
 constexpr int kThreads = 128;
 
-// Units [u0, u1) of region blockIdx.y; warp w takes units u0 + w, u0 + w + 4, ...
+// The block's first units (three a warp, as many as its loads keep in flight) named to L2 before the
+// wait: they may come from memory while the previous kernel in the stream finishes, since L2 is where
+// every write lands (no stale copy can be read) and a prefetch writes no register. Only kernel arguments
+// are read; hybrid zero points (found through a global read) are not prefetched. Lines holding any
+// byte of the units' codes, scales and (asym) zero points, so no address outside an array's pages.
 template <int Bits, int D, class Meta, GroupMode Mode>
+__device__ __forceinline__ void prefetch_first_units(const ScoresParams& p, int units_per_block) {
+  constexpr int kPrefetched = 3 * (kThreads / 32);
+  const RegionShape& s = p.keys.shape;
+  const int r = blockIdx.y, units = (s.tokens + key_units::kUnit - 1) / key_units::kUnit;
+  const int u0 = blockIdx.x * units_per_block, u1 = min(min(units, u0 + units_per_block), u0 + kPrefetched);
+  if (u0 >= u1) return;
+  const long long tok0 = u0 * key_units::kUnit, tok1 = min(s.tokens, u1 * key_units::kUnit);
+  // Bytes [tok0 * per_token, tok1 * per_token) of an array starting at `array`.
+  const auto lines = [&](const void* array, long long per_token) {
+    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(array);
+    const std::uintptr_t first = (at + tok0 * per_token) >> 7, last = (at + tok1 * per_token - 1) >> 7;
+    for (std::uintptr_t l = first + threadIdx.x; l <= last; l += kThreads) asm volatile("prefetch.global.L2 [%0];" ::"l"(l << 7));
+  };
+  const long long metas = static_cast<long long>(D / s.group_size) * sizeof(Meta);
+  lines(p.keys.codes + r * s.code_stride(), (D / 32) * Bits * 4);
+  lines(static_cast<const Meta*>(p.keys.scales) + r * s.group_stride(), metas);
+  if constexpr (Mode == GroupMode::asym) lines(static_cast<const Meta*>(p.keys.zeros) + r * s.group_stride(), metas);
+}
+
+// Units [u0, u1) of region blockIdx.y; warp w takes units u0 + w, u0 + w + 4, ... Prefetch: see
+// prefetch_first_units.
+template <int Bits, int D, class Meta, GroupMode Mode, bool Prefetch>
 __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p, int units_per_block, std::uint32_t ones) {
+  if constexpr (Prefetch) prefetch_first_units<Bits, D, Meta, Mode>(p, units_per_block);
   wait_for_prior_kernels();
-  using Keys = key_units::KeyUnits<Bits, D, Meta, Mode>;
+  using Keys = key_units::LaneKeys<Bits, D, Meta, Mode>;
   constexpr int kWarps = kThreads / 32, kUnit = key_units::kUnit;
   const int r = blockIdx.y, warp = threadIdx.x >> 5;
   Keys keys;
@@ -90,10 +119,16 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
   }
 }
 
+template <int Bits, int D, class Meta, GroupMode Mode, bool Prefetch>
+cudaError_t launch_with(const ScoresParams& p, int per_block, dim3 grid, cudaStream_t stream) {
+  return launch_kernel(scores_mma_kernel<Bits, D, Meta, Mode, Prefetch>, grid, dim3(kThreads), 0, stream, p, per_block,
+                       pairs::kOnes);  // ones: see pairs::decode
+}
+
 template <int Bits, int D, class Meta, GroupMode Mode>
 cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
-  auto kernel = scores_mma_kernel<Bits, D, Meta, Mode>;
+  auto kernel = scores_mma_kernel<Bits, D, Meta, Mode, false>;  // __launch_bounds__ gives both forms 4 blocks an SM
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, 0, info));
   // One wave of resident blocks, each taking a contiguous run of units (4 warps x several each), so
@@ -102,7 +137,11 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const int want = info.wave_per_region(p.keys.regions);
   const int per_block = std::max(kThreads / 32, (units + want - 1) / want);
   const dim3 grid(static_cast<unsigned>((units + per_block - 1) / per_block), static_cast<unsigned>(p.keys.regions));
-  return launch_kernel(kernel, grid, dim3(kThreads), 0, stream, p, per_block, pairs::kOnes);  // ones: see pairs::decode
+  // Runs of at most three units a warp start with their whole run prefetched (prefetch_first_units):
+  // H100, paper shape, N = 4096 (two a warp) 7.30 -> 6.52 us; longer runs are slower with it (N = 8192,
+  // four a warp: 9.54 -> 10.1), so they start without (docs/PERF.md).
+  if (per_block <= 3 * (kThreads / 32)) return launch_with<Bits, D, Meta, Mode, true>(p, per_block, grid, stream);
+  return launch_with<Bits, D, Meta, Mode, false>(p, per_block, grid, stream);
 }
 
 template <int Bits, int D, class Meta>

@@ -243,8 +243,10 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
       EXPECT_LT(num / std::max(den, 1e-30), 1e-6) << "region " << r;
       EXPECT_LT(num_cc / std::max(den, 1e-30), 1e-6) << "CUDA-core kernel, region " << r;
       {
-        // Scores: the in-place mantissa decode takes back a constant up to ~2^8 times a code's term
-        // (gpu/mantissa_pairs.cuh): ~1e-12 expected as well. Outputs: the probabilities as 16-bit
+        // Scores: head_dim 128 takes q as 16-bit fixed point per 32-channel chunk (gpu/key_bytes.cuh),
+        // each entry off by <= 2^-16 of the chunk's largest: ~1e-10 expected; head_dim 64 the in-place
+        // mantissa decode, which takes back a constant up to ~2^8 times a code's term
+        // (gpu/mantissa_pairs.cuh): ~1e-12 expected. Outputs: the probabilities as 16-bit
         // fixed point per 128-token stretch (gpu/byte_planes.cuh), each off by <= 2^-16 of the
         // stretch's largest: ~1e-10 expected.
         double num1 = 0, den1 = 0;
@@ -589,6 +591,58 @@ TEST(GpuOuterKeys, TensorCoresMatchDouble) {
         }
     }
   std::printf("    outer keys, %d runs: worst NMSE tensor cores %.3g, CUDA cores %.3g\n", run, worst_tc, worst_cc);
+}
+
+// The one-head inner keys over 32 regions (the paper's heads): on a 132-SM device a region gets 16
+// blocks, so 4097 tokens are runs of at most three units a warp, which the kernel prefetches before
+// its wait, and 8197 tokens runs of four or five, which it does not (gpu/scores_mma.cu). Head_dim 128 takes
+// the int8 form (gpu/key_bytes.cuh), whose q is 16-bit fixed point per 32-channel chunk. Both ends of
+// the lengths, each mode, 3 and 8 bits, token scales on every other run, against double.
+TEST(GpuInnerKeys, ShortAndLongRunsMatchDouble) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const int regions = 32, d = 128;
+  std::mt19937_64 rng(6161);
+  std::normal_distribution<float> normal;
+  double worst = 0;
+  int run = 0;
+  for (int n : {33, 4097, 8192 + 5}) {
+    std::vector<float> rows(static_cast<std::size_t>(regions) * n * d);
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = round_to_half(normal(rng) * ((i % d) == 7 ? 15.0f : 1.0f) + 0.5f);
+    for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid})
+      for (int bits : {3, 8}) {
+        SCOPED_TRACE(std::string(mode == Mode::sym ? "sym" : mode == Mode::asym ? "asym" : "hybrid") + std::to_string(bits) + ", " + std::to_string(n) + " tokens");
+        const TensorSpec spec = test::swept_spec(mode, bits, true, 32, true);
+        test::PackedPair pair(spec, rows, regions, n, d);
+        std::vector<float> q(static_cast<std::size_t>(regions) * d), sigma;
+        for (std::size_t i = 0; i < q.size(); ++i) q[i] = normal(rng) * ((i % d) == 40 ? 20.0f : 1.0f);
+        if (run++ % 2) {
+          sigma.resize(static_cast<std::size_t>(regions) * n);
+          for (auto& x : sigma) x = 0.5f + std::fabs(normal(rng));
+        }
+        float* d_q = upload(q);
+        float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
+        float* d_scores = nullptr;
+        const std::size_t count = static_cast<std::size_t>(regions) * n;
+        CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * count));
+        CUDA_OK(gpu::scores_inner({pair.cache.dev, d_q, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores}));
+        const std::vector<float> got = download(d_scores, count);
+        std::vector<double> ref(count);
+        for (int r = 0; r < regions; ++r)
+          for (int t = 0; t < n; ++t) {
+            const float* x = pair.dequantized.data() + (static_cast<std::size_t>(r) * n + t) * d;
+            double v = 0;
+            for (int c = 0; c < d; ++c) v += double(q[static_cast<std::size_t>(r) * d + c]) * x[c];
+            ref[static_cast<std::size_t>(r) * n + t] = sigma.empty() ? v : v * sigma[static_cast<std::size_t>(r) * n + t];
+          }
+        const double e = test::nmse(got, ref);
+        worst = std::max(worst, e);
+        // q as 16-bit fixed point per chunk, each entry off by <= 2^-16 of the chunk's largest: ~1e-10
+        // expected (the chunk with the 20x channel most); 1e-6 is the bound.
+        EXPECT_LT(e, 1e-6);
+        for (void* ptr : std::initializer_list<void*>{d_q, d_sigma, d_scores}) cudaFree(ptr);
+      }
+  }
+  std::printf("    inner keys, %d runs over %d regions: worst NMSE %.3g\n", run, regions, worst);
 }
 
 // The one-head values kernel copies stretches with cp.async in 16-byte pieces; regions whose codes or
