@@ -19,7 +19,7 @@ namespace {
 
 constexpr int kThreads = 128;
 
-// The block's first units (three a warp, as many as its loads keep in flight) named to L2 before the
+// The block's first units (three a warp, its load buffers' count) named to L2 before the
 // wait: they may come from memory while the previous kernel in the stream finishes, since L2 is where
 // every write lands (no stale copy can be read) and a prefetch writes no register. Only kernel arguments
 // are read; hybrid zero points (found through a global read) are not prefetched. Lines holding any
