@@ -99,9 +99,8 @@ struct KeyBytes : KeyUnits<Bits, D, Meta, Mode> {
     int acc[2][4] = {};
 #pragma unroll
     for (int s = 0; s < kMmas; ++s) {
-      // A volatile load, as in KeyUnits::score: B stays in shared memory across units.
       std::uint32_t b0, b1;
-      asm volatile("ld.volatile.shared.v2.u32 {%0, %1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(this->b_base + 8u * (32u * s)));
+      this->block_b(s, b0, b1);
 #pragma unroll
       for (int tile = 0; tile < 2; ++tile) {
         const std::uint32_t a[4] = {planes::a_word<Bits>(cur.w[2 * tile], s, 0), planes::a_word<Bits>(cur.w[2 * tile + 1], s, 0),
@@ -118,14 +117,7 @@ struct KeyBytes : KeyUnits<Bits, D, Meta, Mode> {
       v[i] = asym[i] ? (scale[i] * static_cast<float>(dot) + zero[i] * this->qsum) * this->inv_range
                      : static_cast<float>(dot - q_offset) * (scale[i] * this->inv_range);
     }
-    // Sum the quad's 4 chunks and leave row t on lane t: two exchange rounds, 3 shuffles.
-    const int t = this->t;
-    const bool upper = t & 2;
-    const float send0 = upper ? v[0] : v[2], send1 = upper ? v[1] : v[3];
-    const float keep0 = (upper ? v[2] : v[0]) + __shfl_xor_sync(0xffffffffu, send0, 2);
-    const float keep1 = (upper ? v[3] : v[1]) + __shfl_xor_sync(0xffffffffu, send1, 2);
-    const bool high = t & 1;
-    return (high ? keep1 : keep0) + __shfl_xor_sync(0xffffffffu, high ? keep0 : keep1, 1);
+    return this->quad_rows(v);
   }
 };
 

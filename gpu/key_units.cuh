@@ -239,10 +239,8 @@ struct KeyUnits {
     for (int i = 0; i < 4; ++i) pairs::span_words<Bits, kHalf>(cur.w[i], parity, sw[i]);
 #pragma unroll
     for (int j = 0; j < kSteps; ++j) {
-      // A volatile load: ptxas would otherwise see a loop-invariant load and keep B in registers
-      // across units again.
       std::uint32_t b0, b1;
-      asm volatile("ld.volatile.shared.v2.u32 {%0, %1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(b_base + 8u * (32u * j)));
+      block_b(j, b0, b1);
 #pragma unroll
       for (int tile = 0; tile < 2; ++tile) {
         const std::uint32_t a[4] = {pairs::decode<Bits, kHalf>(sw[2 * tile], 2 * j, ones), pairs::decode<Bits, kHalf>(sw[2 * tile + 1], 2 * j, ones),
@@ -259,14 +257,24 @@ struct KeyUnits {
       const float dot = acc[i >> 1][2 * (i & 1)] + acc[i >> 1][2 * (i & 1) + 1];
       v[i] = asym[i] ? scale[i] * (dot - constant) + zero[i] * qsum : scale[i] * (dot - sym_constant);
     }
-    // Sum the quad's 4 spans and leave row t on lane t: two exchange rounds, 3 shuffles.
+    return quad_rows(v) * inv_range;
+  }
+
+  // The lane's B fragment of k-step j, from the block's B in shared memory (b_base). A volatile load:
+  // ptxas would otherwise see a loop-invariant load and keep B in registers across units again.
+  __device__ __forceinline__ void block_b(int j, std::uint32_t& b0, std::uint32_t& b1) const {
+    asm volatile("ld.volatile.shared.v2.u32 {%0, %1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(b_base + 8u * (32u * j)));
+  }
+
+  // The lane's terms of rows g, g+8, g+16, g+24 summed over the quad's 4 spans, row t left on lane t:
+  // two exchange rounds, 3 shuffles. Every lane of the warp must call it.
+  __device__ __forceinline__ float quad_rows(const float (&v)[4]) const {
     const bool upper = t & 2;
     const float send0 = upper ? v[0] : v[2], send1 = upper ? v[1] : v[3];
     const float keep0 = (upper ? v[2] : v[0]) + __shfl_xor_sync(0xffffffffu, send0, 2);
     const float keep1 = (upper ? v[3] : v[1]) + __shfl_xor_sync(0xffffffffu, send1, 2);
     const bool high = t & 1;
-    const float total = (high ? keep1 : keep0) + __shfl_xor_sync(0xffffffffu, high ? keep0 : keep1, 1);
-    return total * inv_range;
+    return (high ? keep1 : keep0) + __shfl_xor_sync(0xffffffffu, high ? keep0 : keep1, 1);
   }
 };
 

@@ -18,18 +18,20 @@ namespace kvq::gpu {
 namespace {
 
 constexpr int kThreads = 128;
+// Units a block's prefetch covers (prefetch_first_units): three a warp, its load buffers' count. The
+// launcher prefetches only runs that fit in them.
+constexpr int kPrefetchUnits = 3 * (kThreads / 32);
 
-// The block's first units (three a warp, its load buffers' count) named to L2 before the
+// The block's first kPrefetchUnits units named to L2 before the
 // wait: they may come from memory while the previous kernel in the stream finishes, since L2 is where
 // every write lands (no stale copy can be read) and a prefetch writes no register. Only kernel arguments
 // are read; hybrid zero points (found through a global read) are not prefetched. Lines holding any
 // byte of the units' codes, scales and (asym) zero points, so no address outside an array's pages.
 template <int Bits, int D, class Meta, GroupMode Mode>
 __device__ __forceinline__ void prefetch_first_units(const ScoresParams& p, int units_per_block) {
-  constexpr int kPrefetched = 3 * (kThreads / 32);
   const RegionShape& s = p.keys.shape;
   const int r = blockIdx.y, units = (s.tokens + key_units::kUnit - 1) / key_units::kUnit;
-  const int u0 = blockIdx.x * units_per_block, u1 = min(min(units, u0 + units_per_block), u0 + kPrefetched);
+  const int u0 = blockIdx.x * units_per_block, u1 = min(min(units, u0 + units_per_block), u0 + kPrefetchUnits);
   if (u0 >= u1) return;
   const long long tok0 = u0 * key_units::kUnit, tok1 = min(s.tokens, u1 * key_units::kUnit);
   // Bytes [tok0 * per_token, tok1 * per_token) of an array starting at `array`.
@@ -140,7 +142,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   // Runs of at most three units a warp start with their whole run prefetched (prefetch_first_units):
   // H100, paper shape, N = 4096 (two a warp) 7.30 -> 6.52 us; longer runs are slower with it (N = 8192,
   // four a warp: 9.54 -> 10.1), so they start without (docs/PERF.md).
-  if (per_block <= 3 * (kThreads / 32)) return launch_with<Bits, D, Meta, Mode, true>(p, per_block, grid, stream);
+  if (per_block <= kPrefetchUnits) return launch_with<Bits, D, Meta, Mode, true>(p, per_block, grid, stream);
   return launch_with<Bits, D, Meta, Mode, false>(p, per_block, grid, stream);
 }
 
