@@ -15,6 +15,7 @@
 #include "gpu/attention_parts.h"
 #include "gpu/cuda_check.h"
 #include "gpu/dependent_launch.cuh"
+#include "gpu/dispatch.cuh"
 #include "gpu/fp16_part.cuh"
 #include "gpu/key_bytes.cuh"
 #include "gpu/key_units.cuh"
@@ -57,13 +58,20 @@ __global__ void __launch_bounds__(kLaneThreads, 3) lane_attention_kernel(Attenti
   int st = first + warp;
   Stage* stages = reinterpret_cast<Stage*>(dynamic_smem) + Values::kStages * warp;
   int next_zero = 0;  // the hybrid values' zero_start, a stretch ahead
+  // q goes out first (key_units::copy_query, its own cp.async group), then the first stage and units.
+  __shared__ __align__(16) float query_copy[kWarps][D];
+  key_units::copy_query<D>(p.queries + static_cast<long long>(r) * D, query_copy[warp]);
   if (st < last) values.copy_stretch(st, stages[0]), next_zero = values.zero_start(st);
   if (st < last) {
     if (4 * st < units) keys.load(4 * st, kb[0]);
     if (4 * st + 1 < units) keys.load(4 * st + 1, kb[1]);
   }
-  // The keys' B depends only on q and the lane: the block's warps build a quarter each.
-  keys.set_block_query(p.queries + static_cast<long long>(r) * D, warp, p.keys, key_b, key_shares);
+  // The keys' B depends only on q and the lane: the block's warps build a quarter each. q's group is
+  // the oldest; the first stage's (committed only where st < last) may still be in flight.
+  if (st < last) copy_wait<1>();
+  else copy_wait<0>();
+  __syncwarp();
+  keys.set_block_query(query_copy[warp], warp, p.keys, key_b, key_shares);
   const int g = keys.g, t = keys.t;
 
   float m_run = -INFINITY, l_run = 0.0f;  // l: this lane's share of the running sum
@@ -133,14 +141,9 @@ cudaError_t launch_lane(const AttentionParams& p, const Parts& parts, int& used,
 // The lane-owned kernel for keys of any group mode, when lane_attention_supported(p).
 template <int KBits, int VBits>
 cudaError_t lane_by_shape(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream) {
-  KVQ_DISPATCH_HEAD_DIM(p.keys.shape.head_dim, D, {
-    switch (p.keys.shape.mode) {
-      case GroupMode::sym: return launch_lane<KBits, VBits, D, GroupMode::sym>(p, parts, used, windows_taken, stream);
-      case GroupMode::asym: return launch_lane<KBits, VBits, D, GroupMode::asym>(p, parts, used, windows_taken, stream);
-      case GroupMode::hybrid: return launch_lane<KBits, VBits, D, GroupMode::hybrid>(p, parts, used, windows_taken, stream);
-    }
-    return cudaErrorInvalidValue;
-  })
+  KVQ_DISPATCH_HEAD_DIM(p.keys.shape.head_dim, D, KVQ_DISPATCH_MODE(p.keys.shape.mode, Mode, {
+    return launch_lane<KBits, VBits, D, Mode>(p, parts, used, windows_taken, stream);
+  }))
   return cudaErrorInvalidValue;
 }
 

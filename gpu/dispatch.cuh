@@ -29,6 +29,15 @@ inline bool group_size_built(int size) { return size == 16 || size == 32 || size
     default: return cudaErrorInvalidValue;   \
   }
 
+// A region's group mode (core/packed.h's GroupMode) as a template argument.
+#define KVQ_DISPATCH_MODE(m, MODE, ...)       \
+  switch (m) {                               \
+    case GroupMode::sym: { constexpr GroupMode MODE = GroupMode::sym; __VA_ARGS__ break; } \
+    case GroupMode::asym: { constexpr GroupMode MODE = GroupMode::asym; __VA_ARGS__ break; } \
+    case GroupMode::hybrid: { constexpr GroupMode MODE = GroupMode::hybrid; __VA_ARGS__ break; } \
+    default: return cudaErrorInvalidValue;   \
+  }
+
 #define KVQ_DISPATCH_GROUP(g, GROUP, ...)     \
   switch (g) {                               \
     case 1: { constexpr int GROUP = 1; __VA_ARGS__ break; } \

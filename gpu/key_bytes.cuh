@@ -40,15 +40,16 @@ struct KeyBytes : KeyUnits<Bits, D, Meta, Mode> {
 
   int q_offset;  // symmetric groups: the code offset times qsum, in integers
 
-  // B from q ([D] fp32, device) into shared memory, built by the block's 4 warps together: warp
-  // `warp` (0-3) writes a quarter of the mmas, then a block barrier. Every thread of the block must call it.
+  // B from q (the warp's copy_query copy, landed) into shared memory, built by the block's 4 warps
+  // together: warp `warp` (0-3) writes a quarter of the mmas, then a block barrier. Every thread of
+  // the block must call it.
   __device__ __forceinline__ void set_block_query(const float* q, int warp, const DeviceRegions& keys, BlockB& b, QueryShares&) {
     const int t = this->t, g = this->g, lane = threadIdx.x & 31;
     float v[32];
     float m = 0.0f;
 #pragma unroll
     for (int c = 0; c < 32; c += 4) {
-      const float4 x = __ldg(reinterpret_cast<const float4*>(q + 32 * t + c));
+      const float4 x = *reinterpret_cast<const float4*>(q + 32 * t + c);
       v[c] = x.x, v[c + 1] = x.y, v[c + 2] = x.z, v[c + 3] = x.w;
       m = fmaxf(m, fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w))));
     }

@@ -12,6 +12,7 @@
 #include "gpu/mantissa_pairs.cuh"
 #include "gpu/meta.cuh"
 #include "gpu/mma.cuh"
+#include "gpu/pipeline.cuh"
 #include "gpu/region.h"
 #include "gpu/region_arrays.cuh"
 
@@ -30,22 +31,38 @@ struct LaneSetup {
   float inv_range;             // 1 / the power of two q was scaled by
 };
 
+// q ([D] fp32, device, 16-byte aligned) into the warp's own copy in shared memory, as one cp.async
+// group of the warp's. The kernels issue it before a run's first unit loads, so that q lands first
+// and the block's B is built while the units are still in flight; loaded after them, q waited behind
+// them (H100, paper keys: 9.54 -> 8.2 us at N = 8192, 26.3 -> 25.3 at 32768; docs/PERF.md).
+// set_block_query reads the copy once the caller has waited for the group (copy_wait) and synced
+// the warp.
+template <int D>
+__device__ __forceinline__ void copy_query(const float* q, float (&copy)[D]) {
+  static_assert(D % 4 == 0, "cp.async moves 16-byte pieces");
+  const int lane = threadIdx.x & 31;
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&copy[0]));
+#pragma unroll
+  for (int i = lane; i < D / 4; i += 32) copy16(dst + 16 * i, q + 4 * i);
+  copy_commit();
+}
+
 // Pairs [I0, I1) of the lane's B (the b entries of their steps) and their shares of the constant and
-// of q's sum.
+// of q's sum; q: the warp's copy (copy_query).
 template <int Bits, bool Half, int D, int I0, int I1>
 __device__ __forceinline__ LaneSetup<Bits, Half> lane_setup(const float* q, int g, int t) {
   constexpr int kSpan = Half ? 16 : 32;
   LaneSetup<Bits, Half> out;
   float m = 0.0f;
 #pragma unroll
-  for (int k = 0; k < D / 32; ++k) m = fmaxf(m, fabsf(__ldg(q + (threadIdx.x & 31) + 32 * k)));
+  for (int k = 0; k < D / 32; ++k) m = fmaxf(m, fabsf(q[(threadIdx.x & 31) + 32 * k]));
   for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
   const float range = pairs::range_scale(m);
   out.inv_range = 1.0f / range;
   float v[kSpan];
 #pragma unroll
   for (int c = 0; c < kSpan; c += 4) {
-    const float4 x = __ldg(reinterpret_cast<const float4*>(q + kSpan * t + c));
+    const float4 x = *reinterpret_cast<const float4*>(q + kSpan * t + c);
     v[c] = x.x * range, v[c + 1] = x.y * range, v[c + 2] = x.z * range, v[c + 3] = x.w * range;
   }
   const int part = g & 1;
@@ -155,11 +172,12 @@ struct KeyUnits {
     else load(u, into);
   }
 
-  // B from q ([D] fp32, device) into shared memory, built by the block's 4 warps together (B depends
-  // only on q and the lane): each warp's quarter (set_query_part; `warp` is the warp's index in the
-  // block, 0-3), a block barrier, then every warp sums the shares (gather_query). Every thread of the
-  // block must call it; `keys` are those given to init. Their sym convention is read after the barrier:
-  // taken as a bool argument before it, its load moved and the fused attention's code changed.
+  // B from q (the warp's copy_query copy, landed) into shared memory, built by the block's 4 warps
+  // together (B depends only on q and the lane): each warp's quarter (set_query_part; `warp` is the
+  // warp's index in the block, 0-3), a block barrier, then every warp sums the shares (gather_query).
+  // Every thread of the block must call it; `keys` are those given to init. Their sym convention is
+  // read after the barrier: taken as a bool argument before it, its load moved and the fused
+  // attention's code changed.
   using QueryShares = float2[4][32];
   __device__ __forceinline__ void set_block_query(const float* q, int warp, const DeviceRegions& keys, BlockB& b, QueryShares& shares) {
     set_query_part(q, warp, b, shares);

@@ -192,11 +192,13 @@ __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>(
 // other of its two shared-memory stages (cp.async) while it works on the current one, and loads a
 // stretch's probabilities a stretch ahead. The block's warps add up at the end. Softmax: as the GQA
 // kernel's, for one head (the values half of the one-head attention given its scores); each split's
-// block also takes its share of the fp16 windows into its part (one_head_part).
-template <int Bits, int D, class Meta, bool Softmax>
+// block also takes its share of the fp16 windows into its part (one_head_part). The group mode is a
+// template axis: 2-bit hybrid values at the paper shape, N = 32768, 24.9 -> 23.5 us against the mode
+// read at run time (H100, docs/PERF.md).
+template <int Bits, int D, class Meta, bool Softmax, GroupMode Mode>
 __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split, SoftmaxParts sp) {
   wait_for_prior_kernels();
-  using Values = value_tiles::ValueTiles<Bits, D, Meta>;
+  using Values = value_tiles::ValueTiles<Bits, D, Meta, static_cast<int>(Mode)>;
   using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
   // m-tile loads in flight ahead of the product: two where the registers allow (3- and 8-bit
@@ -312,14 +314,20 @@ constexpr std::size_t warp_smem() {
 
 template <int Bits, int D, class Meta>
 cudaError_t launch_warps(const OutputsParams& p, cudaStream_t stream) {
-  return launch_splits(outputs_warp_kernel<Bits, D, Meta, false>, 1, D, p, stream, warp_smem<Bits, D, Meta>(), SoftmaxParts{});
+  KVQ_DISPATCH_MODE(p.values.shape.mode, Mode, {
+    return launch_splits(outputs_warp_kernel<Bits, D, Meta, false, Mode>, 1, D, p, stream, warp_smem<Bits, D, Meta>(), SoftmaxParts{});
+  })
+  return cudaErrorInvalidValue;
 }
 
 // The windows' part comes after the splits' parts.
 template <int Bits, int D, class Meta>
 cudaError_t launch_warp_softmax(const OutputsParams& p, const SoftmaxParts& sp, int& used, cudaStream_t stream) {
   SplitRuns runs;
-  const cudaError_t e = launch_runs(outputs_warp_kernel<Bits, D, Meta, true>, p, warp_smem<Bits, D, Meta>(), runs, stream, sp);
+  cudaError_t e = cudaErrorInvalidValue;
+  KVQ_DISPATCH_MODE(p.values.shape.mode, Mode, {
+    e = launch_runs(outputs_warp_kernel<Bits, D, Meta, true, Mode>, p, warp_smem<Bits, D, Meta>(), runs, stream, sp);
+  })
   used = runs.splits;
   return e;
 }

@@ -1,7 +1,8 @@
 // q . K^T over channel-axis keys on the tensor cores, with lane-owned chunks (gpu/key_units.cuh; int8
 // at head_dim 128, gpu/key_bytes.cuh): a warp takes 32 tokens at a time and the block's 4 warps build
-// its B together once per run. The loads of the unit two ahead are issued before a unit is multiplied,
-// and short runs are prefetched into L2 while the previous kernel finishes.
+// its B together once per run, from q copied ahead of their first units. The loads of the unit two
+// ahead are issued before a unit is multiplied, and short runs are prefetched into L2 while the
+// previous kernel finishes.
 #include <algorithm>
 #include <cstdint>
 
@@ -12,6 +13,7 @@
 #include "gpu/launch.h"
 #include "gpu/key_bytes.cuh"
 #include "gpu/key_units.cuh"
+#include "gpu/pipeline.cuh"
 #include "gpu/scores_mma.h"
 
 namespace kvq::gpu {
@@ -74,6 +76,9 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
     if constexpr (Mode == GroupMode::sym) keys.load(v, into);
     else keys.load_split(v, into);
   };
+  // q goes out first, into the warp's shared copy (key_units::copy_query), then the first units' loads.
+  __shared__ __align__(16) float query_copy[kWarps][D];
+  key_units::copy_query<D>(p.queries + static_cast<long long>(r) * D, query_copy[warp]);
   if (u < u1) fetch(u, buf0);
   if (kAhead == 2 && u + kWarps < u1) fetch(u + kWarps, buf1);
   // B goes to shared memory (read back per step): its registers would cost the third load buffer or
@@ -82,7 +87,9 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
   // against warp 0 building all of it).
   __shared__ typename Keys::BlockB block_b;
   __shared__ typename Keys::QueryShares shares;
-  keys.set_block_query(p.queries + static_cast<long long>(r) * D, warp, p.keys, block_b, shares);
+  copy_wait<0>();
+  __syncwarp();
+  keys.set_block_query(query_copy[warp], warp, p.keys, block_b, shares);
 
   auto multiply = [&](int u, const typename Keys::Loads& cur) {
     float total = keys.score(u, cur, ones);
@@ -148,11 +155,7 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
 
 template <int Bits, int D, class Meta>
 cudaError_t by_mode(const ScoresParams& p, cudaStream_t stream) {
-  switch (p.keys.shape.mode) {
-    case GroupMode::sym: return launch<Bits, D, Meta, GroupMode::sym>(p, stream);
-    case GroupMode::asym: return launch<Bits, D, Meta, GroupMode::asym>(p, stream);
-    case GroupMode::hybrid: return launch<Bits, D, Meta, GroupMode::hybrid>(p, stream);
-  }
+  KVQ_DISPATCH_MODE(p.keys.shape.mode, Mode, { return launch<Bits, D, Meta, Mode>(p, stream); })
   return cudaErrorInvalidValue;
 }
 

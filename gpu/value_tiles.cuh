@@ -20,10 +20,14 @@ namespace kvq::gpu::value_tiles {
 
 constexpr int kStretch = 128;  // tokens per stretch: four tiles of 32, one per lane of a quad
 
+// A kernel's group mode for its values: fixed when it is built (a GroupMode's value), so that its loop
+// tests no mode, or kModeAtRunTime, read from the region's shape.
+constexpr int kModeAtRunTime = -1;
+
 // One region's values as a warp streams them through shared memory: the stages, their copies, and
 // where a stretch's tiles and hybrid zero points start. ValueTiles (one query head, lane-owned tiles)
 // and gpu/head_tiles.cuh (GQA groups, shared tiles) take their products from the same stages.
-template <int Bits, int D, class Meta>
+template <int Bits, int D, class Meta, int FixedMode = kModeAtRunTime>
 struct ValueStages {
   // A stretch's codes, scales and (asym) zero points in shared memory, where the warp copies them
   // with cp.async (copy_stretch) while it works on the stretch before: a whole stretch in flight per
@@ -46,7 +50,7 @@ struct ValueStages {
   const Meta* scales;
   const Meta* zeros;               // asym: every group; hybrid: the region's compact zero points
   const std::uint32_t* zero_base;  // hybrid: the region's per-block bases
-  GroupMode mode;
+  GroupMode mode;  // the region's (FixedMode where that is fixed)
   int tiles, block_shift, g, t;  // block_shift: log2(tiles per group)
   float offset;  // a symmetric group's zero point, in codes
 
@@ -58,6 +62,11 @@ struct ValueStages {
     offset = static_cast<float>(packed::sym_offset(Bits, s.twos));
     const RegionArrays<Meta> a = region_arrays<Meta>(values, r);
     codes = a.codes, scales = a.scales, zeros = a.zeros, zero_base = a.zero_base;
+  }
+
+  __device__ __forceinline__ GroupMode group_mode() const {
+    if constexpr (FixedMode == kModeAtRunTime) return mode;
+    else return static_cast<GroupMode>(FixedMode);
   }
 
   // Lane t's tile of stretch st (clamped: past the end its probabilities are 0) and that tile's block.
@@ -84,7 +93,7 @@ struct ValueStages {
       const int blk = i / kMetaPieces, piece = i % kMetaPieces;
       const unsigned at = static_cast<unsigned>(blk * Stage::kMetaPitch * static_cast<int>(sizeof(Meta)) + 16 * piece);
       copy16(meta_dst + at, reinterpret_cast<const char*>(scales) + meta0 + 16 * i);
-      if (mode == GroupMode::asym) copy16(zero_dst + at, reinterpret_cast<const char*>(zeros) + meta0 + 16 * i);
+      if (group_mode() == GroupMode::asym) copy16(zero_dst + at, reinterpret_cast<const char*>(zeros) + meta0 + 16 * i);
     }
     copy_commit();
   }
@@ -103,7 +112,7 @@ struct ValueStages {
   // loaded a stretch ahead and handed to ValueTiles::stage_probs or expand_zeros, so that no m-tile
   // waits on it.
   __device__ __forceinline__ int zero_start(int st) const {
-    return mode == GroupMode::hybrid ? static_cast<int>(__ldg(zero_base + (tile_of(st) >> block_shift))) : 0;
+    return group_mode() == GroupMode::hybrid ? static_cast<int>(__ldg(zero_base + (tile_of(st) >> block_shift))) : 0;
   }
 
   // Hybrid: the landed stretch st's compact zero points, put into the stage's zeros at their groups'
@@ -111,7 +120,7 @@ struct ValueStages {
   // (lane u < 4 holds tile u's block's). All the stretch's loads go out before the first store. Every
   // lane of the warp must call it.
   __device__ __forceinline__ void expand_zeros(Stage& stage, int st, int zero_first) const {
-    if (mode != GroupMode::hybrid) return;
+    if (group_mode() != GroupMode::hybrid) return;
     const int tile0 = st * (kStretch / 32), live = min(4, tiles - tile0);
     const int blocks = ((tile0 + live - 1) >> block_shift) - (tile0 >> block_shift) + 1;
     BlockZeros<D / 32, Meta> z[4];  // a block's entries: its channels
@@ -130,11 +139,11 @@ struct ValueStages {
 // zero_start a stretch ahead (hybrid), stage_probs (B into registers through the warp's scratch), then
 // load() on m-tiles 0, 1, ... in order out of the landed stage, each ahead of its product(), also in
 // order.
-template <int Bits, int D, class Meta>
-struct ValueTiles : ValueStages<Bits, D, Meta> {
-  using Base = ValueStages<Bits, D, Meta>;
+template <int Bits, int D, class Meta, int FixedMode = kModeAtRunTime>
+struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
+  using Base = ValueStages<Bits, D, Meta, FixedMode>;
   using typename Base::Stage;
-  using Base::g, Base::t, Base::mode, Base::offset, Base::zeros, Base::tile_of, Base::block_shift;
+  using Base::g, Base::t, Base::group_mode, Base::offset, Base::zeros, Base::tile_of, Base::block_shift;
   static constexpr int kMmas = planes::kMmas<Bits>;
   static constexpr int kBytes = planes::kBytes<Bits>;
   static constexpr int kMTiles = D / 16;  // m-tiles of 16 channels
@@ -181,9 +190,9 @@ struct ValueTiles : ValueStages<Bits, D, Meta> {
         for (int b = 0; b < Bits; ++b) into.w[k][b] = reinterpret_cast<const std::uint32_t*>(row)[b];
       }
       into.scale[k] = stage.scales[blk][ch];
-      into.zero[k] = mode == GroupMode::asym ? stage.zeros[blk][ch] : Meta(0);
+      into.zero[k] = group_mode() == GroupMode::asym ? stage.zeros[blk][ch] : Meta(0);
     }
-    if (mode == GroupMode::hybrid) {
+    if (group_mode() == GroupMode::hybrid) {
       // Compact index: the block's base + asymmetric channels before ch in the block. Ballot bit
       // 4g' + t' is channel 16m + g' + 8k of tile t', and a tile's signs are its block's. The global
       // load goes out here, an m-tile or more before product() takes it.
@@ -234,7 +243,7 @@ struct ValueTiles : ValueStages<Bits, D, Meta> {
   __device__ __forceinline__ void product(const Loads& cur, float (&out)[2]) const {
     float scale[2], zero[2];
 #pragma unroll
-    for (int k = 0; k < 2; ++k) scale_and_zero(cur.scale[k], cur.zero[k], mode, offset, scale[k], zero[k]);
+    for (int k = 0; k < 2; ++k) scale_and_zero(cur.scale[k], cur.zero[k], group_mode(), offset, scale[k], zero[k]);
     int c[4] = {};
 #pragma unroll
     for (int j = 0; j < kMmas; ++j) {
