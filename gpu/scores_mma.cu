@@ -14,6 +14,7 @@
 #include "gpu/key_bytes.cuh"
 #include "gpu/key_units.cuh"
 #include "gpu/pipeline.cuh"
+#include "gpu/region_arrays.cuh"
 #include "gpu/scores_mma.h"
 
 namespace kvq::gpu {
@@ -43,9 +44,10 @@ __device__ __forceinline__ void prefetch_first_units(const ScoresParams& p, int 
     for (std::uintptr_t l = first + threadIdx.x; l <= last; l += kThreads) asm volatile("prefetch.global.L2 [%0];" ::"l"(l << 7));
   };
   const long long metas = static_cast<long long>(D / s.group_size) * sizeof(Meta);
-  lines(p.keys.codes + r * s.code_stride(), (D / 32) * Bits * 4);
-  lines(static_cast<const Meta*>(p.keys.scales) + r * s.group_stride(), metas);
-  if constexpr (Mode == GroupMode::asym) lines(static_cast<const Meta*>(p.keys.zeros) + r * s.group_stride(), metas);
+  const RegionArrays<Meta> a = argument_arrays<Meta>(p.keys, r);
+  lines(a.codes, (D / 32) * Bits * 4);
+  lines(a.scales, metas);
+  if constexpr (Mode == GroupMode::asym) lines(a.zeros, metas);
 }
 
 // Units [u0, u1) of region blockIdx.y; warp w takes units u0 + w, u0 + w + 4, ... Prefetch: see
