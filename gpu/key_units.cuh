@@ -35,8 +35,9 @@ struct LaneSetup {
 // group of the warp's. The kernels issue it before a run's first unit loads, so that q lands first
 // and the block's B is built while the units are still in flight; loaded after them, q waited behind
 // them (H100, paper keys: 9.54 -> 8.2 us at N = 8192, 26.3 -> 25.3 at 32768; docs/PERF.md).
-// set_block_query reads the copy once the caller has waited for the group (copy_wait) and synced
-// the warp.
+// Call it after wait_for_prior_kernels: q may be the previous kernel's output (the key-normalized
+// query). set_block_query reads the copy once the caller has waited for the group (copy_wait) and
+// synced the warp.
 template <int D>
 __device__ __forceinline__ void copy_query(const float* q, float (&copy)[D]) {
   static_assert(D % 4 == 0, "cp.async moves 16-byte pieces");
