@@ -110,11 +110,14 @@ __device__ __forceinline__ float fixed_range(float amax, float& inv) {
   return amax > 0.0f ? __fdividef(static_cast<float>(kFixedMax), amax) : 1.0f;
 }
 
+// v * range as fixed point (fixed_range's range), rounded and clamped to +-kFixedMax.
+__device__ __forceinline__ int to_fixed(float v, float range) { return max(-kFixedMax, min(kFixedMax, __float2int_rn(v * range))); }
+
 // v * range as fixed point, its hi and lo bytes at code c's slots (and bit-2-plane slots) of one
 // chunk's B bytes ([part][kBytes]).
 template <int Bits>
 __device__ __forceinline__ void put_fixed(float v, float range, int c, std::uint8_t (*bytes)[kBytes<Bits>]) {
-  const int x = max(-kFixedMax, min(kFixedMax, __float2int_rn(v * range)));
+  const int x = to_fixed(v, range);
   std::uint8_t hi, lo;
   split_fixed(x, hi, lo);
   bytes[0][slot<Bits>(c)] = hi, bytes[1][slot<Bits>(c)] = lo;

@@ -58,7 +58,7 @@ struct KeyBytes : KeyUnits<Bits, D, Meta, Mode> {
     int sum = 0;
 #pragma unroll
     for (int c = 0; c < 32; ++c) {
-      x[c] = max(-planes::kFixedMax, min(planes::kFixedMax, __float2int_rn(v[c] * range)));
+      x[c] = planes::to_fixed(v[c], range);
       sum += x[c];
     }
     // Lane (g, t) holds column g of B over lane t's k-slots: chunk t's part g % 2 where g / 2 == t.
