@@ -55,6 +55,26 @@ __device__ __forceinline__ std::uint32_t a_word(const std::uint32_t (&w)[Bits], 
   return w[2 * s + r];
 }
 
+// The same A registers with each code moved to the top of its byte: code times kHighScale. Left
+// shifts and masks where a_word shifts right: ptxas issues a left shift on the FMA pipe (IMAD.SHL),
+// so the integer pipe keeps only the masks, and some steps are a mask alone. 3-bit codes: the low
+// plane's two bits at bits 5-6 and the bit-2 plane at bit 7 (only step 3 shifts right). Every dot
+// product comes out times kHighScale: still below 2^31 in s32 (|acc| <= 32 * 255 * 128), and, the
+// factor being a power of two, its conversion to fp32 rounds as the unscaled one would. The caller
+// takes the factor back with its fixed point's range (gpu/value_tiles.cuh, gpu/key_bytes.cuh).
+template <int Bits>
+inline constexpr int kHighScale = Bits == 2 ? 64 : Bits == 3 ? 32 : Bits == 4 ? 16 : 1;
+template <int Bits>
+__device__ __forceinline__ std::uint32_t a_word_high(const std::uint32_t (&w)[Bits], int s, int r) {
+  if constexpr (Bits == 2) return (w[r] << (6 - 2 * s)) & 0xC0C0C0C0u;
+  if constexpr (Bits == 3) {
+    if (s < 4) return (s < 3 ? w[r] << (5 - 2 * s) : w[r] >> 1) & 0x60606060u;
+    return (w[2] << (7 - (s - 4 + 4 * r))) & 0x80808080u;  // bit 2 of code 8i + sh at bit 8i + sh
+  }
+  if constexpr (Bits == 4) return (w[2 * (s >> 1) + r] << (4 - 4 * (s & 1))) & 0xF0F0F0F0u;
+  return w[2 * s + r];
+}
+
 // Shared chunks (gpu/head_tiles.cuh, gpu/scores_heads.cu): the four lanes of a quad feed ONE chunk
 // per mma, lane t taking the k-slots of step t (step 4 + t for the bit-2 plane of 3-bit codes), so
 // that B's columns are free for (head, part) and a whole 32-code chunk takes one mma per plane. The B

@@ -1,13 +1,15 @@
 #pragma once
 // Lane-owned q . K^T over channel-axis keys on int8 tensor cores (head_dim 128): the layout of
 // gpu/key_units.cuh (lane t of each quad loads its own 32-code chunk t of rows g, g+8, g+16, g+24)
-// with the A and B of gpu/byte_planes.cuh instead of fp16 mantissas. Codes become exact u8 (one
-// shift and one AND per four codes, no constant to take back), and q is 16-bit fixed point per chunk
-// (relative to the chunk's largest |q|), split into s8 hi and lo bytes in B's columns 2t, 2t+1 (zero
-// outside lane t's k-slots): each lane's s32 accumulator pair is its own chunk's exact dot product,
-// which lies in one group. m16n8k32 covers twice the reduction of m16n8k16, so a unit takes half the
-// mmas and half the B loads of the fp16 form, and each code is decoded once per plane with no
-// constant to take back: a third fewer instructions in the paper's 3-bit kernel (docs/PERF.md).
+// with the A and B of gpu/byte_planes.cuh instead of fp16 mantissas. Codes become exact u8 at the
+// top of their bytes (a_word_high: one AND and at most one shift per four codes, the shift mostly a
+// left one, on the FMA pipe; the power of two this leaves is folded into q's range), and q is 16-bit
+// fixed point per chunk (relative to the chunk's largest |q|), split into s8 hi and lo bytes in B's
+// columns 2t, 2t+1 (zero outside lane t's k-slots): each lane's s32 accumulator pair is its own
+// chunk's exact dot product, which lies in one group. m16n8k32 covers twice the reduction of
+// m16n8k16, so a unit takes half the mmas and half the B loads of the fp16 form, and each code is
+// decoded once per plane with no constant to take back: a third fewer instructions in the paper's
+// 3-bit kernel (docs/PERF.md).
 #include <cstdint>
 #include <type_traits>
 
@@ -84,8 +86,12 @@ struct KeyBytes : KeyUnits<Bits, D, Meta, Mode> {
         b[s][lane] = live ? make_uint2(word[0], word[1]) : make_uint2(0u, 0u);
       }
     }
-    this->qsum = static_cast<float>(sum);
-    q_offset = packed::sym_offset(Bits, keys.shape.twos) * sum;
+    // The products come scaled by kHighScale (a_word_high): so do qsum and q_offset, and inv_range
+    // takes it back.
+    constexpr int kHigh = planes::kHighScale<Bits>;
+    this->qsum = static_cast<float>(sum * kHigh);
+    this->inv_range *= 1.0f / kHigh;
+    q_offset = packed::sym_offset(Bits, keys.shape.twos) * sum * kHigh;
     this->b_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(&b[0][lane]));
     __syncthreads();
   }
@@ -104,8 +110,8 @@ struct KeyBytes : KeyUnits<Bits, D, Meta, Mode> {
       this->block_b(s, b0, b1);
 #pragma unroll
       for (int tile = 0; tile < 2; ++tile) {
-        const std::uint32_t a[4] = {planes::a_word<Bits>(cur.w[2 * tile], s, 0), planes::a_word<Bits>(cur.w[2 * tile + 1], s, 0),
-                                    planes::a_word<Bits>(cur.w[2 * tile], s, 1), planes::a_word<Bits>(cur.w[2 * tile + 1], s, 1)};
+        const std::uint32_t a[4] = {planes::a_word_high<Bits>(cur.w[2 * tile], s, 0), planes::a_word_high<Bits>(cur.w[2 * tile + 1], s, 0),
+                                    planes::a_word_high<Bits>(cur.w[2 * tile], s, 1), planes::a_word_high<Bits>(cur.w[2 * tile + 1], s, 1)};
         planes::imma(acc[tile], a, b0, b1);
       }
     }

@@ -216,14 +216,18 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   Values values;
   values.init(p.values, r);
   // A stretch's probabilities and token scales, loaded a stretch ahead and multiplied only when the
-  // stretch starts: a product right after the loads would wait for them there. Past the end: a token
-  // that exists, weighted 0.
+  // stretch starts: a product right after the loads would wait for them there. tokens is a multiple
+  // of 32 (outputs_mma_supported), so each of the stretch's tiles is whole or past the end, where
+  // nothing is loaded (weighted 0 when the stretch starts): one address a stretch.
   auto load_probs = [&](int st, float (&pr)[4], float (&sg)[4]) {
+    const long long at = static_cast<long long>(st) * kStretch + lane;
+    const float* pt = prob + at;
+    const float* sgt = sigma ? sigma + at : nullptr;
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int tok = min(st * kStretch + 32 * u + lane, tokens - 1);
-      pr[u] = __ldg(prob + tok);
-      sg[u] = sigma ? __ldg(sigma + tok) : 1.0f;
+      const bool live = st * kStretch + 32 * u < tokens;
+      pr[u] = live ? __ldg(pt + 32 * u) : 0.0f;
+      sg[u] = sgt && live ? __ldg(sgt + 32 * u) : 1.0f;
     }
   };
   float acc[kMTiles][2] = {};

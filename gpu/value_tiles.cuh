@@ -2,7 +2,8 @@
 // A warp's lane-owned p . V^ over token-axis values, one stretch of 128 tokens at a time: the values
 // half of the fused attention (gpu/attention_lane.cuh). Lane t of each quad owns the stretch's tile t
 // (32 tokens, one 32-code chunk per channel) on int8 tensor cores (gpu/byte_planes.cuh): codes are
-// exact u8 with no offset, the probabilities signed 16-bit fixed point (hi and lo s8 bytes in B's
+// exact u8 with no offset (at the top of their bytes, a_word_high: times a power of two that the
+// stretch's range takes back), the probabilities signed 16-bit fixed point (hi and lo s8 bytes in B's
 // columns 2t, 2t+1, zero outside lane t's k-slots), so each lane's accumulator pair is its own tile's
 // exact integer dot product, which lies in one group: the group's scale multiplies it in registers.
 // The fixed point is relative to the stretch's largest |p|: 15 bits, ~2^-16 of it per probability.
@@ -156,8 +157,8 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
   // points' global loads still in flight when load() returns.
   struct Loads {
     std::uint32_t w[2][Bits];
-    Meta scale[2];
-    Meta zero[2];
+    std::uint32_t scale[2];  // Meta's bits
+    std::uint32_t zero[2];
   };
   // The current stretch: lane (g, t)'s B registers (tile t's part g % 2 where g / 2 == t, else 0),
   // lane t's tile sum of the fixed-point probabilities, and (hybrid) where its block's zero points
@@ -165,7 +166,8 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
   std::uint32_t b[kMmas][2];
   float tile_sum;
   const Meta* block_zeros;
-  int before;
+  unsigned before;
+  unsigned mine, below;  // hybrid: the ballot bits of lane t's tile, and of its channels before g
 
   // m-tile m's loads for the lane (channels 16m + g and 16m + g + 8) from the landed stage of stretch
   // st, lane t's tile clamped to the stretch's live ones. Every lane of the warp must call it, for
@@ -190,20 +192,33 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
         for (int b = 0; b < Bits; ++b) into.w[k][b] = reinterpret_cast<const std::uint32_t*>(row)[b];
       }
       into.scale[k] = stage.scales[blk][ch];
-      into.zero[k] = group_mode() == GroupMode::asym ? stage.zeros[blk][ch] : Meta(0);
+      into.zero[k] = group_mode() == GroupMode::asym ? stage.zeros[blk][ch] : 0u;
     }
     if (group_mode() == GroupMode::hybrid) {
       // Compact index: the block's base + asymmetric channels before ch in the block. Ballot bit
       // 4g' + t' is channel 16m + g' + 8k of tile t', and a tile's signs are its block's. The global
       // load goes out here, an m-tile or more before product() takes it.
-      const bool sign0 = sign_bit(into.scale[0]), sign1 = sign_bit(into.scale[1]);
-      const unsigned mine = 0x11111111u << t, lower = (1u << (4 * g)) - 1u;
-      const unsigned b0 = __ballot_sync(0xffffffffu, sign0) & mine, b1 = __ballot_sync(0xffffffffu, sign1) & mine;
-      const int at0 = before + __popc(b0 & lower), at1 = before + __popc(b0) + __popc(b1 & lower);
-      before += __popc(b0) + __popc(b1);
-      if (sign0) into.zero[0] = __ldg(block_zeros + at0);
-      if (sign1) into.zero[1] = __ldg(block_zeros + at1);
+      constexpr std::uint32_t kSign = 1u << (8 * sizeof(Meta) - 1);
+      std::uint32_t s0 = into.scale[0], s1 = into.scale[1];
+      // Opaque 32-bit words compared whole: a test of bit 15 alone is narrowed to 16-bit operations,
+      // three instructions instead of one.
+      asm("" : "+r"(s0), "+r"(s1));
+      const bool asym0 = s0 >= kSign, asym1 = s1 >= kSign;
+      const unsigned b0 = __ballot_sync(0xffffffffu, asym0), b1 = __ballot_sync(0xffffffffu, asym1);
+      const unsigned n0 = __popc(b0 & mine);
+      const unsigned at0 = before + __popc(b0 & below), at1 = before + n0 + __popc(b1 & below);
+      before += n0 + __popc(b1 & mine);
+      into.zero[0] = asym0 ? __ldg(entry_at(block_zeros, at0)) : 0u;
+      into.zero[1] = asym1 ? __ldg(entry_at(block_zeros, at1)) : 0u;
     }
+  }
+
+  // base + i in one wide multiply-add: written as pointer arithmetic, the compiler widens the index
+  // and adds it in 64 bits.
+  static __device__ __forceinline__ const Meta* entry_at(const Meta* base, unsigned i) {
+    std::uint64_t at;
+    asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(at) : "r"(i), "r"(static_cast<unsigned>(sizeof(Meta))), "l"(base));
+    return reinterpret_cast<const Meta*>(at);
   }
 
   // Stretch st's probabilities (p[u]: token pos of tile u, on this lane) into B: fixed point relative
@@ -232,10 +247,11 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
       }
     }
     const int other = __shfl_xor_sync(0xffffffffu, part_sum, 4);  // lane (g ^ 1, t): the other part
-    tile_sum = static_cast<float>((g & 1) ? 256 * other + part_sum : 256 * part_sum + other);
+    tile_sum = static_cast<float>((g & 1) ? 256 * other + part_sum : 256 * part_sum + other) * planes::kHighScale<Bits>;
     block_zeros = zeros + zero_first;
     before = 0;
-    return pmax > 0.0f ? pmax * (1.0f / planes::kFixedMax) : 1.0f;
+    mine = 0x11111111u << t, below = mine & ((1u << (4 * g)) - 1u);
+    return (pmax > 0.0f ? pmax * (1.0f / planes::kFixedMax) : 1.0f) * (1.0f / planes::kHighScale<Bits>);
   }
 
   // Channels 16m + g and 16m + g + 8 over lane t's tile (cur: load() of m-tile m): |s| dot + zero *
@@ -243,12 +259,23 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
   __device__ __forceinline__ void product(const Loads& cur, float (&out)[2]) const {
     float scale[2], zero[2];
 #pragma unroll
-    for (int k = 0; k < 2; ++k) scale_and_zero(cur.scale[k], cur.zero[k], group_mode(), offset, scale[k], zero[k]);
+    for (int k = 0; k < 2; ++k) {
+      if (group_mode() == GroupMode::hybrid) {
+        // No test of the mode bit: load() fetched an asymmetric group's zero point and left 0 for a
+        // symmetric one, and the stored scale plus its magnitude is 0 for the first (sign set) and
+        // 2|s| for the second, whose zero point is -offset |s|. Every step is exact.
+        const float stored = plain(static_cast<Meta>(cur.scale[k]));
+        scale[k] = fabsf(stored);
+        zero[k] = fmaf(-0.5f * offset, stored + scale[k], plain(static_cast<Meta>(cur.zero[k])));
+      } else {
+        scale_and_zero(static_cast<Meta>(cur.scale[k]), static_cast<Meta>(cur.zero[k]), group_mode(), offset, scale[k], zero[k]);
+      }
+    }
     int c[4] = {};
 #pragma unroll
     for (int j = 0; j < kMmas; ++j) {
-      const std::uint32_t a[4] = {planes::a_word<Bits>(cur.w[0], j, 0), planes::a_word<Bits>(cur.w[1], j, 0), planes::a_word<Bits>(cur.w[0], j, 1),
-                                  planes::a_word<Bits>(cur.w[1], j, 1)};
+      const std::uint32_t a[4] = {planes::a_word_high<Bits>(cur.w[0], j, 0), planes::a_word_high<Bits>(cur.w[1], j, 0),
+                                  planes::a_word_high<Bits>(cur.w[0], j, 1), planes::a_word_high<Bits>(cur.w[1], j, 1)};
       planes::imma(c, a, b[j][0], b[j][1]);
     }
 #pragma unroll
