@@ -11,7 +11,7 @@
 // dot product, hi * 256 + lo.
 //
 // A register (mma s, half r) of a row, from the row's chunk w (core/packed.h), and the code in its
-// byte i:
+// byte i (a_word_high takes each code to the top of its byte instead; a_word_at reads it by lane):
 //   2-bit:            (w[r] >> 2s) & 0x03030303                 code 16r + 4i + s        (s < 4)
 //   3-bit, s < 4:     the same from the low planes
 //          s = 4+s':  bit 2 of code 8i + s' + 4r, already times 4 (one shift and one AND)
@@ -41,27 +41,15 @@ __host__ __device__ constexpr int slot(int c) {
 // 3-bit codes: the slot of code c's bit-2-plane byte.
 __host__ __device__ constexpr int slot_bit2(int c) { return 32 + 8 * (c & 3) + 4 * ((c >> 2) & 1) + (c >> 3); }
 
-// A register of mma s, half r, from one row's chunk. s and r are constants once unrolled, so the
-// shifts and masks are immediates.
-template <int Bits>
-__device__ __forceinline__ std::uint32_t a_word(const std::uint32_t (&w)[Bits], int s, int r) {
-  if constexpr (Bits == 2) return (w[r] >> (2 * s)) & 0x03030303u;
-  if constexpr (Bits == 3) {
-    if (s < 4) return (w[r] >> (2 * s)) & 0x03030303u;
-    const int sh = s - 4 + 4 * r;  // bit 2 of code 8i + sh sits at bit 8i + sh; 4x that is bit 8i + 2
-    return (sh >= 2 ? w[2] >> (sh - 2) : w[2] << (2 - sh)) & 0x04040404u;
-  }
-  if constexpr (Bits == 4) return (w[2 * (s >> 1) + r] >> (4 * (s & 1))) & 0x0F0F0F0Fu;
-  return w[2 * s + r];
-}
-
-// The same A registers with each code moved to the top of its byte: code times kHighScale. Left
-// shifts and masks where a_word shifts right: ptxas issues a left shift on the FMA pipe (IMAD.SHL),
-// so the integer pipe keeps only the masks, and some steps are a mask alone. 3-bit codes: the low
-// plane's two bits at bits 5-6 and the bit-2 plane at bit 7 (only step 3 shifts right). Every dot
-// product comes out times kHighScale: still below 2^31 in s32 (|acc| <= 32 * 255 * 128), and, the
-// factor being a power of two, its conversion to fp32 rounds as the unscaled one would. The caller
-// takes the factor back with its fixed point's range (gpu/value_tiles.cuh, gpu/key_bytes.cuh).
+// A register of mma s, half r, from one row's chunk: the table above's codes, each moved to the top
+// of its byte (code times kHighScale; s and r are constants once unrolled, so the shifts and masks
+// are immediates). Left shifts and masks where the table's form shifts right: ptxas issues a left
+// shift on the FMA pipe (IMAD.SHL), so the integer pipe keeps only the masks, and some steps are a
+// mask alone. 3-bit codes: the low plane's two bits at bits 5-6 and the bit-2 plane at bit 7 (only
+// step 3 shifts right). Every dot product comes out times kHighScale: still below 2^31 in s32
+// (|acc| <= 32 * 255 * 128), and, the factor being a power of two, its conversion to fp32 rounds as
+// the unscaled one would. The caller takes the factor back with its fixed point's range
+// (gpu/value_tiles.cuh, gpu/key_bytes.cuh).
 template <int Bits>
 inline constexpr int kHighScale = Bits == 2 ? 64 : Bits == 3 ? 32 : Bits == 4 ? 16 : 1;
 template <int Bits>
@@ -90,14 +78,15 @@ template <int Bits>
 __device__ __forceinline__ int lane_word0(int t) {
   return Bits == 4 ? 2 * (t >> 1) : Bits == 8 ? 2 * t : 0;
 }
-// a_word<Bits>(chunk, t + 4 * plane, r), from lane t's words w: the same bits, with shifts by t.
+// The table above's A register of step t + 4 * plane, half r, from lane t's words w (codes not moved
+// up), with shifts by t.
 template <int Bits>
 __device__ __forceinline__ std::uint32_t a_word_at(const std::uint32_t (&w)[kLaneWords<Bits>], int t, int plane, int r) {
   if constexpr (Bits == 2) return (w[r] >> (2 * t)) & 0x03030303u;
   if constexpr (Bits == 3) {
     if (plane == 0) return (w[r] >> (2 * t)) & 0x03030303u;
     // Bit 2 of code 8i + t + 4r sits at bit 8i + t + 4r of w[2]; a rotation right by t + 4r - 2 puts
-    // it at bit 8i + 2 (both of a_word's cases in one funnel shift), and the bits that wrap around fall
+    // it at bit 8i + 2 (both of the table's shift directions in one funnel shift), and the bits that wrap around fall
     // outside the mask.
     return __funnelshift_r(w[2], w[2], t + 4 * r + 30) & 0x04040404u;
   }
