@@ -35,9 +35,13 @@ __device__ __forceinline__ float magnitude(Meta raw) {
   if constexpr (sizeof(Meta) == 2) return __half2float(__ushort_as_half(static_cast<std::uint16_t>(raw & 0x7fffu)));
   else return __uint_as_float(raw & 0x7fffffffu);
 }
+// The word is compared whole, through an empty asm that hides a 16-bit origin: a test of bit 15
+// alone is narrowed to 16-bit operations, three instructions instead of one.
 template <class Meta>
 __device__ __forceinline__ bool sign_bit(Meta raw) {
-  return (raw >> (8 * sizeof(Meta) - 1)) != 0;
+  std::uint32_t w = raw;
+  asm("" : "+r"(w));
+  return w >= (1u << (8 * sizeof(Meta) - 1));
 }
 template <class Meta>
 __device__ __forceinline__ float plain(Meta raw) {
@@ -71,6 +75,15 @@ __device__ __forceinline__ void scale_and_zero_pair(std::uint32_t scales, std::u
   scale[0] = s.x, scale[1] = s.y;
   zero[0] = all || (hybrid && (scales & 0x8000u) != 0u) ? z.x : -offset * s.x;
   zero[1] = all || (hybrid && (scales & 0x80000000u) != 0u) ? z.y : -offset * s.y;
+}
+
+// base + i in one wide multiply-add (compact zero points): written as pointer arithmetic, the
+// compiler widens the index and adds it in 64 bits.
+template <class Meta>
+__device__ __forceinline__ const Meta* entry_at(const Meta* base, unsigned i) {
+  std::uint64_t at;
+  asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(at) : "r"(i), "r"(static_cast<unsigned>(sizeof(Meta))), "l"(base));
+  return reinterpret_cast<const Meta*>(at);
 }
 
 // Hybrid: one zero-block's compact zero points (core/packed.h: one per asymmetric group, in the

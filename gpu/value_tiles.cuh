@@ -198,12 +198,7 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
       // Compact index: the block's base + asymmetric channels before ch in the block. Ballot bit
       // 4g' + t' is channel 16m + g' + 8k of tile t', and a tile's signs are its block's. The global
       // load goes out here, an m-tile or more before product() takes it.
-      constexpr std::uint32_t kSign = 1u << (8 * sizeof(Meta) - 1);
-      std::uint32_t s0 = into.scale[0], s1 = into.scale[1];
-      // Opaque 32-bit words compared whole: a test of bit 15 alone is narrowed to 16-bit operations,
-      // three instructions instead of one.
-      asm("" : "+r"(s0), "+r"(s1));
-      const bool asym0 = s0 >= kSign, asym1 = s1 >= kSign;
+      const bool asym0 = sign_bit(static_cast<Meta>(into.scale[0])), asym1 = sign_bit(static_cast<Meta>(into.scale[1]));
       const unsigned b0 = __ballot_sync(0xffffffffu, asym0), b1 = __ballot_sync(0xffffffffu, asym1);
       const unsigned n0 = __popc(b0 & mine);
       const unsigned at0 = before + __popc(b0 & below), at1 = before + n0 + __popc(b1 & below);
@@ -213,20 +208,13 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
     }
   }
 
-  // base + i in one wide multiply-add: written as pointer arithmetic, the compiler widens the index
-  // and adds it in 64 bits.
-  static __device__ __forceinline__ const Meta* entry_at(const Meta* base, unsigned i) {
-    std::uint64_t at;
-    asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(at) : "r"(i), "r"(static_cast<unsigned>(sizeof(Meta))), "l"(base));
-    return reinterpret_cast<const Meta*>(at);
-  }
-
   // Stretch st's probabilities (p[u]: token pos of tile u, on this lane) into B: fixed point relative
   // to the stretch's largest |p|, passed through the warp's scratch; zero_first is zero_start(st).
   // Returns what turns a product back into the probabilities' scale.
   __device__ __forceinline__ float stage_probs(const float (&p)[4], int pos, int zero_first, ProbScratch& scratch) {
     float pmax = fmaxf(fmaxf(fabsf(p[0]), fabsf(p[1])), fmaxf(fabsf(p[2]), fabsf(p[3])));
     for (int off = 16; off > 0; off >>= 1) pmax = fmaxf(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
+    // fixed_range written out: the return's two constant factors fold into one multiply.
     const float range = pmax > 0.0f ? __fdividef(static_cast<float>(planes::kFixedMax), pmax) : 1.0f;
     __syncwarp();  // the previous stretch's reads of scratch are done
 #pragma unroll
@@ -250,7 +238,7 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
     tile_sum = static_cast<float>((g & 1) ? 256 * other + part_sum : 256 * part_sum + other) * planes::kHighScale<Bits>;
     block_zeros = zeros + zero_first;
     before = 0;
-    mine = 0x11111111u << t, below = mine & ((1u << (4 * g)) - 1u);
+    mine = 0x11111111u << t, below = mine & ((1u << (4 * g)) - 1u);  // per stretch: set once in init, they held a register (one more instruction a stretch)
     return (pmax > 0.0f ? pmax * (1.0f / planes::kFixedMax) : 1.0f) * (1.0f / planes::kHighScale<Bits>);
   }
 
