@@ -86,8 +86,8 @@ __device__ __forceinline__ std::uint32_t a_word_at(const std::uint32_t (&w)[kLan
   if constexpr (Bits == 3) {
     if (plane == 0) return (w[r] >> (2 * t)) & 0x03030303u;
     // Bit 2 of code 8i + t + 4r sits at bit 8i + t + 4r of w[2]; a rotation right by t + 4r - 2 puts
-    // it at bit 8i + 2 (both of the table's shift directions in one funnel shift), and the bits that wrap around fall
-    // outside the mask.
+    // it at bit 8i + 2 (both of the table's shift directions in one funnel shift), and the bits that
+    // wrap around fall outside the mask.
     return __funnelshift_r(w[2], w[2], t + 4 * r + 30) & 0x04040404u;
   }
   if constexpr (Bits == 4) return (w[r] >> (4 * (t & 1))) & 0x0F0F0F0Fu;

@@ -238,7 +238,8 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
     tile_sum = static_cast<float>((g & 1) ? 256 * other + part_sum : 256 * part_sum + other) * planes::kHighScale<Bits>;
     block_zeros = zeros + zero_first;
     before = 0;
-    mine = 0x11111111u << t, below = mine & ((1u << (4 * g)) - 1u);  // per stretch: set once in init, they held a register (one more instruction a stretch)
+    // Set every stretch: set once in init, they cost the loop a register (one more instruction).
+    mine = 0x11111111u << t, below = mine & ((1u << (4 * g)) - 1u);
     return (pmax > 0.0f ? pmax * (1.0f / planes::kFixedMax) : 1.0f) * (1.0f / planes::kHighScale<Bits>);
   }
 
