@@ -6,6 +6,7 @@
 #include "apps/commands.h"
 #include "ablations/runner.h"
 #include "apps/spec_flags.h"
+#include "core/packed.h"
 #include "core/provenance.h"
 #include "cpu_ref/tensor_cache.h"
 #include "data/kv_dump.h"
@@ -72,6 +73,7 @@ void add_quantize(CLI::App& app) {
       data::Hid packed = data::create_group(root, "packed");
       data::write_string_attribute(packed.get(), "spec", describe(spec));
       data::write_string_attribute(packed.get(), "layout", "core/packed.h; docs/PACKED.md");
+      data::write_int_attribute(packed.get(), "layout_version", kvq::packed::kLayoutVersion);
     }
     if (info.has_positions) writer.write_positions(dump.positions());
     const int tasks = info.num_layers * info.num_kv_heads;

@@ -8,9 +8,14 @@
 // chunk is exactly b 32-bit words (CodeChunk<b>):
 //   b = 2, 4, 8: code i sits at bits [(i*b) % 32, (i*b) % 32 + b) of word (i*b) / 32,
 //                least-significant bits first (16, 8 or 4 codes per word);
-//   b = 3:       word 0 holds the low two bits of codes 0..15 (code i at bits 2i..2i+1),
-//                word 1 the low two bits of codes 16..31 (code i at bits 2(i-16)..),
-//                word 2 bit 2 of every code (code i at bit i). No code straddles a word.
+//   b = 3:       two whole codes a byte, so that a decoder takes four codes with one mask
+//                (and at most one shift); 8 codes fill the 2 bits each byte has left. Half h
+//                (codes 16h..16h+15) lives in bytes 2h and 2h+1 of every word; with byte
+//                j = 2h + jj (jj = 0, 1) of a word:
+//                  code 16h + 4k + 2jj + p (k = 0..2, p = 0, 1): bits 2+3p..4+3p of byte j of word k;
+//                  code 16h + 12 + 2m + jj (m = 0, 1):  its low two bits at bits 0..1 of byte j of
+//                                                       word m, its bit 2 at bit m of byte j of word 2.
+//                (Layout 2; layout 1 kept the low two bits and bit 2 of every code in separate words.)
 // A half-chunk (codes 0..15 or 16..31) always occupies whole bytes, so groups of 16 work too.
 //
 // Meaning of f, per group with stored scale s and zero point z (fp16 or fp32):
@@ -66,12 +71,29 @@ KVQ_HD constexpr int chunk_words(int bits) { return bits; }
 // Offset of the symmetric levels in the unsigned field.
 KVQ_HD constexpr int sym_offset(int bits, bool twos) { return twos ? (1 << (bits - 1)) : (1 << (bits - 1)) - 1; }
 
+// The packed layout's version, written beside stored codes: 2 since 3-bit codes sit two to a byte.
+inline constexpr int kLayoutVersion = 2;
+
+// 3-bit codes: where code i (0..31) sits (the layout above). A whole code: bits [bit, bit + 3) of
+// word `word`. A split one (split true): its low two bits at [bit, bit + 2) of word `word`, its bit 2
+// at bit `bit2` of word 2.
+struct Bits3Place {
+  bool split;
+  int word, bit, bit2;
+};
+KVQ_HD constexpr Bits3Place bits3_place(int i) {
+  const int h = i >> 4, r = i & 15;
+  if (r < 12) return {false, r >> 2, 8 * (2 * h + ((r >> 1) & 1)) + 2 + 3 * (r & 1), 0};
+  const int m = (r - 12) >> 1, byte = 2 * h + ((r - 12) & 1);
+  return {true, m, 8 * byte, 8 * byte + m};
+}
+
 // Reads code i (0..31) of a chunk.
 KVQ_HD std::uint32_t get_code(const std::uint32_t* chunk, int bits, int i) {
   if (bits == 3) {
-    const std::uint32_t low = (chunk[i >> 4] >> ((i & 15) * 2)) & 3u;
-    const std::uint32_t high = (chunk[2] >> i) & 1u;
-    return low | (high << 2);
+    const Bits3Place p = bits3_place(i);
+    if (!p.split) return (chunk[p.word] >> p.bit) & 7u;
+    return ((chunk[p.word] >> p.bit) & 3u) | (((chunk[2] >> p.bit2) & 1u) << 2);
   }
   const int bit = i * bits;
   return (chunk[bit >> 5] >> (bit & 31)) & ((1u << bits) - 1u);
@@ -85,7 +107,11 @@ struct CodePlacement {
   std::uint32_t bits[2];
 };
 KVQ_HD CodePlacement place_code(int bits, int i, std::uint32_t code) {
-  if (bits == 3) return {2, {i >> 4, 2}, {(code & 3u) << ((i & 15) * 2), ((code >> 2) & 1u) << i}};
+  if (bits == 3) {
+    const Bits3Place p = bits3_place(i);
+    if (!p.split) return {1, {p.word, 0}, {code << p.bit, 0u}};
+    return {2, {p.word, 2}, {(code & 3u) << p.bit, ((code >> 2) & 1u) << p.bit2}};
+  }
   const int bit = i * bits;
   return {1, {bit >> 5, 0}, {code << (bit & 31), 0u}};
 }

@@ -5,8 +5,19 @@
 // they run once per group on the hot path.
 #include <cstdint>
 
+#include "core/packed.h"
+
 namespace kvq::cpu {
 namespace codes_detail {
+
+// 3-bit field i (0..15) of a half-chunk whose words were shifted down by 16 * half (core/packed.h:
+// the half's bytes are then bytes 0 and 1 of w0, w1, w2). i is a constant once a loop is unrolled.
+[[gnu::always_inline]] inline std::uint32_t bits3_field(std::uint32_t w0, std::uint32_t w1, std::uint32_t w2, int i) {
+  const packed::Bits3Place p = packed::bits3_place(i);
+  const std::uint32_t w = p.word == 0 ? w0 : p.word == 1 ? w1 : w2;
+  if (!p.split) return (w >> p.bit) & 7u;
+  return ((w >> p.bit) & 3u) | (((w2 >> p.bit2) & 1u) << 2);
+}
 
 // Field i (0..15) of half-chunk `half`, written so that a loop over i vectorizes
 // (a shift by a per-lane constant, a mask, a convert).
@@ -15,7 +26,7 @@ template <int Bits>
   if constexpr (Bits == 2) {
     return (chunk[half] >> (2 * i)) & 3u;
   } else if constexpr (Bits == 3) {
-    return ((chunk[half] >> (2 * i)) & 3u) | (((chunk[2] >> (16 * half + i)) & 1u) << 2);
+    return bits3_field(chunk[0] >> (16 * half), chunk[1] >> (16 * half), chunk[2] >> (16 * half), i);
   } else if constexpr (Bits == 4) {
     return (chunk[2 * half + (i >> 3)] >> (4 * (i & 7))) & 15u;
   } else {
@@ -32,13 +43,12 @@ template <int Bits>
 // acc[k] += sum_{i<16} p[i] * f_i(channel k). Lanes are channels, so no horizontal sums.
 template <int Bits>
 inline void half_dot8(const std::uint32_t* chunk0, int half, const float* p, float* acc) {
-  constexpr int kWords = Bits == 3 ? 2 : Bits / 2;  // words holding one half-chunk (low/high for 3 bits)
+  constexpr int kWords = Bits == 3 ? 3 : Bits / 2;  // words holding one half-chunk (3 bits: a half of each word)
   std::uint32_t w[kWords][8];
   for (int k = 0; k < 8; ++k) {
     const std::uint32_t* chunk = chunk0 + k * Bits;
     if constexpr (Bits == 3) {
-      w[0][k] = chunk[half];
-      w[1][k] = chunk[2] >> (16 * half);
+      for (int j = 0; j < 3; ++j) w[j][k] = chunk[j] >> (16 * half);
     } else {
       for (int j = 0; j < kWords; ++j) w[j][k] = chunk[kWords * half + j];
     }
@@ -48,7 +58,7 @@ inline void half_dot8(const std::uint32_t* chunk0, int half, const float* p, flo
     for (int k = 0; k < 8; ++k) {
       std::uint32_t f;
       if constexpr (Bits == 3) {
-        f = ((w[0][k] >> (2 * i)) & 3u) | (((w[1][k] >> i) & 1u) << 2);
+        f = bits3_field(w[0][k], w[1][k], w[2][k], i);
       } else {
         constexpr int kPerWord = 32 / Bits;
         f = (w[i / kPerWord][k] >> (Bits * (i % kPerWord))) & ((1u << Bits) - 1u);

@@ -176,30 +176,36 @@ PackedRegion::DotPlan PackedRegion::plan_dot(const float* w) const {
   plan.group_sum.assign(static_cast<std::size_t>(groups_per_row), 0.0f);
   for (int g = 0; g < groups_per_row; ++g)
     for (int i = 0; i < G; ++i) plan.group_sum[g] += w[g * G + i];
-  // Byte j of chunk k holds: for b in {2,4,8}, codes 8j/b.. of the chunk (b bits each); for b = 3,
-  // bytes 0..7 the low two bits of codes 4j..4j+3, bytes 8..11 bit 2 of codes 8(j-8)..8(j-8)+7.
+  // Byte j of a row: the fields of the codes that have bits in it (core/packed.h: for b in {2, 4, 8}
+  // 8/b whole codes; for b = 3 whole codes and parts of split ones, all of one 16-code half), each
+  // with its weight in the code (4 for a split 3-bit code's bit 2). So every byte lies in one group.
   const int chunk_bytes = 4 * b;
   const int row_bytes = d_ / 32 * chunk_bytes;
   plan.byte_table.assign(static_cast<std::size_t>(row_bytes) * 256, 0.0f);
   std::vector<std::vector<int>> by_group(static_cast<std::size_t>(groups_per_row));
+  const std::uint32_t all_ones = (1u << b) - 1u;
   for (int j = 0; j < row_bytes; ++j) {
-    const int chunk = j / chunk_bytes, k = j % chunk_bytes;
-    int first, count, width, weight;
-    if (b == 3 && k >= 8) {
-      first = 8 * (k - 8), count = 8, width = 1, weight = 4;
-    } else if (b == 3) {
-      first = 4 * k, count = 4, width = 2, weight = 1;
-    } else {
-      first = k * 8 / b, count = 8 / b, width = b, weight = 1;
+    const int chunk = j / chunk_bytes, word = j % chunk_bytes / 4, shift = 8 * (j % 4);
+    struct Field {
+      int code, low, width, weight;
+    };
+    std::vector<Field> fields;
+    for (int i = 0; i < 32; ++i) {
+      const packed::CodePlacement at = packed::place_code(b, i, all_ones);
+      for (int part = 0; part < at.count; ++part) {
+        const std::uint32_t in_byte = (at.bits[part] >> shift) & 0xffu;
+        if (at.word[part] != word || in_byte == 0) continue;
+        fields.push_back({i, __builtin_ctz(in_byte), __builtin_popcount(in_byte), part == 1 ? 4 : 1});
+      }
     }
-    const float* wc = w + chunk * 32 + first;
+    const float* wc = w + chunk * 32;
     float* table = &plan.byte_table[static_cast<std::size_t>(j) * 256];
     for (int v = 0; v < 256; ++v) {
       float sum = 0.0f;
-      for (int i = 0; i < count; ++i) sum += wc[i] * static_cast<float>(((v >> (i * width)) & ((1 << width) - 1)) * weight);
+      for (const Field& f : fields) sum += wc[f.code] * static_cast<float>(((v >> f.low) & ((1 << f.width) - 1)) * f.weight);
       table[v] = sum;
     }
-    by_group[static_cast<std::size_t>((chunk * 32 + first) / G)].push_back(j);
+    by_group[static_cast<std::size_t>((chunk * 32 + fields.front().code) / G)].push_back(j);
   }
   for (const auto& bytes : by_group) plan.group_bytes.insert(plan.group_bytes.end(), bytes.begin(), bytes.end());
   return plan;

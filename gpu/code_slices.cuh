@@ -5,17 +5,22 @@
 // or 32), moved so that its code i decodes with constant shifts:
 //   Codes == 32:         the chunk's Bits words as stored;
 //   Bits 2/4/8, Codes<32: max(1, Codes*Bits/32) words, code i at bits [i*Bits, +Bits);
-//   Bits 3, Codes <= 16:  word 0 the low two bits (code i at bits 2i..2i+1), word 1 bit 2 (at bit i).
+//   Bits 3, Codes <= 16:  the chunk's 3 words shifted down to the slice's half (core/packed.h: its bytes
+//                        then bytes 0 and 1 of each word), and a 4th word: which quarter of the half
+//                        a slice of 8 is (its codes 0-3 whole in word 0 or 2, codes 4-7 whole in
+//                        word 1 or split).
 //
 // unit_code returns 1 + f / 2^Bits, the code f placed in the top Bits mantissa bits of 1.0f: a shift
 // and one LOP3 per code, where converting f with I2F runs at a quarter of the FMA rate. A group's
 // x^ = f |s| + z_eff is then a u + (z_eff - a) with u the unit code and a = |s| 2^Bits.
 #include <cstdint>
 
+#include "core/packed.h"
+
 namespace kvq::gpu::slices {
 
 template <int Bits, int Codes>
-inline constexpr int kWords = Codes == 32 ? Bits : (Bits == 3 ? 2 : (Codes * Bits >= 32 ? Codes * Bits / 32 : 1));
+inline constexpr int kWords = Codes == 32 ? Bits : (Bits == 3 ? 4 : (Codes * Bits >= 32 ? Codes * Bits / 32 : 1));
 
 // N consecutive words; 8- and 16-byte loads where the count allows (chunks start on such boundaries:
 // a chunk is Bits words and slices start at multiples of their own size).
@@ -42,8 +47,9 @@ __device__ __forceinline__ void load(const std::uint32_t* __restrict__ chunk, in
   if constexpr (Codes == 32) {
     load_words<Bits>(chunk, w);
   } else if constexpr (Bits == 3) {
-    w[0] = __ldg(chunk + (first >> 4)) >> ((first & 15) * 2);
-    w[1] = __ldg(chunk + 2) >> first;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) w[k] = __ldg(chunk + k) >> (first & 16);
+    w[3] = (first >> 3) & 1;
   } else if constexpr (Codes * Bits >= 32) {
     load_words<kWords<Bits, Codes>>(chunk + first * Bits / 32, w);
   } else {
@@ -55,10 +61,23 @@ __device__ __forceinline__ void load(const std::uint32_t* __restrict__ chunk, in
 template <int Bits, int Codes>
 __device__ __forceinline__ float unit_code(const std::uint32_t (&w)[kWords<Bits, Codes>], int i) {
   std::uint32_t m;
-  if constexpr (Bits == 3) {
-    const std::uint32_t lo = w[Codes == 32 ? i >> 4 : 0] >> ((i & 15) * 2);
-    const std::uint32_t hi = w[Codes == 32 ? 2 : 1] >> i;
-    m = ((lo & 3u) << 20) | ((hi & 1u) << 22);
+  if constexpr (Bits == 3 && Codes == 8) {
+    // Quarter 0: codes 0-7 of the half, whole in words 0 and 1; quarter 1: codes 8-11 whole in word 2
+    // (where quarter 0's first four sit in word 0) and 12-15 split. Both forms, one selected.
+    const int j = i & 3, at = 8 * (j >> 1) + 2 + 3 * (j & 1);
+    std::uint32_t f;
+    if (i < 4) {
+      f = ((w[3] ? w[2] : w[0]) >> at) & 7u;
+    } else {
+      const std::uint32_t whole = (w[1] >> at) & 7u;
+      const std::uint32_t split = ((w[j >> 1] >> (8 * (j & 1))) & 3u) | (((w[2] >> (8 * (j & 1) + (j >> 1))) & 1u) << 2);
+      f = w[3] ? split : whole;
+    }
+    m = f << 20;
+  } else if constexpr (Bits == 3) {
+    const packed::Bits3Place p = packed::bits3_place(i);  // Codes 16: on the shifted words; 32: as stored
+    const std::uint32_t f = p.split ? ((w[p.word] >> p.bit) & 3u) | (((w[2] >> p.bit2) & 1u) << 2) : (w[p.word] >> p.bit) & 7u;
+    m = f << 20;
   } else {
     const int bit = i * Bits;
     m = ((w[bit >> 5] >> (bit & 31)) & ((1u << Bits) - 1u)) << (23 - Bits);

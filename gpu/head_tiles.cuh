@@ -32,7 +32,6 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
   using typename Base::Stage;
   using Base::g, Base::t, Base::mode, Base::offset, Base::tiles, Base::block_shift;
   static constexpr int kHeads = 4 * Quads;
-  static constexpr int kPlanes = planes::kPlanes<Bits>;
   static constexpr int kWords = planes::kLaneWords<Bits>;
   static constexpr int kBytes = planes::kBytes<Bits>;
   static constexpr int kMTiles = D / 16;  // m-tiles of 16 channels
@@ -52,10 +51,10 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
     MetaPair zero[4];
   };
 
-  // The current stretch: lane (g, t)'s B registers (head 4q + g / 2's part g % 2 of each tile and
-  // plane), the tile sums of head 4q + t's fixed-point probabilities, what turns its products back
+  // The current stretch: lane (g, t)'s B registers (head 4q + g / 2's part g % 2 of each tile), the
+  // tile sums of head 4q + t's fixed-point probabilities, what turns its products back
   // into the probabilities' scale, and where its loads start in the stage (locate()).
-  std::uint32_t b[4][Quads][kPlanes][2];
+  std::uint32_t b[4][Quads][2];
   float tile_sum[Quads][4];
   int tile_offset[Quads][4];  // Sym: tile_sum times the code offset, in integers
   float inv_range[Quads];
@@ -154,9 +153,8 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
 #pragma unroll
         for (int k = 0; k < 2; ++k) scale_and_zero(entry(cur.scale[u], k), entry(cur.zero[u], k), mode, offset, scale[k], zero[k]);
       }
-      std::uint32_t a[kPlanes][4];
-#pragma unroll
-      for (int plane = 0; plane < kPlanes; ++plane) planes::a_regs_at<Bits>(cur.w[u][0], cur.w[u][1], t, plane, a[plane]);
+      std::uint32_t a[4];
+      planes::a_regs_at<Bits>(cur.w[u][0], cur.w[u][1], t, a);
 #pragma unroll
       for (int q = 0; q < Quads; ++q)
         planes::add_chunk_terms<Bits, Sym>(a, b[u][q], scale, zero, tile_sum[q][u], tile_offset[q][u], inv_range[q], acc[q]);

@@ -30,7 +30,7 @@ inline constexpr int kThreads = 128;  // 4 warps
 inline constexpr int kBuffers = 4;    // stage buffers: computing s, s+1 landed, s+2 and s+3 in flight
 
 // Shapes the stages handle: bits 2/3/4/8, head_dim 64/128, GQA group up to 8, groups of 32, 64 or 128
-// (16 too, except for 3 bits, whose bit-2 plane pairs codes 16 apart); channel-axis keys and
+// (16 too, except for 3 bits, whose k-steps mix a chunk's halves); channel-axis keys and
 // token-axis values (whose token count is a whole number of groups).
 inline bool supported(const RegionShape& s, int group) {
   const bool groups = s.group_size == 32 || s.group_size == 64 || s.group_size == 128 || (s.group_size == 16 && s.bits != 3);
@@ -195,7 +195,7 @@ __device__ void build_frags(const float (&v)[Group][N], const float (&vscale)[Gr
     __half half[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const float x = head < Group ? v[head][ch * 32 + mma::phys<Bits>(st, t, 2 * j + e)] * vscale[head] * mma::weight<Bits>(st) : 0.0f;
+      const float x = head < Group ? v[head][ch * 32 + mma::phys<Bits>(st, t, 2 * j + e)] * vscale[head] * mma::weight<Bits>(st, j) : 0.0f;
       half[e] = mma::split_part(x, part);
     }
     frag[f / 32][ln] = mma::pack_half2(half[0], half[1]);

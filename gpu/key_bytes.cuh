@@ -2,14 +2,14 @@
 // Lane-owned q . K^T over channel-axis keys on int8 tensor cores (head_dim 128): the layout of
 // gpu/key_units.cuh (lane t of each quad loads its own 32-code chunk t of rows g, g+8, g+16, g+24)
 // with the A and B of gpu/byte_planes.cuh instead of fp16 mantissas. Codes become exact u8 at the
-// top of their bytes (a_word_high: one AND and at most one shift per four codes, the shift mostly a
-// left one, on the FMA pipe; the power of two this leaves is folded into q's range), and q is 16-bit
+// top of their bytes (a_word_high: one AND and at most one shift per four codes, two of each for the
+// split 3-bit ones; the shifts mostly left ones, on the FMA pipe; the power of two this leaves is
+// folded into q's range), and q is 16-bit
 // fixed point per chunk (relative to the chunk's largest |q|), split into s8 hi and lo bytes in B's
 // columns 2t, 2t+1 (zero outside lane t's k-slots): each lane's s32 accumulator pair is its own
 // chunk's exact dot product, which lies in one group. m16n8k32 covers twice the reduction of
 // m16n8k16, so a unit takes half the mmas and half the B loads of the fp16 form, and each code is
-// decoded once per plane with no constant to take back: a third fewer instructions in the paper's
-// 3-bit kernel (docs/PERF.md).
+// decoded once with no constant to take back (docs/PERF.md).
 #include <cstdint>
 #include <type_traits>
 
@@ -19,11 +19,14 @@
 namespace kvq::gpu::key_units {
 
 // The code (within its chunk) in byte i of A register (mma s, half r): gpu/byte_planes.cuh's table,
-// read the other way. For 3-bit codes, mmas s >= 4 carry bit 2 of the code.
+// read the other way.
 template <int Bits>
 __host__ __device__ constexpr int code_at(int s, int r, int i) {
-  if (Bits == 2 || (Bits == 3 && s < 4)) return 16 * r + 4 * i + s;
-  if (Bits == 3) return 8 * i + (s - 4) + 4 * r;
+  if (Bits == 2) return 16 * r + 4 * i + s;
+  if (Bits == 3) {
+    if (r == 0) return 16 * (i >> 1) + 4 * (s >> 1) + 2 * (i & 1) + 1 - (s & 1);
+    return 16 * (i >> 1) + (s < 2 ? 8 + 2 * (i & 1) + 1 - s : 12 + 2 * (s & 1) + (i & 1));
+  }
   if (Bits == 4) return 16 * (s >> 1) + 8 * r + 2 * i + (s & 1);
   return 8 * s + 4 * r + i;
 }

@@ -76,7 +76,7 @@ __device__ __forceinline__ LaneSetup<Bits, Half> lane_setup(const float* q, int 
     const __half lo = mma::split_part(v[P.lo] * w, part), hi = mma::split_part(v[P.hi] * w, part);  // exact products
     mine += __half2float(lo) + __half2float(hi);
     out.b[i / 2][i % 2] = live ? mma::pack_half2(lo, hi) : 0u;
-    // Every code appears in one low-plane pair, so q's sum over the span comes from those.
+    // Every code appears in one pair of weight 1, so q's sum over the span comes from those.
     if (P.plane == 1) qsum += v[P.lo] + v[P.hi];
   }
   // The other part's sum sits on lane g ^ 1 of the same t: 4 lanes away.

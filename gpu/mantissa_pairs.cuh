@@ -21,15 +21,20 @@
 // the span, is a constant of the vector that the kernel takes back once per row.
 //
 // Word kinds (P runs over the field positions of a 16-bit half):
-//   2-bit codes, and the low planes of 3-bit ones: 8 pairs per word, P = 2k, codes (16m+k, 16m+k+8);
-//   the bit-2 plane of 3-bit codes (plane weight 4): a whole chunk's word has 16 pairs, P = s, codes
-//     (s, s+16); a half chunk's 16 bits are spread to 8 pairs per half first (one PRMT), codes (s, s+8);
+//   2-bit codes: 8 pairs per word, P = 2k, codes (16m+k, 16m+k+8);
+//   3-bit codes (core/packed.h: half h in bytes 2h, 2h+1 of every word): a whole chunk's word k pairs
+//     half 0 with half 1, codes (c, c+16): its 4 whole codes (width 3, P = 8jj + 2 + 3p) and, in words
+//     0 and 1, the low two bits of 2 split codes (P = 8jj) or, in word 2, the bit 2 of 4 (plane weight
+//     4, P = 8jj + m); a half chunk's bytes are first spread to the low bytes of both 16-bit halves
+//     (one PRMT a word), pairing its bytes jj = 0 and 1: codes (c, c+2), 10 pairs. Zero pairs (no
+//     field, B zero) pad the pairs to whole quarters of steps (24 a chunk, 16 a half);
 //   4-bit codes: 4 pairs per word, P = 4k, codes (8m+k, 8m+k+4);
 //   8-bit codes: 2 pairs per word, P = 8k, codes (4m+k, 4m+k+2).
-// Fields land high in the mantissa (bits 6..9; 6 for 4-bit fields, 2 for 8-bit ones), so the constant
-// outweighs a code's unit by at most 16 (256 for 8-bit codes, whose values reach 255): the accumulator
-// keeps the precision of the shift-per-pair decode within a few bits, at up to four shifts per word
-// instead of one per pair. B's weights are then at most 64 (256 for 8-bit codes).
+// Fields land high in the mantissa (bits 6..9; 6 for 3- and 4-bit fields, 2 for 8-bit ones), so the
+// constant outweighs a code's unit by at most 16 (256 for 8-bit codes, whose values reach 255): the
+// accumulator keeps the precision of the shift-per-pair decode within a few bits, at up to four
+// shifts per word (six for 3-bit codes) instead of one per pair. B's weights are then at most 64 (256
+// for 8-bit codes).
 #include <cstdint>
 
 #include "gpu/mma.cuh"
@@ -38,16 +43,16 @@ namespace kvq::gpu::pairs {
 
 // Words of a span after span_words(), and pairs per row of a span.
 template <int Bits, bool Half>
-inline constexpr int kWords = Half ? (Bits == 3 ? 2 : Bits / 2) : Bits;
+inline constexpr int kWords = Half ? (Bits == 3 ? 3 : Bits / 2) : Bits;
 template <int Bits, bool Half>
-inline constexpr int kPairs = (Half ? 16 : 32) * (Bits == 3 ? 2 : 1) / 2;
+inline constexpr int kPairs = Bits == 3 ? (Half ? 16 : 24) : (Half ? 8 : 16);
 
 struct Pair {
   int word;     // span word
   int shift;    // right shift (negative: left) before the mask
   int pos;      // mantissa bit of the field's lowest bit
   int width;    // field bits
-  int plane;    // weight of the field in the code (4 for the bit-2 plane)
+  int plane;    // weight of the field in the code (4 for a split 3-bit code's bit 2; 0 for a zero pair)
   int lo, hi;   // codes (within the span) in the low and high halves
   __host__ __device__ constexpr std::uint32_t mask() const {
     const std::uint32_t m = ((1u << width) - 1u) << pos;
@@ -58,11 +63,11 @@ struct Pair {
 };
 
 // Field at half-word position P of width w: the shift that lands it in mantissa bits 6..9 (width 1),
-// 6 or 8 (width 2), 6 (width 4) or 2 (width 8).
+// 6 or 8 (width 2), 6 (widths 3 and 4) or 2 (width 8).
 __host__ __device__ constexpr int shift_for(int width, int P) {
   if (width == 1) return P < 2 ? -8 : P < 6 ? -4 : P <= 9 ? 0 : P <= 13 ? 4 : 8;
   if (width == 2) return P == 0 ? -8 : P < 6 ? -4 : P <= 8 ? 0 : P <= 12 ? 4 : 8;
-  return width == 4 ? P - 6 : P - 2;
+  return width == 3 || width == 4 ? P - 6 : P - 2;
 }
 
 __host__ __device__ constexpr Pair make_pair(int word, int width, int plane, int P, int lo, int hi) {
@@ -70,16 +75,34 @@ __host__ __device__ constexpr Pair make_pair(int word, int width, int plane, int
   return {word, sh, P - sh, width, plane, lo, hi};
 }
 
-// Pair i (0 .. kPairs - 1) of a span: words in order, positions in order within a word.
+// Pair i (0 .. kPairs - 1) of a span: words in order, positions in order within a word (3-bit codes:
+// whole codes, then split codes' low bits, then their bit 2, then zero pairs).
 template <int Bits, bool Half>
 __host__ __device__ constexpr Pair pair(int i) {
-  if (Bits == 2 || (Bits == 3 && i < (Half ? 8 : 16))) {
-    const int m = i / 8, k = i % 8;  // low-plane word m
+  if (Bits == 2) {
+    const int m = i / 8, k = i % 8;
     return make_pair(m, 2, 1, 2 * k, 16 * m + k, 16 * m + k + 8);
   }
-  if (Bits == 3) {
-    const int s = i - (Half ? 8 : 16);
-    return Half ? make_pair(1, 1, 4, s, s, s + 8) : make_pair(2, 1, 4, s, s, s + 16);
+  if (Bits == 3 && Half) {  // byte jj of the half in 16-bit half jj: codes (c, c + 2)
+    if (i < 6) return make_pair(i / 2, 3, 1, 2 + 3 * (i % 2), 4 * (i / 2) + i % 2, 4 * (i / 2) + i % 2 + 2);
+    if (i < 8) return make_pair(i - 6, 2, 1, 0, 12 + 2 * (i - 6), 13 + 2 * (i - 6));
+    if (i < 10) return make_pair(2, 1, 4, i - 8, 12 + 2 * (i - 8), 13 + 2 * (i - 8));
+    return Pair{0, 0, 0, 0, 0, 0, 0};
+  }
+  if (Bits == 3) {  // halves 0 and 1 in the 16-bit halves: codes (c, c + 16)
+    if (i < 12) {
+      const int k = i / 4, jj = (i % 4) / 2, p = i % 2;
+      return make_pair(k, 3, 1, 8 * jj + 2 + 3 * p, 4 * k + 2 * jj + p, 4 * k + 2 * jj + p + 16);
+    }
+    if (i < 16) {
+      const int m = (i - 12) / 2, jj = (i - 12) % 2;
+      return make_pair(m, 2, 1, 8 * jj, 12 + 2 * m + jj, 28 + 2 * m + jj);
+    }
+    if (i < 20) {
+      const int m = (i - 16) % 2, jj = (i - 16) / 2;
+      return make_pair(2, 1, 4, 8 * jj + m, 12 + 2 * m + jj, 28 + 2 * m + jj);
+    }
+    return Pair{0, 0, 0, 0, 0, 0, 0};
   }
   if (Bits == 4) {
     const int m = i / 4, k = i % 4;
@@ -96,9 +119,9 @@ __device__ __forceinline__ void span_words(const std::uint32_t (&chunk)[Bits], i
 #pragma unroll
     for (int k = 0; k < Bits; ++k) w[k] = chunk[k];
   } else if constexpr (Bits == 3) {
-    w[0] = p ? chunk[1] : chunk[0];
-    // Bytes 2p and 2p+1 of the bit-2 plane (codes 16p..16p+7, 16p+8..+15) to the two halves' low bytes.
-    w[1] = __byte_perm(chunk[2], 0u, p ? 0x4342u : 0x4140u);
+    // Bytes 2p and 2p+1 of each word (the half's) to the low bytes of its two 16-bit halves.
+#pragma unroll
+    for (int k = 0; k < 3; ++k) w[k] = __byte_perm(chunk[k], 0u, p ? 0x4342u : 0x4140u);
   } else {
 #pragma unroll
     for (int k = 0; k < Bits / 2; ++k) w[k] = p ? chunk[Bits / 2 + k] : chunk[k];
@@ -114,8 +137,8 @@ __device__ __forceinline__ std::uint32_t b_pair(const float* v, int i, int part)
   return mma::pack_half2(mma::split_part(v[P.lo] * w, part), mma::split_part(v[P.hi] * w, part));
 }
 
-// Sum of the B weights a code carries over the span's pairs (its low-plane pair, plus its bit-2-plane
-// pair for 3-bit codes): v[code] times this, summed over the span, is the constant A's 1s add.
+// Sum of the B weights a code carries over the span's pairs (its pair, plus the pair of its bit 2 for a
+// split 3-bit code): v[code] times this, summed over the span, is the constant A's 1s add.
 template <int Bits, bool Half>
 __device__ __forceinline__ float weight_sum(int code) {
   float sum = 0.0f;

@@ -7,9 +7,10 @@
 // per 32 steps of the reduction axis (channels for keys, tokens for values), and the other operand
 // (q, or p) is the same for every row. So A = codes (16 rows x 16 reduction steps) and B = the
 // vector, split into fp16 hi + lo parts (~22 bits kept) and scaled by a power of two.
-// Codes become exact fp16: 2- and 3-bit codes as 1 + f/4 by placing f in the mantissa (one shift and
-// one LOP3 per two codes; the constant 1 comes back through the group's sum of B), 4- and 8-bit codes
-// as f with the 1024-magic trick. The reduction steps may be visited in any order, so each lane
+// Codes become exact fp16: 2-bit codes as 1 + f/4 and 3-bit ones as 1 + f/16 (a split code's parts
+// as 1 + lo/8 and 1 + b/2) by placing f in the mantissa (one shift and one LOP3 per two codes; the
+// constant 1 comes back through the group's sum of B), 4- and 8-bit codes as f with the 1024-magic
+// trick. The reduction steps may be visited in any order, so each lane
 // decodes the pairs its fragment slots make cheap and B is laid out in the same order (phys()).
 #include <cuda_fp16.h>
 
@@ -17,59 +18,77 @@
 
 namespace kvq::gpu::mma {
 
-// k-steps (16 reduction steps each) per 32-code chunk: 2, plus 2 for the bit-2 plane of 3-bit codes.
+// k-steps (16 reduction steps each) per 32-code chunk: 2; 3 for 3-bit codes, whose split codes take
+// two slots each (core/packed.h), and one pair of slots a lane is left zero.
 template <int Bits>
-inline constexpr int kSteps = Bits == 3 ? 4 : 2;
+inline constexpr int kSteps = Bits == 3 ? 3 : 2;
+
+// 3-bit codes: slot pair (st, p) is group 2st + p of a lane's pairs, the four lanes of a quad taking
+// the same form from the same word (lane t's own bits by a rotation by t): groups 0-2 the whole codes
+// of word 0-2 (lane t: code 4 * group + t, of byte t / 2 at bits 2 + 3 (t % 2)), group 3 the split
+// codes' low bits (lane t: code 12 + t, word t / 2, byte t % 2), group 4 their bit 2 (lane t: code
+// 12 + 2 (t % 2) + t / 2, at bit t % 2 of byte t / 2 of word 2), group 5 nothing. Codes c and c + 16
+// share a pair (bytes 0-1 and 2-3).
+__host__ __device__ constexpr int bits3_code(int group, int t) {
+  return group < 3 ? 4 * group + t : group == 3 ? 12 + t : 12 + 2 * (t & 1) + (t >> 1);
+}
 
 // Position (0..31, within its chunk) of fragment slot e (0..3: k = 2t, 2t+1, 2t+8, 2t+9) of lane t
 // (0..3) in k-step st, for the decode in decode_pair().
 template <int Bits>
 __host__ __device__ __forceinline__ int phys(int st, int t, int e) {
-  if (Bits == 2 || (Bits == 3 && st < 2)) {
+  if (Bits == 2) {
     const int k = t + (e >= 2 ? 4 : 0);
     return 16 * st + k + (e & 1) * 8;  // (w >> 2k) holds codes k, k+8 of the half-chunk
   }
   if (Bits == 3) {
-    const int s = 8 * (st - 2) + t + (e >= 2 ? 4 : 0);
-    return s + (e & 1) * 16;  // bit-2 plane: (w2 >> s) holds codes s, s+16
+    const int group = 2 * st + (e >> 1);
+    return group < 5 ? bits3_code(group, t) + (e & 1) * 16 : 0;  // group 5: B is zero
   }
   if (Bits == 4) return 16 * st + (e >= 2 ? 8 : 0) + t + (e & 1) * 4;  // (w >> 4t): codes t, t+4 of a word
   return 16 * st + 4 * t + (e >= 2 ? 1 : 0) + (e & 1) * 2;             // 8 bits: (w >> 8j): codes j, j+2
 }
 
-// Weight B carries in k-step st: A holds f/4 for the low planes of 2/3-bit codes (weight 4) and
-// bit 2 of 3-bit codes as 1 + b/4 (weight 16); 4/8-bit codes are exact integers (weight 1).
+// Weight B carries in slot pair (st, p): 4 for 2-bit codes (A = 1 + f/4); for 3-bit ones 16 for whole
+// codes (1 + f/16), 8 for a split code's low bits (1 + lo/8) and 8 for its bit 2 (1 + b/2, worth 4 b),
+// 0 for the empty group; 4/8-bit codes are exact integers (weight 1).
 template <int Bits>
-__host__ __device__ __forceinline__ float weight(int st) {
-  return Bits == 3 && st >= 2 ? 16.0f : Bits <= 3 ? 4.0f : 1.0f;
+__host__ __device__ __forceinline__ float weight(int st, int p) {
+  if (Bits == 3) return 2 * st + p < 3 ? 16.0f : 2 * st + p < 5 ? 8.0f : 0.0f;
+  return Bits == 2 ? 4.0f : 1.0f;
 }
-// The constant the decode adds, in units of the group's sum of the (unweighted) vector: A = 1 + f/4
-// adds 1 per plane step times the weight: 4 for 2 bits, 4 + 16 for 3 bits.
+// The constant the decode adds, in units of the group's sum of the (unweighted) vector: A's 1 times
+// the weights a code carries: 4 for 2 bits, 16 for 3 bits (whole codes 16, split ones 8 + 8).
 template <int Bits>
-inline constexpr float kPlaneConstant = Bits == 2 ? 4.0f : Bits == 3 ? 20.0f : 0.0f;
+inline constexpr float kPlaneConstant = Bits == 2 ? 4.0f : Bits == 3 ? 16.0f : 0.0f;
 
-// A k-step closes a run of reduction steps: 16 for 2/4/8 bits; the bit-2 plane of a 3-bit chunk
-// comes last, so a 3-bit chunk closes only after its 4th step, covering all 32.
+// A k-step closes a run of reduction steps: 16 for 2/4/8 bits; a 3-bit chunk's steps mix its halves,
+// so it closes only after its last step, covering all 32.
 template <int Bits>
 __host__ __device__ __forceinline__ int closes(int st) {
-  return Bits == 3 ? (st == 3 ? 32 : 0) : 16;
+  return Bits == 3 ? (st == kSteps<3> - 1 ? 32 : 0) : 16;
 }
 
 // The fp16 pair for fragment slots (2p, 2p+1) of lane t in k-step st of one chunk.
 template <int Bits>
 __device__ __forceinline__ std::uint32_t decode_pair(const std::uint32_t* chunk, int st, int t, int p) {
-  if (Bits == 2 || (Bits == 3 && st < 2)) {
+  if (Bits == 2) {
     // Codes k, k+8 (k = t + 4p) sit at bits 2k, 2k+16; move them to bits 8, 24: 1 + f/4.
     const std::uint32_t w = chunk[st];
     const std::uint32_t moved = p == 0 ? w << (8 - 2 * t) : w >> (2 * t);
     return (moved & 0x03000300u) | 0x3C003C00u;
   }
   if (Bits == 3) {
-    // Bit 2 of codes s, s+16 (s = 8h + t + 4p) sits at bits s, s+16; move it to bits 8, 24.
-    const int s = 8 * (st - 2) + t + 4 * p;
-    const std::uint32_t w = chunk[2];
-    const std::uint32_t moved = st == 2 ? w << (8 - s) : w >> (s - 8);
-    return (moved & 0x01000100u) | 0x3C003C00u;
+    // bits3_code's groups: the field at bit P of the low 16-bit half (its partner at P + 16) rotated
+    // to mantissa bit 6 (whole codes), 7 (low bits) or 9 (bit 2); bits that wrap fall outside the mask.
+    const int group = 2 * st + p;
+    if (group < 3) return (__funnelshift_r(chunk[group], chunk[group], 8 * (t >> 1) + 3 * (t & 1) - 4) & 0x01C001C0u) | 0x3C003C00u;
+    if (group == 3) {
+      const std::uint32_t w = t < 2 ? chunk[0] : chunk[1];
+      return (__funnelshift_r(w, w, 8 * (t & 1) - 7) & 0x01800180u) | 0x3C003C00u;
+    }
+    if (group == 4) return (__funnelshift_r(chunk[2], chunk[2], 8 * (t >> 1) + (t & 1) - 9) & 0x02000200u) | 0x3C003C00u;
+    return 0x3C003C00u;  // 1.0 against a zero B
   }
   const std::uint32_t bits = Bits == 4 ? (chunk[2 * st + p] >> (4 * t)) & 0x000F000Fu : (chunk[4 * st + t] >> (8 * p)) & 0x00FF00FFu;
   std::uint32_t out;  // 1024 + f minus 1024, exact

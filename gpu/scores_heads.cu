@@ -34,7 +34,7 @@ constexpr int kStretch = 64;  // tokens per warp stretch: four m-tiles of 16, tw
 
 template <int Bits, int D, class Meta, int Quads, bool Sym>
 struct KeyHeads {
-  static constexpr int kHeads = 4 * Quads, kChunks = D / 32, kPlanes = planes::kPlanes<Bits>, kWords = planes::kLaneWords<Bits>;
+  static constexpr int kHeads = 4 * Quads, kChunks = D / 32, kWords = planes::kLaneWords<Bits>;
   static constexpr int kRowBytes = D * Bits / 8;  // one token's codes
   // A stretch's codes, scales and zero points ([token][group], at most D / 32 groups per token), each
   // copied from its 16-byte piece on (copy_async): a region's arrays may start anywhere, so each has
@@ -68,10 +68,10 @@ struct KeyHeads {
   int code_skip, scale_skip, zero_skip;   // where a stretch starts in the stage's arrays (bytes; entries)
   bool on16;                              // codes and scales start on 16 bytes
   float offset;
-  // Lane (g, t)'s B (head 4q + g / 2's part g % 2 of each chunk and plane), and for head 4q + t and
+  // Lane (g, t)'s B (head 4q + g / 2's part g % 2 of each chunk), and for head 4q + t and
   // each chunk: what turns a product back into q's scale, and the chunk's sum of q in that scale
   // (Sym: that sum times the code offset, in integers).
-  std::uint32_t b[kChunks][Quads][kPlanes][2];
+  std::uint32_t b[kChunks][Quads][2];
   float inv_range[Quads][kChunks];
   float q_sum[Quads][kChunks];
   int q_offset[Quads][kChunks];
@@ -220,9 +220,8 @@ struct KeyHeads {
       for (int q = 0; q < Quads; ++q) score[q][k] = 0.0f;
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
-      std::uint32_t a[kPlanes][4];
-#pragma unroll
-      for (int plane = 0; plane < kPlanes; ++plane) planes::a_regs_at<Bits>(cur.w[0][c], cur.w[1][c], t, plane, a[plane]);
+      std::uint32_t a[4];
+      planes::a_regs_at<Bits>(cur.w[0][c], cur.w[1][c], t, a);
       float scale[2], zero[2];
 #pragma unroll
       for (int k = 0; k < 2; ++k) {

@@ -231,7 +231,7 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         b[2 * q + e / 2][e % 2] = live ? w[e] : 0u;
-        if (q < 2) part_sum = __dp4a(static_cast<int>(w[e]), 0x01010101, part_sum);  // slots 0..31 hold every token once
+        part_sum = __dp4a(static_cast<int>(w[e]), 0x01010101, part_sum);  // the 32 slots hold every token once
       }
     }
     const int other = __shfl_xor_sync(0xffffffffu, part_sum, 4);  // lane (g ^ 1, t): the other part

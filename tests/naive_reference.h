@@ -17,9 +17,12 @@ namespace kvq::test {
 // Reads code i of a chunk by the documented bit layout.
 inline int doc_code(const std::uint32_t* chunk, int bits, int i) {
   if (bits == 3) {
-    const int low = static_cast<int>((chunk[i / 16] >> (2 * (i % 16))) & 3u);
-    const int high = static_cast<int>((chunk[2] >> i) & 1u);
-    return low + 4 * high;
+    // Half i / 16 owns bytes 2h, 2h+1 of each word: 12 codes whole (two a byte, above bit 1), 4 split.
+    const int half = i / 16, r = i % 16;
+    const auto byte = [&](int word, int which) { return static_cast<int>((chunk[word] >> (8 * (2 * half + which))) & 0xffu); };
+    if (r < 12) return (byte(r / 4, (r / 2) % 2) >> (2 + 3 * (r % 2))) & 7;
+    const int m = (r - 12) / 2, which = (r - 12) % 2;
+    return (byte(m, which) & 3) + 4 * ((byte(2, which) >> m) & 1);
   }
   const int per_word = 32 / bits;
   return static_cast<int>((chunk[i / per_word] >> (bits * (i % per_word))) & ((1u << bits) - 1u));

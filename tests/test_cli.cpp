@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/packed.h"
 #include "data/h5.h"
 #include "data/kv_dump.h"
 #include "dump_fixtures.h"
@@ -88,6 +89,11 @@ TEST(Cli, RotationFamilyThroughEvalAndQuantize) {
   ASSERT_EQ(r.status, 0) << r.err;
   data::Hid file(H5Fopen(out.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   EXPECT_GT(H5Lexists(file.get(), "packed/keys/layer0_head1/token_scale", H5P_DEFAULT), 0);
+  {
+    // Stored codes name the layout they follow.
+    data::Hid group(H5Gopen2(file.get(), "packed", H5P_DEFAULT), H5Gclose);
+    EXPECT_EQ(data::read_int_attribute(group.get(), "layout_version", out).value_or(-1), packed::kLayoutVersion);
+  }
   for (const auto& p : {dump, out, csv}) std::remove(p.c_str());
 }
 

@@ -257,12 +257,20 @@ TEST(PackedLayout, PutGetRoundTripAndDocumentedBits) {
       EXPECT_EQ(test::doc_code(chunk.data(), bits, i), codes[i]);
     }
   }
-  // 3-bit: code 17 = 0b101 puts 0b01 at bits 2..3 of word 1 and its high bit at bit 17 of word 2.
+  // 3-bit: code 17 = 0b101 (half 1, whole) sits at bits 5..7 of byte 2 of word 0.
   std::uint32_t chunk[3] = {0, 0, 0};
   packed::put_code(chunk, 3, 17, 5);
-  EXPECT_EQ(chunk[0], 0u);
-  EXPECT_EQ(chunk[1], 1u << 2);
-  EXPECT_EQ(chunk[2], 1u << 17);
+  EXPECT_EQ(chunk[0], 5u << 21);
+  EXPECT_EQ(chunk[1], 0u);
+  EXPECT_EQ(chunk[2], 0u);
+  // Code 14 = 0b110 (half 0, split): 0b10 at bits 0..1 of word 1, its bit 2 at bit 1 of word 2; code
+  // 29 = 0b101 (half 1, split): 0b01 at bits 24..25 of word 0, its bit 2 at bit 24 of word 2.
+  std::uint32_t split[3] = {0, 0, 0};
+  packed::put_code(split, 3, 14, 6);
+  packed::put_code(split, 3, 29, 5);
+  EXPECT_EQ(split[0], 1u << 24);
+  EXPECT_EQ(split[1], 2u);
+  EXPECT_EQ(split[2], (1u << 1) | (1u << 24));
   // 2-bit: least-significant first, code 1 = 0b11 at bits 2..3 of word 0.
   std::uint32_t two[2] = {0, 0};
   packed::put_code(two, 2, 1, 3);
