@@ -13,10 +13,8 @@ namespace codes_detail {
 // 3-bit field i (0..15) of a half-chunk whose words were shifted down by 16 * half (core/packed.h:
 // the half's bytes are then bytes 0 and 1 of w0, w1, w2). i is a constant once a loop is unrolled.
 [[gnu::always_inline]] inline std::uint32_t bits3_field(std::uint32_t w0, std::uint32_t w1, std::uint32_t w2, int i) {
-  const packed::Bits3Place p = packed::bits3_place(i);
-  const std::uint32_t w = p.word == 0 ? w0 : p.word == 1 ? w1 : w2;
-  if (!p.split) return (w >> p.bit) & 7u;
-  return ((w >> p.bit) & 3u) | (((w2 >> p.bit2) & 1u) << 2);
+  const std::uint32_t w[3] = {w0, w1, w2};
+  return packed::get_code(w, 3, i);
 }
 
 // Field i (0..15) of half-chunk `half`, written so that a loop over i vectorizes

@@ -75,9 +75,7 @@ __device__ __forceinline__ float unit_code(const std::uint32_t (&w)[kWords<Bits,
     }
     m = f << 20;
   } else if constexpr (Bits == 3) {
-    const packed::Bits3Place p = packed::bits3_place(i);  // Codes 16: on the shifted words; 32: as stored
-    const std::uint32_t f = p.split ? ((w[p.word] >> p.bit) & 3u) | (((w[2] >> p.bit2) & 1u) << 2) : (w[p.word] >> p.bit) & 7u;
-    m = f << 20;
+    m = packed::get_code(w, 3, i) << 20;  // Codes 16: on the shifted words (i < 16); 32: as stored
   } else {
     const int bit = i * Bits;
     m = ((w[bit >> 5] >> (bit & 31)) & ((1u << Bits) - 1u)) << (23 - Bits);
