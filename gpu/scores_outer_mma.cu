@@ -2,28 +2,42 @@
 //
 // score_t = sum_c q_c (f_tc |s_rc| + z_rc) for the group row r of token t (G tokens per row). The
 // group spans the scores, not the reduction over channels, so its scale cannot leave the sum: it goes
-// into B with q. In each m16n8k16 tile A holds the codes of 16 tokens (rows) over 16 channels (k), B
-// the channels' q |s| for the tokens' row as fp16 hi + lo parts, head h in columns 2h, 2h + 1 (up to
-// 4 heads share an mma). The zero points' part, sum_c q_c z_rc per (head, row), runs on CUDA cores.
+// into B with q. A holds the codes of 16 tokens (rows) over the channels (k); B the channels' q |s|
+// for the tokens' row in parts (up to 4 heads share an mma). The zero points' part, sum_c q_c z_rc per
+// (head, row), runs on CUDA cores.
 //
-// Decode (gpu/outer_mma.cuh). A channel's 32 tokens of a tile are one chunk, laid out as a token's 32
-// channels are in channel-axis values: lane (g, t) owns tokens 16m + 2g and 16m + 2g + 1 of m-tile m
-// and decodes them as outputs_outer_mma does. K-slot e of lane t in k-step j (k = 2t, 2t + 1, 2t + 8,
-// 2t + 9 for e = 0..3) is channel 16j + 4t + e, so lane l = 4j + t builds B for channels 4l .. 4l + 3
-// (one 8-byte load of their scales). 4- and 8-bit chunks are swizzled in shared memory (chunk_slot) so
-// that a load's four channels, one per t, fall on distinct banks.
+// 2-bit codes and one query head: int8 tensor cores (m16n8k32, u8 A, s8 B, s32 accumulate, every
+// product exact). B is q |s| as 24-bit fixed point relative to the largest |q s| in the row, its hi, mid
+// and lo s8 bytes in columns 0, 1, 2. Lane (g, t) owns tokens 16m + 2g (row g) and 16m + 2g + 1 (row
+// g + 8) of m-tile m, both in byte 4m + g / 2 of a channel's chunk, at bits 4 (g % 2) and 4 (g % 2) + 2
+// (ByteRows). Its k-slots 4t + e and 16 + 4t + e of k-step j are channels 32j + 4t + e and 32j + 16 + 4t
+// + e: three PRMTs gather that byte of the four chunks into one register, and one AND per row keeps the
+// row's field, f 2^pos as an exact u8. Per mma of 512 codes: 6 PRMTs and 4 ANDs, where the fp16 form
+// takes 20 instructions per 256. (H100, paper shape, N = 32768: 29.4 -> 23.8 us with 16-bit B. GQA
+// groups keep the fp16 form: with four heads' B built per tile, the serving shape ran 127 -> 131 us.)
 //
-// Range. A tile's scores are complete after its D / 16 k-steps, so nothing accumulates across tiles. B
-// is scaled by a power of two R that brings the largest q |s| seen so far near 2^14; R only falls (one
-// vote per group row checks it), so entries 2^28 below the largest lose bits, nothing overflows.
+// Otherwise fp16 tensor cores (m16n8k16; gpu/outer_mma.cuh's decode, shared with the outer values), B
+// as fp16 hi + lo parts, head h's in columns 2h, 2h + 1. A channel's 32 tokens of a tile are one chunk, laid out as a token's
+// 32 channels are in channel-axis values: lane (g, t) owns the same tokens and decodes them as
+// outputs_outer_mma does. K-slot e of lane t in k-step j (k = 2t, 2t + 1, 2t + 8, 2t + 9 for e = 0..3)
+// is channel 16j + 4t + e, so lane l = 4j + t builds B for channels 4l .. 4l + 3 (one 8-byte load of
+// their scales). 4- and 8-bit chunks are swizzled in shared memory (chunk_slot) so that a load's four
+// channels, one per t, fall on distinct banks.
+//
+// Range. A tile's scores are complete after its k-steps, so nothing accumulates across tiles. The int8
+// B takes each row's own range (entries within 2^-23 of the row's largest). The fp16 B is scaled by a power of two R that brings the largest q |s|
+// seen so far near 2^14; R only falls (one vote per group row checks it), so entries 2^28 below the
+// largest lose bits, nothing overflows.
 //
 // Each warp streams 32-token tiles of codes through two cp.async stages in shared memory, with no block
 // barrier. The builder lanes load the scales and asym zero points of the tile's group rows (two for
 // groups of 16 tokens, else one) a tile ahead into registers, as the hybrid zero bases.
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/packed.h"
+#include "gpu/byte_planes.cuh"
 #include "gpu/cuda_check.h"
 #include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
@@ -69,6 +83,52 @@ struct alignas(16) Scratch {
   uint2 b[D / 16][kPitch];
 };
 
+// Whether a kernel takes the int8 form.
+template <int Bits, int Heads>
+inline constexpr bool kInt8 = Bits == 2 && Heads == 1;
+
+// The warp's int8 B for one group row of a tile: column n (part n; 3 to 7 stay zero) in w[n], lane
+// (g, t) reading words 8t + 2j and 8t + 2j + 1 of column g for k-step j (channels 32j + 4t .. + 3 and
+// 32j + 16 + 4t .. + 3). A pitch of 34 words puts each half-warp's 8-byte reads on distinct banks, as
+// the builders' writes (builder_word).
+struct alignas(16) ByteScratch {
+  static constexpr int kPitch = 34;
+  std::uint32_t w[8][kPitch];
+};
+
+// Where builder lane l's word (channels 4l .. 4l + 3) sits in a column of ByteScratch.
+__device__ __forceinline__ int builder_word(int l) { return 8 * (l & 3) + 2 * (l >> 3) + ((l >> 2) & 1); }
+
+template <int Bits, int D, int Heads>
+using ScratchFor = std::conditional_t<kInt8<Bits, Heads>, ByteScratch, Scratch<D>>;
+
+// The int8 B's fixed point: hi, mid and lo s8 bytes, x = 65536 hi + 256 mid + lo.
+inline constexpr int kFixed24 = 127 * 65536 + 127 * 256 + 127;
+
+// 2-bit rows as exact u8 (the int8 path): lane g's byte of four chunks gathered into one register,
+// then its two rows' fields kept in place.
+struct ByteRows {
+  unsigned select;                // byte g / 2 of the first and second word, in the low two bytes
+  std::uint32_t mask_g, mask_g8;  // row g's and row g + 8's fields in every byte
+  int pos_g, pos_g8;              // their lowest bit: the rows' weight 2^pos
+
+  __device__ __forceinline__ explicit ByteRows(int g) {
+    const unsigned b = static_cast<unsigned>(g) >> 1;
+    select = b | ((4 + b) << 4);
+    pos_g = 4 * (g & 1), pos_g8 = pos_g + 2;
+    mask_g = 0x03030303u << pos_g, mask_g8 = 0x03030303u << pos_g8;
+  }
+  // Byte g / 2 of words w0..w3 (one per channel), in channel order.
+  __device__ __forceinline__ std::uint32_t gather(std::uint32_t w0, std::uint32_t w1, std::uint32_t w2, std::uint32_t w3) const {
+    return __byte_perm(__byte_perm(w0, w1, select), __byte_perm(w2, w3, select), 0x5410);
+  }
+};
+
+// The low bytes of four ints, in order.
+__device__ __forceinline__ std::uint32_t low_bytes(int x0, int x1, int x2, int x3) {
+  return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
+}
+
 // 2^e for |e| <= 126, exact.
 __device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }
 
@@ -110,8 +170,8 @@ template <int Bits, int D, int Heads>
 __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams p, int per_block) {
   wait_for_prior_kernels();
   using TileT = Tile<Bits, D>;
-  using ScratchT = Scratch<D>;
-  constexpr int kSteps = D / 16;
+  using ScratchT = ScratchFor<Bits, D, Heads>;
+  constexpr int kSteps = D / 16;  // fp16 k-steps; int8 ones take 32 channels
   extern __shared__ __align__(16) unsigned char smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   TileT* stages = reinterpret_cast<TileT*>(smem) + kStages * warp;
@@ -131,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
   const float* sigma = p.token_scale ? p.token_scale + static_cast<long long>(r) * s.tokens : nullptr;
   float* scores = p.scores + static_cast<long long>(r) * p.group * s.tokens;
 
-  // Builder lane l: q of channels 4l + e for each head, and their largest |q|.
+  // Builder lane l: q of channels 4l + e for each head, and their largest |q| (for the fp16 B).
   const bool builder = lane < D / 4;
   float q[Heads][4], q_max[4];
 #pragma unroll
@@ -184,7 +244,8 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
   };
 
   const LaneDecode<Bits> dec(g);
-  int range_exp = kMaxRange;  // B = q |s| 2^range_exp; only ever lowered
+  const ByteRows rows8(g);
+  int range_exp = kMaxRange;  // fp16 B = q |s| 2^range_exp; only ever lowered
 #pragma unroll
   for (int k = 0; k < kStages - 1; ++k) {
     if (first + warp + k * kWarps < last) copy_tile(first + warp + k * kWarps, stages[k]);
@@ -201,7 +262,8 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
 
     // B of each live group row: range, zero points' sums (head t's in konst), fragment entries.
     float konst[2] = {0.0f, 0.0f};
-    int row_exp[2] = {0, 0};  // the range each row's B was built at
+    float row_inv[2] = {1.0f, 1.0f};  // int8 B: what turns its products back
+    int row_exp[2] = {0, 0};          // fp16 B: the range each row's B was built at
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       if (k >= live_rows) break;
@@ -214,13 +276,15 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
         sign[e] = sign_bit(raw);
         vmax = fmaxf(vmax, q_max[e] * mag[e]);
       }
-      // B must stay under 2^15 at the current range; where it would not, lower the range to the row's.
-      if (__any_sync(0xffffffffu, vmax * pow2(range_exp) >= 32768.0f)) {
+      if constexpr (!kInt8<Bits, Heads>) {
+        // B must stay under 2^15 at the current range; where it would not, lower the range to the row's.
+        if (__any_sync(0xffffffffu, vmax * pow2(range_exp) >= 32768.0f)) {
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
-        range_exp = min(range_exp, max(-kMaxRange, 14 - ilogbf(vmax)));
+          for (int off = 16; off > 0; off >>= 1) vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
+          range_exp = min(range_exp, max(-kMaxRange, 14 - ilogbf(vmax)));
+        }
       }
-      const float range = pow2(range_exp);
+      const float range = pow2(range_exp);  // the fp16 B's
       row_exp[k] = range_exp;
 
       // Zero points. Hybrid: channel c's compact zero follows those of the row's asymmetric channels
@@ -250,7 +314,30 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
       }
       konst[k] = head_sums<Heads>(part, lane);
 
-      if (builder) {
+      if constexpr (kInt8<Bits, Heads>) {
+        // 24-bit fixed point relative to the row's largest |q s|: non-negative floats order as their
+        // bits, so one REDUX finds it. x * range stays below 2^24, where floats hold every integer.
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = q[0][e] * mag[e];  // |v| <= q_max mag: vmax is the lane's largest
+        vmax = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(vmax)));
+        const float fixed = vmax > 0.0f ? __fdividef(static_cast<float>(kFixed24), vmax) : 1.0f;
+        row_inv[k] = vmax > 0.0f ? vmax * (1.0f / kFixed24) : 1.0f;
+        if (builder) {
+          int x[4], mid[4], hi[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            // x = 65536 hi + 256 mid + lo, each part in s8 (lo and mid the sign-extended low bytes).
+            x[e] = max(-kFixed24, min(kFixed24, __float2int_rn(v[e] * fixed)));
+            const int upper = (x[e] + 128) >> 8;
+            mid[e] = upper, hi[e] = (upper + 128) >> 8;
+          }
+          const int at = builder_word(lane);
+          scratch[k].w[0][at] = low_bytes(hi[0], hi[1], hi[2], hi[3]);
+          scratch[k].w[1][at] = low_bytes(mid[0], mid[1], mid[2], mid[3]);
+          scratch[k].w[2][at] = low_bytes(x[0], x[1], x[2], x[3]);
+        }
+      } else if (builder) {
 #pragma unroll
         for (int h = 0; h < Heads; ++h) {
           if (h >= heads) break;
@@ -269,33 +356,70 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
     }
     const TileT& stage = ring_landed<kStages>(i, stages);
 
-    // Both m-tiles over the k-steps: the lane's words of its k-slots' channels, then two decodes per mma.
-    // A dead m-tile (the second half of a last tile of 16-token rows) is computed and not stored.
-    float acc[2][4] = {};
+    // Both m-tiles over the k-steps, then each row's dot product in the fixed point's or the range's
+    // scale (dots[m][0]: row g, [1]: row g + 8). A dead m-tile (the second half of a last tile of
+    // 16-token rows) is computed and not stored.
+    float acc[2][4] = {};   // fp16 form: the accumulators
+    float dots[2][2] = {};  // int8 form: each row's dot product, scaled back
+    if constexpr (kInt8<Bits, Heads>) {
+      int acc8[2][4] = {};
 #pragma unroll
-    for (int j = 0; j < kSteps; ++j) {
-      std::uint32_t w[4][2];
-      if constexpr (Bits == 2) {  // channels 16j + 4t .. + 3: 32 contiguous bytes
-        const uint4* chunks = reinterpret_cast<const uint4*>(stage.codes + (16 * j + 4 * t) * 2);
-        const uint4 v0 = chunks[0], v1 = chunks[1];
-        w[0][0] = v0.x, w[0][1] = v0.y, w[1][0] = v0.z, w[1][1] = v0.w;
-        w[2][0] = v1.x, w[2][1] = v1.y, w[3][0] = v1.z, w[3][1] = v1.w;
-      } else {
+      for (int j = 0; j < D / 32; ++j) {
+        // Chunks 32j + 4t .. + 3 (k-slots 4t + e) and 32j + 16 + 4t .. + 3 (16 + 4t + e): 32 contiguous
+        // bytes each, word m of chunk e in .x/.z of the pair's first or second uint4 by m.
+        const uint4* lo4 = reinterpret_cast<const uint4*>(stage.codes + (32 * j + 4 * t) * 2);
+        const uint4* hi4 = reinterpret_cast<const uint4*>(stage.codes + (32 * j + 16 + 4 * t) * 2);
+        const uint4 l0 = lo4[0], l1 = lo4[1], h0 = hi4[0], h1 = hi4[1];
+        const uint2 b0 = *reinterpret_cast<const uint2*>(&scratch[0].w[g][8 * t + 2 * j]);
+        const uint2 b1 = rows_per_tile == 2 ? *reinterpret_cast<const uint2*>(&scratch[1].w[g][8 * t + 2 * j]) : b0;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const std::uint32_t* chunk = stage.codes + chunk_slot<Bits>(16 * j + 4 * t + e) * Bits + dec.word;
-          w[e][0] = chunk[0], w[e][1] = chunk[kWordsPerMTile<Bits>];
+        for (int m = 0; m < 2; ++m) {
+          const uint2 b = m == 0 ? b0 : b1;
+          const std::uint32_t lo = m == 0 ? rows8.gather(l0.x, l0.z, l1.x, l1.z) : rows8.gather(l0.y, l0.w, l1.y, l1.w);
+          const std::uint32_t hi = m == 0 ? rows8.gather(h0.x, h0.z, h1.x, h1.z) : rows8.gather(h0.y, h0.w, h1.y, h1.w);
+          const std::uint32_t a[4] = {lo & rows8.mask_g, lo & rows8.mask_g8, hi & rows8.mask_g, hi & rows8.mask_g8};
+          planes::imma(acc8[m], a, b.x, b.y);
         }
       }
-      const uint2 b0 = scratch[0].b[j][lane];
-      const uint2 b1 = rows_per_tile == 2 ? scratch[1].b[j][lane] : b0;
+      // Lane (g, 0) holds columns 0 and 1 (hi, mid), lane (g, 1) column 2 (lo): each converts its part
+      // (exact: |acc| < 2^22), the quad's pair adds them, and lane (g, 0) keeps the sum.
+      const float w_first = t == 0 ? 65536.0f : 1.0f;
 #pragma unroll
       for (int m = 0; m < 2; ++m) {
-        const uint2 b = m == 0 ? b0 : b1;
-        std::uint32_t a[4];
-        dec.decode(w[0][m], w[1][m], a[0], a[1]);
-        dec.decode(w[2][m], w[3][m], a[2], a[3]);
-        mma::mma(acc[m], a, b.x, b.y);
+        const float inv = m == 1 && rows_per_tile == 2 ? row_inv[1] : row_inv[0];
+#pragma unroll
+        for (int row = 0; row < 2; ++row) {
+          float part = fmaf(static_cast<float>(acc8[m][2 * row]), w_first, 256.0f * static_cast<float>(acc8[m][2 * row + 1]));
+          part += __shfl_xor_sync(0xffffffffu, part, 1);
+          dots[m][row] = part * (inv * pow2(-(row == 0 ? rows8.pos_g : rows8.pos_g8)));
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kSteps; ++j) {
+        std::uint32_t w[4][2];
+        if constexpr (Bits == 2) {  // channels 16j + 4t .. + 3: 32 contiguous bytes
+          const uint4* chunks = reinterpret_cast<const uint4*>(stage.codes + (16 * j + 4 * t) * 2);
+          const uint4 v0 = chunks[0], v1 = chunks[1];
+          w[0][0] = v0.x, w[0][1] = v0.y, w[1][0] = v0.z, w[1][1] = v0.w;
+          w[2][0] = v1.x, w[2][1] = v1.y, w[3][0] = v1.z, w[3][1] = v1.w;
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const std::uint32_t* chunk = stage.codes + chunk_slot<Bits>(16 * j + 4 * t + e) * Bits + dec.word;
+            w[e][0] = chunk[0], w[e][1] = chunk[kWordsPerMTile<Bits>];
+          }
+        }
+        const uint2 b0 = scratch[0].b[j][lane];
+        const uint2 b1 = rows_per_tile == 2 ? scratch[1].b[j][lane] : b0;
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const uint2 b = m == 0 ? b0 : b1;
+          std::uint32_t a[4];
+          dec.decode(w[0][m], w[1][m], a[0], a[1]);
+          dec.decode(w[2][m], w[3][m], a[2], a[3]);
+          mma::mma(acc[m], a, b.x, b.y);
+        }
       }
     }
 
@@ -306,11 +430,16 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
         const bool second_row = m == 1 && rows_per_tile == 2;
         if (second_row && live_rows < 2) break;
         const float kt = second_row ? konst[1] : konst[0];
-        const int exp = second_row ? row_exp[1] : row_exp[0];
-        const float w_g = pow2(-exp - dec.pos_g), w_g8 = pow2(-exp - dec.pos_g8);
         const int tok = tile * 32 + 16 * m + 2 * g;
-        float v0 = fmaf(acc[m][0] + acc[m][1], w_g, kt);
-        float v1 = fmaf(acc[m][2] + acc[m][3], w_g8, kt);
+        float v0, v1;
+        if constexpr (kInt8<Bits, Heads>) {
+          v0 = dots[m][0] + kt, v1 = dots[m][1] + kt;
+        } else {
+          const int exp = second_row ? row_exp[1] : row_exp[0];
+          const float w_g = pow2(-exp - dec.pos_g), w_g8 = pow2(-exp - dec.pos_g8);
+          v0 = fmaf(acc[m][0] + acc[m][1], w_g, kt);
+          v1 = fmaf(acc[m][2] + acc[m][3], w_g8, kt);
+        }
         if (sigma) v0 *= __ldg(sigma + tok), v1 *= __ldg(sigma + tok + 1);
         float* out = scores + static_cast<long long>(t) * s.tokens + tok;
         out[0] = v0;
@@ -325,7 +454,7 @@ template <int Bits, int D, int Heads>
 cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const auto kernel = scores_outer_mma_kernel<Bits, D, Heads>;
   // Rows of B per warp: two for groups of 16 tokens.
-  const std::size_t smem = kWarps * (kStages * sizeof(Tile<Bits, D>) + (p.keys.shape.group_size == 16 ? 2 : 1) * sizeof(Scratch<D>));
+  const std::size_t smem = kWarps * (kStages * sizeof(Tile<Bits, D>) + (p.keys.shape.group_size == 16 ? 2 : 1) * sizeof(ScratchFor<Bits, D, Heads>));
   // As many resident blocks as the registers allow: the most shared memory for the carveout (a hint,
   // set once per kernel on the first device that launches it).
   static const cudaError_t carveout =

@@ -527,10 +527,11 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
     }
 }
 
-// The outer keys' tensor-core kernel over every shape it takes: bits 2/4/8, groups of 16/32/128 tokens,
-// head_dim 64/128, 1..4 heads, each mode. Token magnitudes spread over e^(+-4), so that group rows need
-// their own B range; groups of 16 end on half a tile; every other run has token scales; scales start
-// 2 bytes off 16 (the kernel copies them from where they start). Both outer kernels against double.
+// The outer keys' tensor-core kernel over every shape it takes: bits 2 (int8 tensor cores), 4 and 8
+// (fp16), groups of 16/32/128 tokens, head_dim 64/128, 1..4 heads, each mode. Token magnitudes spread
+// over e^(+-4), so that group rows need their own B range; groups of 16 end on half a tile; every other
+// run has token scales; scales start 2 bytes off 16 (the kernel copies them from where they start).
+// Both outer kernels against double.
 TEST(GpuOuterKeys, TensorCoresMatchDouble) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const int regions = 2;
@@ -583,7 +584,9 @@ TEST(GpuOuterKeys, TensorCoresMatchDouble) {
                 }
             const double tc = test::nmse(a, ref), cc = test::nmse(b, ref);
             worst_tc = std::max(worst_tc, tc), worst_cc = std::max(worst_cc, cc);
-            // B's fp16 hi + lo keep ~22 bits of q |s|: ~1e-12 expected; 1e-6 is the bound.
+            // 2-bit codes: B is q |s| in 16-bit fixed point per head and group row (int8 tensor cores),
+            // each entry within 2^-16 of the row's largest: ~1e-10 expected. 4 and 8 bits: B's fp16 hi +
+            // lo keep ~22 bits: ~1e-12. 1e-6 is the bound.
             EXPECT_LT(tc, 1e-6);
             EXPECT_LT(cc, 1e-6);
             for (void* ptr : std::initializer_list<void*>{d_q, d_sigma, d_scores}) cudaFree(ptr);
