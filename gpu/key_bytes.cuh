@@ -18,18 +18,25 @@
 
 namespace kvq::gpu::key_units {
 
-// The code (within its chunk) in byte i of A register (mma s, half r): gpu/byte_planes.cuh's table,
-// read the other way.
+// The code (within its chunk) in byte i of A register (mma s, half r): the one whose B byte sits at slot
+// 8s + 4r + i (planes::slot, gpu/byte_planes.cuh's table read the other way). s, r and i are constants
+// once unrolled, so the search folds away.
 template <int Bits>
 __host__ __device__ constexpr int code_at(int s, int r, int i) {
-  if (Bits == 2) return 16 * r + 4 * i + s;
-  if (Bits == 3) {
-    if (r == 0) return 16 * (i >> 1) + 4 * (s >> 1) + 2 * (i & 1) + 1 - (s & 1);
-    return 16 * (i >> 1) + (s < 2 ? 8 + 2 * (i & 1) + 1 - s : 12 + 2 * (s & 1) + (i & 1));
-  }
-  if (Bits == 4) return 16 * (s >> 1) + 8 * r + 2 * i + (s & 1);
-  return 8 * s + 4 * r + i;
+  int code = 0;
+  for (int c = 0; c < 32; ++c)
+    if (planes::slot<Bits>(c) == 8 * s + 4 * r + i) code = c;
+  return code;
 }
+
+// Every slot holds one code, so code_at is defined everywhere.
+template <int Bits>
+constexpr bool slots_cover_chunk() {
+  unsigned long long seen = 0;
+  for (int c = 0; c < 32; ++c) seen |= 1ull << planes::slot<Bits>(c);
+  return seen == 0xffffffffull;
+}
+static_assert(slots_cover_chunk<2>() && slots_cover_chunk<3>() && slots_cover_chunk<4>() && slots_cover_chunk<8>(), "planes::slot is a permutation");
 
 // KeyUnits' layout, loads and hybrid zero points, with its own B and product. Of KeyUnits' members
 // it sets b_base (the lane's B fragment of mma 0), inv_range (chunk t's fixed point back to q's scale)

@@ -1,7 +1,7 @@
 #pragma once
 // The A-side decode shared by the outer layouts' fp16 tensor-core GEMVs (outputs_outer_mma.cu over
-// channel-axis values, scores_outer_mma.cu over token-axis keys of 4 and 8 bits; its 2-bit keys take
-// int8 tensor cores and their own decode). In both, A's rows run along a
+// channel-axis values, scores_outer_mma.cu over token-axis keys; its 2-bit keys with one query head
+// take int8 tensor cores and their own decode). In both, A's rows run along a
 // 32-code chunk (core/packed.h): a token's channels for values, a channel's tokens for keys. The
 // chunk's codes are two m-tiles of 16 rows, and lane (g, t) owns codes 16m + 2g (row g) and
 // 16m + 2g + 1 (row g + 8) of m-tile m. Both codes sit in one byte of the chunk (8-bit codes: two

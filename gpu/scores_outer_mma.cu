@@ -13,21 +13,22 @@
 // (ByteRows). Its k-slots 4t + e and 16 + 4t + e of k-step j are channels 32j + 4t + e and 32j + 16 + 4t
 // + e: three PRMTs gather that byte of the four chunks into one register, and one AND per row keeps the
 // row's field, f 2^pos as an exact u8. Per mma of 512 codes: 6 PRMTs and 4 ANDs, where the fp16 form
-// takes 20 instructions per 256. (H100, paper shape, N = 32768: 29.4 -> 23.8 us with 16-bit B. GQA
-// groups keep the fp16 form: with four heads' B built per tile, the serving shape ran 127 -> 131 us.)
+// takes 20 instructions per 256. (H100, paper shape, N = 32768: 29.2 -> 25.1 us; a 16-bit B ran 23.8
+// but gave NMSE 3.9e-7 where a channel was 15 times the rest. GQA groups keep the fp16 form: with four
+// heads' 16-bit B built per tile, the serving shape ran 127 -> 131 us.)
 //
 // Otherwise fp16 tensor cores (m16n8k16; gpu/outer_mma.cuh's decode, shared with the outer values), B
-// as fp16 hi + lo parts, head h's in columns 2h, 2h + 1. A channel's 32 tokens of a tile are one chunk, laid out as a token's
-// 32 channels are in channel-axis values: lane (g, t) owns the same tokens and decodes them as
-// outputs_outer_mma does. K-slot e of lane t in k-step j (k = 2t, 2t + 1, 2t + 8, 2t + 9 for e = 0..3)
+// as fp16 hi + lo parts, head h's in columns 2h, 2h + 1. A channel's 32 tokens of a tile are one
+// chunk, laid out as a token's 32 channels are in channel-axis values: lane (g, t) owns the same tokens
+// and decodes them as outputs_outer_mma does. K-slot e of lane t in k-step j (k = 2t, 2t + 1, 2t + 8, 2t + 9 for e = 0..3)
 // is channel 16j + 4t + e, so lane l = 4j + t builds B for channels 4l .. 4l + 3 (one 8-byte load of
 // their scales). 4- and 8-bit chunks are swizzled in shared memory (chunk_slot) so that a load's four
 // channels, one per t, fall on distinct banks.
 //
 // Range. A tile's scores are complete after its k-steps, so nothing accumulates across tiles. The int8
-// B takes each row's own range (entries within 2^-23 of the row's largest). The fp16 B is scaled by a power of two R that brings the largest q |s|
-// seen so far near 2^14; R only falls (one vote per group row checks it), so entries 2^28 below the
-// largest lose bits, nothing overflows.
+// B takes each row's own range (entries within 2^-23 of the row's largest). The fp16 B is scaled by a
+// power of two R that brings the largest q |s| seen so far near 2^14; R only falls (one vote per group
+// row checks it), so entries 2^28 below the largest lose bits, nothing overflows.
 //
 // Each warp streams 32-token tiles of codes through two cp.async stages in shared memory, with no block
 // barrier. The builder lanes load the scales and asym zero points of the tile's group rows (two for
