@@ -183,21 +183,23 @@ PackedRegion::DotPlan PackedRegion::plan_dot(const float* w) const {
   const int row_bytes = d_ / 32 * chunk_bytes;
   plan.byte_table.assign(static_cast<std::size_t>(row_bytes) * 256, 0.0f);
   std::vector<std::vector<int>> by_group(static_cast<std::size_t>(groups_per_row));
+  // The fields depend only on the byte's place in its chunk: found once per place, not per chunk.
+  struct Field {
+    int code, low, width, weight;
+  };
+  std::vector<std::vector<Field>> fields_at(static_cast<std::size_t>(chunk_bytes));
   const std::uint32_t all_ones = (1u << b) - 1u;
-  for (int j = 0; j < row_bytes; ++j) {
-    const int chunk = j / chunk_bytes, word = j % chunk_bytes / 4, shift = 8 * (j % 4);
-    struct Field {
-      int code, low, width, weight;
-    };
-    std::vector<Field> fields;
-    for (int i = 0; i < 32; ++i) {
-      const packed::CodePlacement at = packed::place_code(b, i, all_ones);
-      for (int part = 0; part < at.count; ++part) {
-        const std::uint32_t in_byte = (at.bits[part] >> shift) & 0xffu;
-        if (at.word[part] != word || in_byte == 0) continue;
-        fields.push_back({i, __builtin_ctz(in_byte), __builtin_popcount(in_byte), part == 1 ? 4 : 1});
+  for (int i = 0; i < 32; ++i) {
+    const packed::CodePlacement at = packed::place_code(b, i, all_ones);
+    for (int part = 0; part < at.count; ++part)
+      for (int k = 0; k < 4; ++k) {
+        const std::uint32_t in_byte = (at.bits[part] >> (8 * k)) & 0xffu;
+        if (in_byte != 0) fields_at[static_cast<std::size_t>(4 * at.word[part] + k)].push_back({i, __builtin_ctz(in_byte), __builtin_popcount(in_byte), part == 1 ? 4 : 1});
       }
-    }
+  }
+  for (int j = 0; j < row_bytes; ++j) {
+    const int chunk = j / chunk_bytes;
+    const std::vector<Field>& fields = fields_at[static_cast<std::size_t>(j % chunk_bytes)];
     const float* wc = w + chunk * 32;
     float* table = &plan.byte_table[static_cast<std::size_t>(j) * 256];
     for (int v = 0; v < 256; ++v) {
