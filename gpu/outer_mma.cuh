@@ -1,7 +1,7 @@
 #pragma once
-// The A-side decode shared by the outer layouts' fp16 tensor-core GEMVs (outputs_outer_mma.cu over
-// channel-axis values, scores_outer_mma.cu over token-axis keys; its 2-bit keys with one query head
-// take int8 tensor cores and their own decode). In both, A's rows run along a
+// The A-side decode shared by the outer layouts' tensor-core GEMVs (outputs_outer_mma.cu over
+// channel-axis values, scores_outer_mma.cu over token-axis keys): LaneDecode for fp16 tensor cores,
+// ByteRows for int8 ones (2-bit codes, one query head). In both, A's rows run along a
 // 32-code chunk (core/packed.h): a token's channels for values, a channel's tokens for keys. The
 // chunk's codes are two m-tiles of 16 rows, and lane (g, t) owns codes 16m + 2g (row g) and
 // 16m + 2g + 1 (row g + 8) of m-tile m. Both codes sit in one byte of the chunk (8-bit codes: two
@@ -77,6 +77,32 @@ struct LaneDecode {
     return out;
   }
 };
+
+// 2-bit codes as exact u8 for int8 tensor cores (m16n8k32): lane (g, t)'s rows g and g + 8 are codes
+// 16m + 2g and 16m + 2g + 1 of four chunks, which share byte 4m + g / 2 of each. One register gathers
+// that byte of the four chunks' word m (k-slots 4t .. 4t + 3 or 16 + 4t .. 16 + 4t + 3, in order), and one
+// AND a row keeps the row's fields in place: f 2^pos, weighed back with the accumulators.
+struct ByteRows {
+  unsigned select;                // byte g / 2 of the first and second word, in the low two bytes
+  std::uint32_t mask_g, mask_g8;  // row g's and row g + 8's fields in every byte
+  int pos_g, pos_g8;              // their lowest bit: the rows' weight 2^pos
+
+  __device__ __forceinline__ explicit ByteRows(int g) {
+    const unsigned b = static_cast<unsigned>(g) >> 1;
+    select = b | ((4 + b) << 4);
+    pos_g = 4 * (g & 1), pos_g8 = pos_g + 2;
+    mask_g = 0x03030303u << pos_g, mask_g8 = 0x03030303u << pos_g8;
+  }
+  // Byte g / 2 of words w0..w3 (one per chunk), in order.
+  __device__ __forceinline__ std::uint32_t gather(std::uint32_t w0, std::uint32_t w1, std::uint32_t w2, std::uint32_t w3) const {
+    return __byte_perm(__byte_perm(w0, w1, select), __byte_perm(w2, w3, select), 0x5410);
+  }
+};
+
+// The low bytes of four ints, in order.
+__device__ __forceinline__ std::uint32_t low_bytes(int x0, int x1, int x2, int x3) {
+  return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
+}
 
 }  // namespace kvq::gpu::outer_mma
 

@@ -11,8 +11,16 @@
 // byte of the token's row, and one PRMT gathers it from two tokens. So one PRMT, two LOP3 and two
 // HSUB2 make four codes.
 //
+// 2-bit codes and one query head: int8 tensor cores (m16n8k32, every product exact in s32), one mma an
+// m-tile and stretch. Lane t's k-slots 4t + e and 16 + 4t + e are tokens t + 4e and 16 + t + 4e; three
+// PRMTs gather the lane's byte of four tokens' rows and one AND a row keeps its field (ByteRows), so 6
+// PRMTs and 4 ANDs make 32 codes a lane. B is p sigma |s| as 22-bit fixed point at the warp's range
+// (below), its mid, lo and hi s8 bytes in columns 0, 1, 2: lane t = 0's accumulator pair reads out as
+// 256 mid + lo, lane t = 1's as 256 hi, both within s32 over kFlush stretches.
+//
 // Range. Per warp, B is scaled by a power of two R that brings the largest p sigma |s| seen so far
-// near 2^14: fp16 cannot overflow, and only entries 2^28 below the largest lose bits. When a stretch
+// near 2^14 (fp16: cannot overflow, and only entries 2^28 below the largest lose bits) or 2^21 (int8:
+// entries within 2^-22 of the largest). When a stretch
 // raises the largest, the accumulators are flushed first (read out at the old R). They are also
 // flushed every kFlush stretches, which bounds how far the tensor cores' truncating accumulation runs
 // (H100, 8k tokens per warp: NMSE up to 5e-12 flushing every stretch, 1e-10 every 8, 1e-8 every 64).
@@ -27,6 +35,7 @@
 #include <type_traits>
 
 #include "core/packed.h"
+#include "gpu/byte_planes.cuh"
 #include "gpu/cuda_check.h"
 #include "gpu/dependent_launch.cuh"
 #include "gpu/dispatch.cuh"
@@ -46,8 +55,13 @@ namespace {
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kStretch = 32;  // tokens per stretch: one zero-block of the channel axis, two k-steps
 constexpr int kFlush = 8;     // stretches between reads of the accumulators
+using outer_mma::ByteRows;
 using outer_mma::kWordsPerMTile;
 using outer_mma::LaneDecode;
+
+// Whether a kernel takes the int8 form.
+template <int Bits, int Heads>
+inline constexpr bool kInt8 = Bits == 2 && Heads == 1;
 
 // A stretch in shared memory. Scales and zero points are copied from wherever they start (copy_async:
 // up to 15 bytes before them, hence the headroom).
@@ -63,6 +77,7 @@ struct alignas(16) Stage {
 
 // The warp's B for one stretch: [k-step][group][lane] fragment pairs (b0, b1), each two fp16 tokens;
 // the second k-step is shifted by 32 bytes so that the writes of lanes 16..31 miss those of 0..15.
+// The int8 form uses k-step 0 alone, each pair four s8 tokens (int8_byte).
 // With SharedTotals, also the accumulators' running totals, [m-tile][row g, g + 8][lane]: added to every
 // kFlush stretches, so for GQA groups they wait here rather than hold 2 D / 16 registers (which spilled).
 template <int D, int Groups, bool SharedTotals>
@@ -73,6 +88,10 @@ struct alignas(16) Scratch {
 };
 template <int Heads>
 inline constexpr bool kSharedTotals = Heads >= 2;
+
+// The int8 form's byte of token l (k-slot 4 (l % 4) + (l / 4) % 4 + 16 (l / 16)) in column n of group k's
+// fragment pairs (entry 32 k + 4 n + l % 4, reader lane (n, l % 4)). A store's lanes write 8 distinct words.
+__device__ __forceinline__ int int8_byte(int k, int n, int l) { return (32 * k + 4 * n + (l & 3)) * 8 + (l >> 4) * 4 + ((l >> 2) & 3); }
 
 // Groups: a token's groups (D / group size), so that the per-token metadata loops have fixed trip counts.
 // Heads: the bucket (1, 2 or 4) of the GQA group, which sizes the registers kept per head. Scores: probs
@@ -143,8 +162,10 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
     copy_commit();
   };
 
+  constexpr bool kBytes = kInt8<Bits, Heads>;
   const LaneDecode<Bits> dec(g);
-  float acc[kMTiles][4] = {};
+  const ByteRows rows8(g);
+  std::conditional_t<kBytes, int, float> acc[kMTiles][4] = {};
   float konst[Heads][Groups] = {};
   int range_exp = 126;  // B = value * 2^range_exp; only ever lowered
   // Row g (0) or g + 8 (1) of m-tile i's running total: registers for one head, the scratch for more.
@@ -154,14 +175,28 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
     else return total_regs[i][row];
   };
   // Reads the accumulators out at the current range (undoing the rows' weights 2^pos and B's
-  // 2^range_exp) into the totals and clears them.
+  // 2^range_exp) into the totals and clears them. Int8: lanes (g, 0) and (g, 1) swap a row's part, so
+  // that the first totals row g and the second row g + 8, in total(i, 0).
   const auto flush = [&]() {
-    const float w_g = exp2f(static_cast<float>(-dec.pos_g - range_exp)), w_g8 = exp2f(static_cast<float>(-dec.pos_g8 - range_exp));
+    if constexpr (kBytes) {
+      const float w_part = t == 1 ? 256.0f : 1.0f;
+      const float w_row = exp2f(static_cast<float>(-(t == 0 ? rows8.pos_g : rows8.pos_g8) - range_exp));
 #pragma unroll
-    for (int i = 0; i < kMTiles; ++i) {
-      total(i, 0) = fmaf(acc[i][0] + acc[i][1], w_g, total(i, 0));
-      total(i, 1) = fmaf(acc[i][2] + acc[i][3], w_g8, total(i, 1));
-      acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+      for (int i = 0; i < kMTiles; ++i) {
+        const float row_g = static_cast<float>(256 * acc[i][0] + acc[i][1]) * w_part;
+        const float row_g8 = static_cast<float>(256 * acc[i][2] + acc[i][3]) * w_part;
+        const float other = __shfl_xor_sync(0xffffffffu, t == 0 ? row_g8 : row_g, 1);
+        total(i, 0) = fmaf((t == 0 ? row_g : row_g8) + other, w_row, total(i, 0));
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
+      }
+    } else {
+      const float w_g = exp2f(static_cast<float>(-dec.pos_g - range_exp)), w_g8 = exp2f(static_cast<float>(-dec.pos_g8 - range_exp));
+#pragma unroll
+      for (int i = 0; i < kMTiles; ++i) {
+        total(i, 0) = fmaf(acc[i][0] + acc[i][1], w_g, total(i, 0));
+        total(i, 1) = fmaf(acc[i][2] + acc[i][3], w_g8, total(i, 1));
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+      }
     }
   };
 
@@ -220,7 +255,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
     // The warp's largest p sigma |s|: non-negative, so its bits order as the values do (one REDUX).
     const std::uint32_t vmax = __reduce_max_sync(0xffffffffu, __float_as_uint(pmax * smax));
     if (vmax != 0u) {
-      const int wanted = 14 - (static_cast<int>(vmax >> 23) - 127);  // a subnormal reads as 2^-127: wanted stays above range_exp
+      const int wanted = (kBytes ? 21 : 14) - (static_cast<int>(vmax >> 23) - 127);  // a subnormal reads as 2^-127: wanted stays above range_exp
       if (wanted < range_exp) flush(), range_exp = wanted, since_flush = 0;
     }
     const float range = __uint_as_float(static_cast<std::uint32_t>(range_exp + 127) << 23);  // range_exp in [-113, 126]
@@ -246,10 +281,19 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
           if (h >= heads) break;
           konst[h][k] = fmaf(pv[h], zero, konst[h][k]);
           const float v = pv[h] * mag[k] * range;
-          const __half hi = __float2half_rn(v);
-          const __half lo = __float2half_rn(v - __half2float(hi));
-          out[(k * 32 + 8 * h) * 4] = __half_as_ushort(hi);
-          out[(k * 32 + 8 * h + 4) * 4] = __half_as_ushort(lo);
+          if constexpr (kBytes) {
+            // |x| < 2^22: x = 65536 hi + 256 mid + lo, lo and mid the sign-extended low bytes.
+            const int x = __float2int_rn(v), upper = (x + 128) >> 8;
+            unsigned char* bytes = reinterpret_cast<unsigned char*>(scratch.b);
+            bytes[int8_byte(k, 0, lane)] = static_cast<unsigned char>(upper);
+            bytes[int8_byte(k, 1, lane)] = static_cast<unsigned char>(x);
+            bytes[int8_byte(k, 2, lane)] = static_cast<unsigned char>((upper + 128) >> 8);
+          } else {
+            const __half hi = __float2half_rn(v);
+            const __half lo = __float2half_rn(v - __half2float(hi));
+            out[(k * 32 + 8 * h) * 4] = __half_as_ushort(hi);
+            out[(k * 32 + 8 * h + 4) * 4] = __half_as_ushort(lo);
+          }
         }
       }
     };
@@ -258,33 +302,56 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
     else build_b(std::integral_constant<GroupMode, GroupMode::sym>{});
     __syncwarp();
 
-    // The two k-steps: tokens t, t + 4, t + 8, t + 12 of each (k-slots 2t, 2t + 1, 2t + 8, 2t + 9), four
-    // m-tiles at a time (2-bit codes: one 16-byte load per row).
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const std::uint32_t* rows[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) rows[j] = stage.codes[16 * e + t + 4 * j] + dec.word;
+    if constexpr (kBytes) {
+      // One k-step: tokens t + 4e (k-slots 4t + e) and 16 + t + 4e (16 + 4t + e), four m-tiles at a time
+      // (one 16-byte load per row).
 #pragma unroll
       for (int m0 = 0; m0 < kMTiles; m0 += 4) {
-        std::uint32_t w[4][4];
+        uint4 lo[4], hi[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if constexpr (Bits == 2) {
-            const uint4 v = reinterpret_cast<const uint4*>(rows[j])[m0 / 4];
-            w[j][0] = v.x, w[j][1] = v.y, w[j][2] = v.z, w[j][3] = v.w;
-          } else {
-#pragma unroll
-            for (int m = 0; m < 4; ++m) w[j][m] = rows[j][(m0 + m) * kWordsPerMTile<Bits>];
-          }
+        for (int e = 0; e < 4; ++e) {
+          lo[e] = reinterpret_cast<const uint4*>(stage.codes[t + 4 * e])[m0 / 4];
+          hi[e] = reinterpret_cast<const uint4*>(stage.codes[16 + t + 4 * e])[m0 / 4];
         }
+        const auto word = [](const uint4& v, int m) { return m == 0 ? v.x : m == 1 ? v.y : m == 2 ? v.z : v.w; };
 #pragma unroll
         for (int m = 0; m < 4; ++m) {
-          const uint2 b = scratch.b[e * ScratchT::kStepPitch + ((16 * (m0 + m)) >> kGroupShift) * 32 + lane];
-          std::uint32_t a[4];
-          dec.decode(w[0][m], w[1][m], a[0], a[1]);
-          dec.decode(w[2][m], w[3][m], a[2], a[3]);
-          mma::mma(acc[m0 + m], a, b.x, b.y);
+          const uint2 b = scratch.b[((16 * (m0 + m)) >> kGroupShift) * 32 + lane];
+          const std::uint32_t a_lo = rows8.gather(word(lo[0], m), word(lo[1], m), word(lo[2], m), word(lo[3], m));
+          const std::uint32_t a_hi = rows8.gather(word(hi[0], m), word(hi[1], m), word(hi[2], m), word(hi[3], m));
+          const std::uint32_t a[4] = {a_lo & rows8.mask_g, a_lo & rows8.mask_g8, a_hi & rows8.mask_g, a_hi & rows8.mask_g8};
+          planes::imma(acc[m0 + m], a, b.x, b.y);
+        }
+      }
+    } else {
+      // The two k-steps: tokens t, t + 4, t + 8, t + 12 of each (k-slots 2t, 2t + 1, 2t + 8, 2t + 9), four
+      // m-tiles at a time (2-bit codes: one 16-byte load per row).
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const std::uint32_t* rows[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) rows[j] = stage.codes[16 * e + t + 4 * j] + dec.word;
+#pragma unroll
+        for (int m0 = 0; m0 < kMTiles; m0 += 4) {
+          std::uint32_t w[4][4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            if constexpr (Bits == 2) {
+              const uint4 v = reinterpret_cast<const uint4*>(rows[j])[m0 / 4];
+              w[j][0] = v.x, w[j][1] = v.y, w[j][2] = v.z, w[j][3] = v.w;
+            } else {
+#pragma unroll
+              for (int m = 0; m < 4; ++m) w[j][m] = rows[j][(m0 + m) * kWordsPerMTile<Bits>];
+            }
+          }
+#pragma unroll
+          for (int m = 0; m < 4; ++m) {
+            const uint2 b = scratch.b[e * ScratchT::kStepPitch + ((16 * (m0 + m)) >> kGroupShift) * 32 + lane];
+            std::uint32_t a[4];
+            dec.decode(w[0][m], w[1][m], a[0], a[1]);
+            dec.decode(w[2][m], w[3][m], a[2], a[3]);
+            mma::mma(acc[m0 + m], a, b.x, b.y);
+          }
         }
       }
     }
@@ -301,7 +368,13 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
     for (int k = 0; k < Groups; ++k)
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) konst[h][k] += __shfl_xor_sync(0xffffffffu, konst[h][k], off);
-  if (t < heads) {
+  if constexpr (kBytes) {
+    // Lane (g, t < 2): channel 16m + 2g + t (row g + 8t).
+    if (t < 2) {
+#pragma unroll
+      for (int m = 0; m < kMTiles; ++m) red[warp][0][16 * m + 2 * g + t] = total(m, 0) + konst[0][(16 * m) >> kGroupShift];
+    }
+  } else if (t < heads) {
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
       const int k = (16 * m) >> kGroupShift;

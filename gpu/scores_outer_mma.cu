@@ -57,7 +57,9 @@ constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kStages = 2;      // tiles per warp in shared memory (3 and 4 measured no faster on the H100)
 constexpr int kMaxRange = 100;  // |exponent| of B's power of two: 2^+-100 and the rows' weights stay normal
 using outer_mma::kWordsPerMTile;
+using outer_mma::ByteRows;
 using outer_mma::LaneDecode;
+using outer_mma::low_bytes;
 
 // A 32-token tile of codes in shared memory: D chunks of Bits words, channel c's at chunk_slot(c).
 template <int Bits, int D>
@@ -105,30 +107,6 @@ using ScratchFor = std::conditional_t<kInt8<Bits, Heads>, ByteScratch, Scratch<D
 
 // The int8 B's fixed point: hi, mid and lo s8 bytes, x = 65536 hi + 256 mid + lo.
 inline constexpr int kFixed24 = 127 * 65536 + 127 * 256 + 127;
-
-// 2-bit rows as exact u8 (the int8 path): lane g's byte of four chunks gathered into one register,
-// then its two rows' fields kept in place.
-struct ByteRows {
-  unsigned select;                // byte g / 2 of the first and second word, in the low two bytes
-  std::uint32_t mask_g, mask_g8;  // row g's and row g + 8's fields in every byte
-  int pos_g, pos_g8;              // their lowest bit: the rows' weight 2^pos
-
-  __device__ __forceinline__ explicit ByteRows(int g) {
-    const unsigned b = static_cast<unsigned>(g) >> 1;
-    select = b | ((4 + b) << 4);
-    pos_g = 4 * (g & 1), pos_g8 = pos_g + 2;
-    mask_g = 0x03030303u << pos_g, mask_g8 = 0x03030303u << pos_g8;
-  }
-  // Byte g / 2 of words w0..w3 (one per channel), in channel order.
-  __device__ __forceinline__ std::uint32_t gather(std::uint32_t w0, std::uint32_t w1, std::uint32_t w2, std::uint32_t w3) const {
-    return __byte_perm(__byte_perm(w0, w1, select), __byte_perm(w2, w3, select), 0x5410);
-  }
-};
-
-// The low bytes of four ints, in order.
-__device__ __forceinline__ std::uint32_t low_bytes(int x0, int x1, int x2, int x3) {
-  return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
-}
 
 // 2^e for |e| <= 126, exact.
 __device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }
