@@ -163,8 +163,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
   };
 
   constexpr bool kBytes = kInt8<Bits, Heads>;
-  const LaneDecode<Bits> dec(g);
-  const ByteRows rows8(g);
+  const std::conditional_t<kBytes, ByteRows, LaneDecode<Bits>> dec(g);  // the lane's decode, int8 or fp16
   std::conditional_t<kBytes, int, float> acc[kMTiles][4] = {};
   float konst[Heads][Groups] = {};
   int range_exp = 126;  // B = value * 2^range_exp; only ever lowered
@@ -180,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
   const auto flush = [&]() {
     if constexpr (kBytes) {
       const float w_part = t == 1 ? 256.0f : 1.0f;
-      const float w_row = exp2f(static_cast<float>(-(t == 0 ? rows8.pos_g : rows8.pos_g8) - range_exp));
+      const float w_row = exp2f(static_cast<float>(-(t == 0 ? dec.pos_g : dec.pos_g8) - range_exp));
 #pragma unroll
       for (int i = 0; i < kMTiles; ++i) {
         const float row_g = static_cast<float>(256 * acc[i][0] + acc[i][1]) * w_part;
@@ -317,9 +316,9 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
 #pragma unroll
         for (int m = 0; m < 4; ++m) {
           const uint2 b = scratch.b[((16 * (m0 + m)) >> kGroupShift) * 32 + lane];
-          const std::uint32_t a_lo = rows8.gather(word(lo[0], m), word(lo[1], m), word(lo[2], m), word(lo[3], m));
-          const std::uint32_t a_hi = rows8.gather(word(hi[0], m), word(hi[1], m), word(hi[2], m), word(hi[3], m));
-          const std::uint32_t a[4] = {a_lo & rows8.mask_g, a_lo & rows8.mask_g8, a_hi & rows8.mask_g, a_hi & rows8.mask_g8};
+          const std::uint32_t a_lo = dec.gather(word(lo[0], m), word(lo[1], m), word(lo[2], m), word(lo[3], m));
+          const std::uint32_t a_hi = dec.gather(word(hi[0], m), word(hi[1], m), word(hi[2], m), word(hi[3], m));
+          const std::uint32_t a[4] = {a_lo & dec.mask_g, a_lo & dec.mask_g8, a_hi & dec.mask_g, a_hi & dec.mask_g8};
           planes::imma(acc[m0 + m], a, b.x, b.y);
         }
       }

@@ -222,8 +222,7 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
     }
   };
 
-  const LaneDecode<Bits> dec(g);
-  const ByteRows rows8(g);
+  const std::conditional_t<kInt8<Bits, Heads>, ByteRows, LaneDecode<Bits>> dec(g);  // the lane's decode, int8 or fp16
   int range_exp = kMaxRange;  // fp16 B = q |s| 2^range_exp; only ever lowered
 #pragma unroll
   for (int k = 0; k < kStages - 1; ++k) {
@@ -354,9 +353,9 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
           const uint2 b = m == 0 ? b0 : b1;
-          const std::uint32_t lo = m == 0 ? rows8.gather(l0.x, l0.z, l1.x, l1.z) : rows8.gather(l0.y, l0.w, l1.y, l1.w);
-          const std::uint32_t hi = m == 0 ? rows8.gather(h0.x, h0.z, h1.x, h1.z) : rows8.gather(h0.y, h0.w, h1.y, h1.w);
-          const std::uint32_t a[4] = {lo & rows8.mask_g, lo & rows8.mask_g8, hi & rows8.mask_g, hi & rows8.mask_g8};
+          const std::uint32_t lo = m == 0 ? dec.gather(l0.x, l0.z, l1.x, l1.z) : dec.gather(l0.y, l0.w, l1.y, l1.w);
+          const std::uint32_t hi = m == 0 ? dec.gather(h0.x, h0.z, h1.x, h1.z) : dec.gather(h0.y, h0.w, h1.y, h1.w);
+          const std::uint32_t a[4] = {lo & dec.mask_g, lo & dec.mask_g8, hi & dec.mask_g, hi & dec.mask_g8};
           planes::imma(acc8[m], a, b.x, b.y);
         }
       }
@@ -370,7 +369,7 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
         for (int row = 0; row < 2; ++row) {
           float part = fmaf(static_cast<float>(acc8[m][2 * row]), w_first, 256.0f * static_cast<float>(acc8[m][2 * row + 1]));
           part += __shfl_xor_sync(0xffffffffu, part, 1);
-          dots[m][row] = part * (inv * pow2(-(row == 0 ? rows8.pos_g : rows8.pos_g8)));
+          dots[m][row] = part * (inv * pow2(-(row == 0 ? dec.pos_g : dec.pos_g8)));
         }
       }
     } else {
