@@ -99,11 +99,6 @@ struct ByteRows {
   }
 };
 
-// The low bytes of four ints, in order.
-__device__ __forceinline__ std::uint32_t low_bytes(int x0, int x1, int x2, int x3) {
-  return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
-}
-
 }  // namespace kvq::gpu::outer_mma
 
 // The launchers' dispatch: bits B (2, 4, 8), head_dim D, head bucket H (1, 2, 4) of `group`;

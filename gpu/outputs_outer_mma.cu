@@ -20,9 +20,9 @@
 //
 // Range. Per warp, B is scaled by a power of two R that brings the largest p sigma |s| seen so far
 // near 2^14 (fp16: cannot overflow, and only entries 2^28 below the largest lose bits) or 2^21 (int8:
-// entries within 2^-22 of the largest). When a stretch
-// raises the largest, the accumulators are flushed first (read out at the old R). They are also
-// flushed every kFlush stretches, which bounds how far the tensor cores' truncating accumulation runs
+// fixed point, so an entry 2^k below the largest keeps 22 - k bits). When a stretch raises the
+// largest, the accumulators are flushed first (read out at the old R). They are also flushed every
+// kFlush stretches, which bounds how far the tensor cores' truncating accumulation runs
 // (H100, 8k tokens per warp: NMSE up to 5e-12 flushing every stretch, 1e-10 every 8, 1e-8 every 64).
 //
 // Each warp streams 32-token stretches (one hybrid zero-block) through two cp.async stages in shared

@@ -59,7 +59,6 @@ constexpr int kMaxRange = 100;  // |exponent| of B's power of two: 2^+-100 and t
 using outer_mma::kWordsPerMTile;
 using outer_mma::ByteRows;
 using outer_mma::LaneDecode;
-using outer_mma::low_bytes;
 
 // A 32-token tile of codes in shared memory: D chunks of Bits words, channel c's at chunk_slot(c).
 template <int Bits, int D>
@@ -107,6 +106,11 @@ using ScratchFor = std::conditional_t<kInt8<Bits, Heads>, ByteScratch, Scratch<D
 
 // The int8 B's fixed point: hi, mid and lo s8 bytes, x = 65536 hi + 256 mid + lo.
 inline constexpr int kFixed24 = 127 * 65536 + 127 * 256 + 127;
+
+// The low bytes of four ints, in order.
+__device__ __forceinline__ std::uint32_t low_bytes(int x0, int x1, int x2, int x3) {
+  return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
+}
 
 // 2^e for |e| <= 126, exact.
 __device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }
