@@ -99,6 +99,16 @@ struct ByteRows {
   }
 };
 
+// Whether an outer kernel takes the int8 form (ByteRows): 2-bit codes and one query head. GQA groups
+// keep the fp16 form, where the heads share B's columns.
+template <int Bits, int Heads>
+inline constexpr bool kInt8 = Bits == 2 && Heads == 1;
+
+// An int8 B's s8 parts: x = 256 s8_upper(x) + lo with lo the sign-extended low byte of x, so
+// x = 65536 hi + 256 mid + lo for mid = s8_upper(x), hi = s8_upper(mid), all three in s8 while
+// |x| <= 127 (65536 + 256 + 1).
+__device__ __forceinline__ int s8_upper(int x) { return (x + 128) >> 8; }
+
 }  // namespace kvq::gpu::outer_mma
 
 // The launchers' dispatch: bits B (2, 4, 8), head_dim D, head bucket H (1, 2, 4) of `group`;

@@ -56,12 +56,10 @@ constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kStretch = 32;  // tokens per stretch: one zero-block of the channel axis, two k-steps
 constexpr int kFlush = 8;     // stretches between reads of the accumulators
 using outer_mma::ByteRows;
+using outer_mma::kInt8;
 using outer_mma::kWordsPerMTile;
 using outer_mma::LaneDecode;
-
-// Whether a kernel takes the int8 form.
-template <int Bits, int Heads>
-inline constexpr bool kInt8 = Bits == 2 && Heads == 1;
+using outer_mma::s8_upper;
 
 // A stretch in shared memory. Scales and zero points are copied from wherever they start (copy_async:
 // up to 15 bytes before them, hence the headroom).
@@ -281,12 +279,12 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_outer_mma_kernel(OutputsP
           konst[h][k] = fmaf(pv[h], zero, konst[h][k]);
           const float v = pv[h] * mag[k] * range;
           if constexpr (kBytes) {
-            // |x| < 2^22: x = 65536 hi + 256 mid + lo, lo and mid the sign-extended low bytes.
-            const int x = __float2int_rn(v), upper = (x + 128) >> 8;
+            // |x| < 2^22: x = 65536 hi + 256 mid + lo (s8_upper).
+            const int x = __float2int_rn(v), mid = s8_upper(x);
             unsigned char* bytes = reinterpret_cast<unsigned char*>(scratch.b);
-            bytes[int8_byte(k, 0, lane)] = static_cast<unsigned char>(upper);
+            bytes[int8_byte(k, 0, lane)] = static_cast<unsigned char>(mid);
             bytes[int8_byte(k, 1, lane)] = static_cast<unsigned char>(x);
-            bytes[int8_byte(k, 2, lane)] = static_cast<unsigned char>((upper + 128) >> 8);
+            bytes[int8_byte(k, 2, lane)] = static_cast<unsigned char>(s8_upper(mid));
           } else {
             const __half hi = __float2half_rn(v);
             const __half lo = __float2half_rn(v - __half2float(hi));

@@ -26,7 +26,7 @@
 // channels, one per t, fall on distinct banks.
 //
 // Range. A tile's scores are complete after its k-steps, so nothing accumulates across tiles. The int8
-// B takes each row's own range (entries within 2^-23 of the row's largest). The fp16 B is scaled by a
+// B takes each row's own range (fixed point: an entry 2^k below the row's largest keeps 24 - k bits). The fp16 B is scaled by a
 // power of two R that brings the largest q |s| seen so far near 2^14; R only falls (one vote per group
 // row checks it), so entries 2^28 below the largest lose bits, nothing overflows.
 //
@@ -58,7 +58,9 @@ constexpr int kStages = 2;      // tiles per warp in shared memory (3 and 4 meas
 constexpr int kMaxRange = 100;  // |exponent| of B's power of two: 2^+-100 and the rows' weights stay normal
 using outer_mma::kWordsPerMTile;
 using outer_mma::ByteRows;
+using outer_mma::kInt8;
 using outer_mma::LaneDecode;
+using outer_mma::s8_upper;
 
 // A 32-token tile of codes in shared memory: D chunks of Bits words, channel c's at chunk_slot(c).
 template <int Bits, int D>
@@ -84,10 +86,6 @@ struct alignas(16) Scratch {
   static constexpr int kPitch = 36;
   uint2 b[D / 16][kPitch];
 };
-
-// Whether a kernel takes the int8 form.
-template <int Bits, int Heads>
-inline constexpr bool kInt8 = Bits == 2 && Heads == 1;
 
 // The warp's int8 B for one group row of a tile: column n (part n; 3 to 7 stay zero) in w[n], lane
 // (g, t) reading words 8t + 2j and 8t + 2j + 1 of column g for k-step j (channels 32j + 4t .. + 3 and
@@ -309,10 +307,9 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
           int x[4], mid[4], hi[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            // x = 65536 hi + 256 mid + lo, each part in s8 (lo and mid the sign-extended low bytes).
+            // x = 65536 hi + 256 mid + lo, each part in s8 (s8_upper).
             x[e] = max(-kFixed24, min(kFixed24, __float2int_rn(v[e] * fixed)));
-            const int upper = (x[e] + 128) >> 8;
-            mid[e] = upper, hi[e] = (upper + 128) >> 8;
+            mid[e] = s8_upper(x[e]), hi[e] = s8_upper(mid[e]);
           }
           const int at = builder_word(lane);
           scratch[k].w[0][at] = low_bytes(hi[0], hi[1], hi[2], hi[3]);

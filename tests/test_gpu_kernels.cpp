@@ -532,10 +532,10 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
 }
 
 // The outer keys' tensor-core kernel over every shape it takes: bits 2/4/8 (2-bit codes with one head
-// on int8 tensor cores, the rest on fp16), groups of 16/32/128 tokens, head_dim 64/128, 1..4 heads, each mode. Token magnitudes spread
-// over e^(+-4), so that group rows need their own B range; groups of 16 end on half a tile; every other
-// run has token scales; scales start 2 bytes off 16 (the kernel copies them from where they start).
-// Both outer kernels against double.
+// on int8 tensor cores, the rest on fp16), groups of 16/32/128 tokens, head_dim 64/128, 1..4 heads,
+// each mode. Token magnitudes spread over e^(+-4), so that group rows need their own B range; groups of
+// 16 end on half a tile; every other run has token scales; scales start 2 bytes off 16 (the kernel
+// copies them from where they start). Both outer kernels against double.
 TEST(GpuOuterKeys, TensorCoresMatchDouble) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const int regions = 2;
