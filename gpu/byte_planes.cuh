@@ -25,12 +25,10 @@
 
 namespace kvq::gpu::planes {
 
-// m16n8k32 steps per 32-code chunk: 4 (32 codes, 8 per lane and row each).
-template <int Bits>
+// m16n8k32 steps per 32-code chunk, at every bit width: 4 (32 codes, 8 per lane and row each).
 inline constexpr int kMmas = 4;
 // B bytes of one tile and part: 8 per step.
-template <int Bits>
-inline constexpr int kBytes = 8 * kMmas<Bits>;
+inline constexpr int kBytes = 8 * kMmas;
 
 // Slot of code c (0..31) in the B bytes.
 template <int Bits>
@@ -134,7 +132,7 @@ __device__ __forceinline__ int to_fixed(float v, float range) { return max(-kFix
 // v * range as fixed point, its hi and lo bytes at code c's slot of one chunk's B bytes
 // ([part][kBytes]).
 template <int Bits>
-__device__ __forceinline__ void put_fixed(float v, float range, int c, std::uint8_t (*bytes)[kBytes<Bits>]) {
+__device__ __forceinline__ void put_fixed(float v, float range, int c, std::uint8_t (*bytes)[kBytes]) {
   const int x = to_fixed(v, range);
   std::uint8_t hi, lo;
   split_fixed(x, hi, lo);
@@ -145,7 +143,7 @@ __device__ __forceinline__ void put_fixed(float v, float range, int c, std::uint
 // zero where !live, a head past the group), and the chunk's sum of head 4q + t's fixed-point values,
 // which every lane of the warp must take part in: the quad's bytes hold each code once.
 template <int Bits>
-__device__ __forceinline__ int shared_b(const std::uint8_t (*head)[kBytes<Bits>], bool live, int g, int t, std::uint32_t (&b)[2]) {
+__device__ __forceinline__ int shared_b(const std::uint8_t (*head)[kBytes], bool live, int g, int t, std::uint32_t (&b)[2]) {
   const uint2 v = live ? *reinterpret_cast<const uint2*>(&head[g & 1][8 * t]) : make_uint2(0u, 0u);
   b[0] = v.x, b[1] = v.y;
   int part = __dp4a(static_cast<int>(b[0]), 0x01010101, __dp4a(static_cast<int>(b[1]), 0x01010101, 0));

@@ -33,7 +33,7 @@ struct HeadTiles : value_tiles::ValueStages<Bits, D, Meta> {
   using Base::g, Base::t, Base::mode, Base::offset, Base::tiles, Base::block_shift;
   static constexpr int kHeads = 4 * Quads;
   static constexpr int kWords = planes::kLaneWords<Bits>;
-  static constexpr int kBytes = planes::kBytes<Bits>;
+  static constexpr int kBytes = planes::kBytes;
   static constexpr int kMTiles = D / 16;  // m-tiles of 16 channels
 
   // A stretch's B bytes: [tile][head][part: hi, lo][slot], read back 8 bytes at a time.

@@ -46,7 +46,7 @@ struct KeyBytes : KeyUnits<Bits, D, Meta, Mode> {
   static_assert(D == 128, "lane t owns chunk t of each row: head_dim 128");
   using Base = KeyUnits<Bits, D, Meta, Mode>;
   using Loads = typename Base::Loads;
-  static constexpr int kMmas = planes::kMmas<Bits>;
+  static constexpr int kMmas = planes::kMmas;
   using BlockB = uint2[kMmas][32];  // [mma][lane]: the B fragments the block's warps share
   using QueryShares = int;          // unused: each warp takes its chunk's range and sum itself
 

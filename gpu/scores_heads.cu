@@ -48,7 +48,7 @@ struct KeyHeads {
   static constexpr int kStages = 2;  // the stretch being worked on and the next one in flight
   // q's bytes while B is built: [chunk][head][part][slot] (in the stages, before the first copy).
   struct QueryScratch {
-    std::uint8_t bytes[kChunks][kHeads][2][planes::kBytes<Bits>];
+    std::uint8_t bytes[kChunks][kHeads][2][planes::kBytes];
   };
   static_assert(sizeof(QueryScratch) <= kStages * sizeof(Stage), "q's scratch fits in the warp's stages");
   // m-tile loads for the lane: its words of tokens g and g + 8 (row k) for each chunk, and the

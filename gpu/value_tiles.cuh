@@ -145,8 +145,8 @@ struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
   using Base = ValueStages<Bits, D, Meta, FixedMode>;
   using typename Base::Stage;
   using Base::g, Base::t, Base::group_mode, Base::offset, Base::zeros, Base::tile_of, Base::block_shift;
-  static constexpr int kMmas = planes::kMmas<Bits>;
-  static constexpr int kBytes = planes::kBytes<Bits>;
+  static constexpr int kMmas = planes::kMmas;
+  static constexpr int kBytes = planes::kBytes;
   static constexpr int kMTiles = D / 16;  // m-tiles of 16 channels
   // A stretch's B bytes: [tile][part: hi, lo][slot], read back 16 bytes at a time.
   struct alignas(16) ProbScratch {
