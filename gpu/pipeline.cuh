@@ -11,6 +11,13 @@ __device__ __forceinline__ void copy16(unsigned smem, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(src) : "memory");
 }
 
+// copy16 whose L2 miss fetches the whole 256-byte block around src from memory, for stages made of
+// contiguous blocks: the InnerQ values' stretches (H100, paper shape, N = 32768: 23.2 -> 22.9 us; the
+// keys' loads gained nothing from the hint and the KIVI values lost 0.4-1.4%, docs/PERF.md).
+__device__ __forceinline__ void copy16_fetch256(unsigned smem, const void* src) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(smem), "l"(src) : "memory");
+}
+
 // Starts copying [src, src + bytes) to shared memory, split among `threads` threads: whole 16-byte
 // pieces from src rounded down to 16 bytes (cp.async moves aligned pieces, so smem needs 16 bytes of
 // headroom), then the tail in 4-byte pieces and a last 2-byte value (fp16 metadata) copied directly:

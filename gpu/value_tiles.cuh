@@ -85,7 +85,7 @@ struct ValueStages {
 #pragma unroll
     for (int i = lane; i < 4 * kPieces; i += 32) {
       const int tile = i / kPieces, piece = i % kPieces;
-      if (tile < live) copy16(dst + tile * Stage::kTilePitch + 16 * piece, src + 16 * static_cast<long long>(i));
+      if (tile < live) copy16_fetch256(dst + tile * Stage::kTilePitch + 16 * piece, src + 16 * static_cast<long long>(i));
     }
     // The stretch's blocks are contiguous in global memory: piece i is block i / kMetaPieces's.
     const unsigned meta_dst = dst + static_cast<unsigned>(offsetof(Stage, scales)), zero_dst = dst + static_cast<unsigned>(offsetof(Stage, zeros));
@@ -93,8 +93,8 @@ struct ValueStages {
     for (int i = lane; i < blocks * kMetaPieces; i += 32) {
       const int blk = i / kMetaPieces, piece = i % kMetaPieces;
       const unsigned at = static_cast<unsigned>(blk * Stage::kMetaPitch * static_cast<int>(sizeof(Meta)) + 16 * piece);
-      copy16(meta_dst + at, reinterpret_cast<const char*>(scales) + meta0 + 16 * i);
-      if (group_mode() == GroupMode::asym) copy16(zero_dst + at, reinterpret_cast<const char*>(zeros) + meta0 + 16 * i);
+      copy16_fetch256(meta_dst + at, reinterpret_cast<const char*>(scales) + meta0 + 16 * i);
+      if (group_mode() == GroupMode::asym) copy16_fetch256(zero_dst + at, reinterpret_cast<const char*>(zeros) + meta0 + 16 * i);
     }
     copy_commit();
   }
