@@ -151,9 +151,10 @@ void time_calls(benchmark::State& state, Launch launch, int copies, double bytes
     }
     state.SetIterationTime(ms * 1e-3 / kCallsPerPass);
   }
-  // Time (the benchmark's own column) is µs per call; these are per-call rates from the manual times.
-  // Every timed benchmark sets these four counters and no other: Google Benchmark's CSV reporter takes
-  // its columns from the first benchmark and aborts on a counter it has not seen. Shape facts go in the label.
+  // Time (the benchmark's own column) is µs per call; GB/s and the two percentages are per-call rates
+  // from the manual times. Every timed benchmark sets these four counters and no other: Google
+  // Benchmark's CSV reporter takes its columns from the first benchmark and aborts on a counter it has
+  // not seen. Shape facts go in the label.
   state.counters["MB"] = bytes / 1e6;
   state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["roofline_%"] = benchmark::Counter(100.0 * bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
