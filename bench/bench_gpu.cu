@@ -8,7 +8,9 @@
 // measured at start-up, and % of the read floor: the time a plain read of the same bytes takes,
 // timed the same way in the same run (a small read pays the launch and ramp that a large copy
 // hides). Run: build/bench/bench_gpu --benchmark_repetitions=5; --dependent_launch=0 times plain
-// launches instead of kvq's programmatic dependent launches (the read floor's kernel too).
+// launches instead of kvq's programmatic dependent launches (the read floor's kernel too);
+// --max_splits=S caps the sequence splits of the GEMV and attention benchmarks at S (the library's
+// own counts otherwise; the cache attention keeps its cache's), for split-count sweeps.
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <random>
@@ -53,6 +56,10 @@ namespace {
 
 double g_copy_bandwidth = 0;  // bytes/s, read + write of a device-to-device copy
 kvq::gpu::DeviceInfo g_device;
+int g_max_splits = 0;  // --max_splits; 0: no cap
+
+// A benchmark's sequence splits: the library's count, capped by --max_splits.
+int capped_splits(int splits) { return g_max_splits > 0 ? std::min(splits, g_max_splits) : splits; }
 
 double measure_copy_bandwidth() {
   const std::size_t n = std::size_t{1} << 30;
@@ -234,7 +241,7 @@ void run(benchmark::State& state, Kernel kernel, Shape shape) {
       BENCH_CUDA(cudaMemcpy(halves[c], host_half.data(), fp16_bytes, cudaMemcpyHostToDevice));
     }
   }
-  const int splits = kvq::gpu::output_splits(regions, n, g_device.multiprocessors);
+  const int splits = capped_splits(kvq::gpu::output_splits(regions, n, g_device.multiprocessors));
   float* token_scale = nullptr;
   if (scaled) {
     BENCH_CUDA(cudaMalloc(&token_scale, static_cast<std::size_t>(regions) * n * sizeof(float)));
@@ -429,7 +436,7 @@ void attention(benchmark::State& state, Path path, Shape shape) {
     return;
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  const int splits = kvq::gpu::attention_splits(regions, n, g_device.multiprocessors);
+  const int splits = capped_splits(kvq::gpu::attention_splits(regions, n, g_device.multiprocessors));
   float *q, *scores, *probs, *out, *scratch, *partial;
   __half *q_half, *p_half;
   const std::size_t rows = static_cast<std::size_t>(regions) * group;
@@ -656,22 +663,33 @@ BENCHMARK_CAPTURE(attention, serving_cublas_attention, Path::cublas_unfused, kSe
 
 int main(int argc, char** argv) {
   // --dependent_launch=0 times plain launches (gpu/dependent_launch.cuh); kvq's default is 1.
+  // --max_splits=S (S >= 1) caps the benchmarks' sequence splits.
   int kept = 1;
   for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i], flag = "--dependent_launch=";
-    if (arg.rfind(flag, 0) != 0) {
+    const std::string arg = argv[i], launch_flag = "--dependent_launch=", splits_flag = "--max_splits=";
+    if (arg.rfind(launch_flag, 0) == 0) {
+      const std::string value = arg.substr(launch_flag.size());
+      if (value != "0" && value != "1") {
+        std::fprintf(stderr, "bench_gpu: --dependent_launch expects 0 or 1, got '%s'\n", value.c_str());
+        return 2;
+      }
+      kvq::gpu::set_dependent_launch(value == "1");
+    } else if (arg.rfind(splits_flag, 0) == 0) {
+      const std::string value = arg.substr(splits_flag.size());
+      char* end = nullptr;
+      const long s = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || s < 1 || s > 4096) {
+        std::fprintf(stderr, "bench_gpu: --max_splits expects an integer from 1 to 4096, got '%s'\n", value.c_str());
+        return 2;
+      }
+      g_max_splits = static_cast<int>(s);
+    } else {
       argv[kept++] = argv[i];
-      continue;
     }
-    const std::string value = arg.substr(flag.size());
-    if (value != "0" && value != "1") {
-      std::fprintf(stderr, "bench_gpu: --dependent_launch expects 0 or 1, got '%s'\n", value.c_str());
-      return 2;
-    }
-    kvq::gpu::set_dependent_launch(value == "1");
   }
   argc = kept;
   benchmark::AddCustomContext("dependent_launch", kvq::gpu::dependent_launch() ? "1" : "0");
+  if (g_max_splits > 0) benchmark::AddCustomContext("max_splits", std::to_string(g_max_splits));
   if (kvq::gpu::device_count() > 0) {
     kvq::gpu::query_device(0, g_device);
     g_copy_bandwidth = measure_copy_bandwidth();

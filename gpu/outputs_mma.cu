@@ -1,5 +1,5 @@
 // p . V^ over token-axis values on int8 tensor cores (gpu/byte_planes.cuh). Each warp streams its
-// own 128-token stretches, copied into shared memory a stretch ahead (gpu/value_tiles.cuh's stages),
+// own 128-token stretches, copied into shared memory ahead (gpu/value_tiles.cuh's stages),
 // with no barrier per stretch. One query head per kv head (outputs_warp_kernel): lane-owned tiles
 // (gpu/value_tiles.cuh). GQA groups (outputs_heads_kernel): tiles shared by a quad, the heads in B's
 // columns (gpu/head_tiles.cuh). Outputs stay in registers; runs are summed in order. The GQA kernel
@@ -188,17 +188,17 @@ __global__ void __launch_bounds__(kThreads, (heads_blocks<Bits, D, Meta, Quads>(
 }
 
 // One query head: each warp streams its own stretches (gpu/value_tiles.cuh: B per warp, every m-tile
-// of the values per warp), with no barrier per stretch. The warp copies its next stretch into the
-// other of its two shared-memory stages (cp.async) while it works on the current one, and loads a
+// of the values per warp), with no barrier per stretch. The warp copies its next Stages - 1 stretches
+// into its ring of shared-memory stages (cp.async) while it works on the current one, and loads a
 // stretch's probabilities a stretch ahead. The block's warps add up at the end. Softmax: as the GQA
 // kernel's, for one head (the values half of the one-head attention given its scores); each split's
 // block also takes its share of the fp16 windows into its part (one_head_part). The group mode is a
 // template axis: 2-bit hybrid values at the paper shape, N = 32768, 24.9 -> 23.5 us against the mode
 // read at run time (H100, docs/PERF.md).
-template <int Bits, int D, class Meta, bool Softmax, GroupMode Mode>
+template <int Bits, int D, class Meta, bool Softmax, GroupMode Mode, int Stages>
 __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams p, int stretches_per_split, SoftmaxParts sp) {
   wait_for_prior_kernels();
-  using Values = value_tiles::ValueTiles<Bits, D, Meta, static_cast<int>(Mode)>;
+  using Values = value_tiles::ValueTiles<Bits, D, Meta, static_cast<int>(Mode), Stages>;
   using Stage = typename Values::Stage;
   constexpr int kWarps = kThreads / 32, kMTiles = Values::kMTiles;
   // m-tile loads in flight ahead of the product: two where the registers allow (3- and 8-bit
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   float next_p[4], next_sigma[4];
   int next_zero = 0;
   int st = first + warp;
-  if (st < last) load_probs(st, next_p, next_sigma), next_zero = values.zero_start(st), values.copy_stretch(st, stages[0]);
+  if (st < last) load_probs(st, next_p, next_sigma), next_zero = values.zero_start(st), values.copy_first(st, kWarps, last, stages);
   for (int i = 0; st < last; st += kWarps, ++i) {
     float pc[4], corr = 1.0f;
     if constexpr (Softmax) {
@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
     }
     const int zero_first = next_zero, next = st + kWarps;
     if (next < last) load_probs(next, next_p, next_sigma), next_zero = values.zero_start(next);
-    values.copy_next(i, next, last, stages);
+    values.copy_next(i, st + (Values::kStages - 1) * kWarps, last, stages);
     const float inv_range = values.stage_probs(pc, lane, zero_first, probs[warp]);
     const Stage& cur = values.landed(i, stages);
     // Every m-tile, kAhead loads ahead (the hybrid zero points' global loads with them).
@@ -291,35 +291,64 @@ __global__ void __launch_bounds__(kThreads, 4) outputs_warp_kernel(OutputsParams
   }
 }
 
+// How a launch over stretches picks its splits. wave: as many as one wave of resident blocks holds.
+// two_per_sm: at most two blocks per multiprocessor where that still gives each warp two stretches
+// or more, else as wave. The one-head GEMV takes two_per_sm: the same bytes per multiprocessor
+// stream faster through half the warps (H100, paper shape, 2-bit hybrid values: N = 32768 22.3 ->
+// 20.9 us, 16384 13.7 -> 12.8; at 4096, a stretch a warp, the wave's 7.3 beats 8.0; docs/PERF.md).
+// Its softmax form keeps the wave: with two stages, 8 splits cost the unfused attention 50.7 -> 58.7
+// us; the 2-bit form's three stages (warp_stages) hold it to two blocks per multiprocessor anyway.
+enum class Splits { wave, two_per_sm };
+
 // A split-sequence launch of any of the kernels over stretches: at most p.splits runs (runs.splits).
 template <class Kernel, class... Extra>
-cudaError_t launch_runs(Kernel kernel, const OutputsParams& p, std::size_t smem, SplitRuns& runs, cudaStream_t stream, const Extra&... extra) {
+cudaError_t launch_runs(Kernel kernel, const OutputsParams& p, std::size_t smem, Splits policy, SplitRuns& runs, cudaStream_t stream, const Extra&... extra) {
   LaunchInfo info;
   KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, smem, info));
-  runs = split_runs((p.values.shape.tokens + kStretch - 1) / kStretch, p.splits, info, p.values.regions);
+  const int stretches = (p.values.shape.tokens + kStretch - 1) / kStretch;
+  runs = split_runs(stretches, p.splits, info, p.values.regions);
+  if (policy == Splits::two_per_sm && info.blocks_per_sm > 2) {
+    LaunchInfo two = info;
+    two.blocks_per_sm = 2;
+    const SplitRuns fewer = split_runs(stretches, p.splits, two, p.values.regions);
+    if (fewer.per_split >= 2 * (kThreads / 32)) runs = fewer;
+  }
   return launch_kernel(kernel, dim3(static_cast<unsigned>(runs.splits), static_cast<unsigned>(p.values.regions)), dim3(kThreads), smem, stream, p, runs.per_split,
                        extra...);
 }
 
 // A GEMV's launch, then the splits' partial sums added in order.
 template <class Kernel, class... Extra>
-cudaError_t launch_splits(Kernel kernel, int heads, int head_dim, const OutputsParams& p, cudaStream_t stream, std::size_t smem, const Extra&... extra) {
+cudaError_t launch_splits(Kernel kernel, int heads, int head_dim, const OutputsParams& p, cudaStream_t stream, std::size_t smem, Splits policy,
+                          const Extra&... extra) {
   SplitRuns runs;
-  KVQ_CUDA_TRY(launch_runs(kernel, p, smem, runs, stream, extra...));
+  KVQ_CUDA_TRY(launch_runs(kernel, p, smem, policy, runs, stream, extra...));
   return add_splits(p.partial, runs.splits, static_cast<long long>(p.values.regions) * heads * head_dim, p.outputs, stream);
 }
 
 // The one-head kernel's dynamic shared memory: the warps' stages.
-template <int Bits, int D, class Meta>
+template <int Bits, int D, class Meta, int Stages>
 constexpr std::size_t warp_smem() {
-  using Values = value_tiles::ValueTiles<Bits, D, Meta>;
+  using Values = value_tiles::ValueTiles<Bits, D, Meta, value_tiles::kModeAtRunTime, Stages>;
   return (kThreads / 32) * Values::kStages * sizeof(typename Values::Stage);
+}
+
+// Stages per warp in the one-head kernel: 2, and 3 for the 2-bit softmax form, whose third stage
+// leaves room for two blocks per multiprocessor, so its wave is half as many splits (H100, paper
+// shape, hybrid values, N = 32768: attention 50.5 -> 49.7 us; 4 stages 51.6). The GEMV lost with 3
+// (20.9 -> 22.5 us at the same two blocks per multiprocessor) and 4 (23.6); other widths are untried
+// (docs/PERF.md).
+template <int Bits, bool Softmax>
+constexpr int warp_stages() {
+  return Softmax && Bits == 2 ? 3 : 2;
 }
 
 template <int Bits, int D, class Meta>
 cudaError_t launch_warps(const OutputsParams& p, cudaStream_t stream) {
+  constexpr int kStages = warp_stages<Bits, false>();
   KVQ_DISPATCH_MODE(p.values.shape.mode, Mode, {
-    return launch_splits(outputs_warp_kernel<Bits, D, Meta, false, Mode>, 1, D, p, stream, warp_smem<Bits, D, Meta>(), SoftmaxParts{});
+    return launch_splits(outputs_warp_kernel<Bits, D, Meta, false, Mode, kStages>, 1, D, p, stream, warp_smem<Bits, D, Meta, kStages>(), Splits::two_per_sm,
+                         SoftmaxParts{});
   })
   return cudaErrorInvalidValue;
 }
@@ -327,10 +356,11 @@ cudaError_t launch_warps(const OutputsParams& p, cudaStream_t stream) {
 // The windows' part comes after the splits' parts.
 template <int Bits, int D, class Meta>
 cudaError_t launch_warp_softmax(const OutputsParams& p, const SoftmaxParts& sp, int& used, cudaStream_t stream) {
+  constexpr int kStages = warp_stages<Bits, true>();
   SplitRuns runs;
   cudaError_t e = cudaErrorInvalidValue;
   KVQ_DISPATCH_MODE(p.values.shape.mode, Mode, {
-    e = launch_runs(outputs_warp_kernel<Bits, D, Meta, true, Mode>, p, warp_smem<Bits, D, Meta>(), runs, stream, sp);
+    e = launch_runs(outputs_warp_kernel<Bits, D, Meta, true, Mode, kStages>, p, warp_smem<Bits, D, Meta, kStages>(), Splits::wave, runs, stream, sp);
   })
   used = runs.splits;
   return e;
@@ -350,16 +380,16 @@ template <int Bits, int D, class Meta, int Quads>
 cudaError_t launch_heads(const OutputsParams& p, cudaStream_t stream) {
   constexpr std::size_t kSmem = heads_launch_smem<Bits, D, Meta, Quads>();
   if (p.values.shape.mode == GroupMode::sym)
-    return launch_splits(outputs_heads_kernel<Bits, D, Meta, Quads, false, true>, p.group, D, p, stream, kSmem, SoftmaxParts{});
-  return launch_splits(outputs_heads_kernel<Bits, D, Meta, Quads, false, false>, p.group, D, p, stream, kSmem, SoftmaxParts{});
+    return launch_splits(outputs_heads_kernel<Bits, D, Meta, Quads, false, true>, p.group, D, p, stream, kSmem, Splits::wave, SoftmaxParts{});
+  return launch_splits(outputs_heads_kernel<Bits, D, Meta, Quads, false, false>, p.group, D, p, stream, kSmem, Splits::wave, SoftmaxParts{});
 }
 
 template <int Bits, int D, class Meta, int Quads>
 cudaError_t launch_softmax(const OutputsParams& p, const SoftmaxParts& sp, int& used, cudaStream_t stream) {
   constexpr std::size_t kSmem = heads_launch_smem<Bits, D, Meta, Quads>();
   SplitRuns runs;
-  const cudaError_t e = p.values.shape.mode == GroupMode::sym ? launch_runs(outputs_heads_kernel<Bits, D, Meta, Quads, true, true>, p, kSmem, runs, stream, sp)
-                                                               : launch_runs(outputs_heads_kernel<Bits, D, Meta, Quads, true, false>, p, kSmem, runs, stream, sp);
+  const cudaError_t e = p.values.shape.mode == GroupMode::sym ? launch_runs(outputs_heads_kernel<Bits, D, Meta, Quads, true, true>, p, kSmem, Splits::wave, runs, stream, sp)
+                                                               : launch_runs(outputs_heads_kernel<Bits, D, Meta, Quads, true, false>, p, kSmem, Splits::wave, runs, stream, sp);
   used = runs.splits;
   return e;
 }

@@ -28,12 +28,12 @@ constexpr int kModeAtRunTime = -1;
 // One region's values as a warp streams them through shared memory: the stages, their copies, and
 // where a stretch's tiles and hybrid zero points start. ValueTiles (one query head, lane-owned tiles)
 // and gpu/head_tiles.cuh (GQA groups, shared tiles) take their products from the same stages.
-template <int Bits, int D, class Meta, int FixedMode = kModeAtRunTime>
+template <int Bits, int D, class Meta, int FixedMode = kModeAtRunTime, int Stages = 2>
 struct ValueStages {
   // A stretch's codes, scales and (asym) zero points in shared memory, where the warp copies them
-  // with cp.async (copy_stretch) while it works on the stretch before: a whole stretch in flight per
-  // warp with no registers held for it. Each tile's rows and each block's metadata are padded by 32
-  // bytes so that one load's lanes (4 tiles x 8 channels) fall on distinct banks.
+  // with cp.async (copy_stretch) while it works on the stretches before: kStages - 1 whole stretches
+  // in flight per warp with no registers held for them. Each tile's rows and each block's metadata
+  // are padded by 32 bytes so that one load's lanes (4 tiles x 8 channels) fall on distinct banks.
   struct alignas(16) Stage {
     static constexpr int kTileBytes = D * Bits * 4;
     static constexpr int kTilePitch = kTileBytes + 32;
@@ -43,9 +43,10 @@ struct ValueStages {
     Meta zeros[4][kMetaPitch];
   };
   static_assert(Stage::kTileBytes % 16 == 0 && (D * sizeof(Meta)) % 16 == 0, "cp.async moves 16-byte pieces");
-  // Stages per warp: the stretch being worked on and the next one in flight (stretch i of the warp's
-  // sequence in stages[i % kStages]).
-  static constexpr int kStages = 2;
+  // Stages per warp: the stretch being worked on and the kStages - 1 next ones in flight (stretch i
+  // of the warp's sequence in stages[i % kStages]).
+  static constexpr int kStages = Stages;
+  static_assert(kStages >= 2, "a stretch in flight while the warp works on one");
 
   const std::uint32_t* codes;
   const Meta* scales;
@@ -99,9 +100,22 @@ struct ValueStages {
     copy_commit();
   }
 
+  // The first kStages - 1 of the warp's stretches, st, st + step, ..., each into its stage and each a
+  // cp.async group (empty past `last`), before the warp's loop. st < last. Every lane of the warp
+  // must call it.
+  __device__ __forceinline__ void copy_first(int st, int step, int last, Stage* stages) const {
+    copy_stretch(st, stages[0]);
+#pragma unroll
+    for (int j = 1; j < kStages - 1; ++j) {
+      if (st + j * step < last) copy_stretch(st + j * step, stages[j]);
+      else copy_commit();
+    }
+  }
+
   // Before the warp works on its i-th stretch: once every lane is done reading the stage it
-  // overwrites, starts the copy of the warp's next stretch `next` into the other stage. Past `last` it
-  // commits an empty group, so that landed() always leaves exactly one group pending.
+  // overwrites, starts the copy of the warp's stretch `next`, kStages - 1 ahead, into that stage. Past
+  // `last` it commits an empty group, so that landed() always leaves exactly kStages - 1 groups
+  // pending.
   __device__ __forceinline__ void copy_next(unsigned i, int next, int last, Stage* stages) const {
     ring_refill<kStages>(i, next < last, stages, [&](Stage& stage) { copy_stretch(next, stage); });
   }
@@ -136,13 +150,13 @@ struct ValueStages {
   }
 };
 
-// One query head's values, lane-owned: per stretch, copy_stretch into a stage a stretch ahead,
+// One query head's values, lane-owned: per stretch, copy_next into a stage kStages - 1 stretches ahead,
 // zero_start a stretch ahead (hybrid), stage_probs (B into registers through the warp's scratch), then
 // load() on m-tiles 0, 1, ... in order out of the landed stage, each ahead of its product(), also in
 // order.
-template <int Bits, int D, class Meta, int FixedMode = kModeAtRunTime>
-struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode> {
-  using Base = ValueStages<Bits, D, Meta, FixedMode>;
+template <int Bits, int D, class Meta, int FixedMode = kModeAtRunTime, int Stages = 2>
+struct ValueTiles : ValueStages<Bits, D, Meta, FixedMode, Stages> {
+  using Base = ValueStages<Bits, D, Meta, FixedMode, Stages>;
   using typename Base::Stage;
   using Base::g, Base::t, Base::group_mode, Base::offset, Base::zeros, Base::tile_of, Base::block_shift;
   static constexpr int kMmas = planes::kMmas;

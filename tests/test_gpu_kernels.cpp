@@ -531,6 +531,67 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
     }
 }
 
+// The one-head InnerQ values kernel (gpu/outputs_mma.cu, which outputs_inner takes for these aligned
+// whole-group shapes) over long runs: with one or two splits each warp streams 4 to 33 stretches
+// through its ring of cp.async stages, so the ring wraps many times, and the last stretch is partly
+// past the end (32.75 and 128.5 stretches). Bits 2/3/4/8, each mode, groups of 32 and 64, fp16 and
+// fp32 metadata, token scales on every other run, against double.
+TEST(GpuInnerValues, LongRunsMatchDouble) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const int regions = 2, d = 128;
+  std::mt19937_64 rng(5151);
+  std::normal_distribution<float> normal;
+  double worst = 0;
+  int run = 0;
+  for (int n : {4192, 16448}) {
+    std::vector<float> rows(static_cast<std::size_t>(regions) * n * d);
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = round_to_half(normal(rng) * ((i % d) == 9 ? 12.0f : 1.0f) + 0.25f);
+    std::vector<float> probs(static_cast<std::size_t>(regions) * n);
+    for (int r = 0; r < regions; ++r) {
+      double sum = 0;
+      for (int t = 0; t < n; ++t) sum += probs[static_cast<std::size_t>(r) * n + t] = std::exp(2.5f * normal(rng));
+      for (int t = 0; t < n; ++t) probs[static_cast<std::size_t>(r) * n + t] = static_cast<float>(probs[static_cast<std::size_t>(r) * n + t] / sum);
+    }
+    float* d_probs = upload(probs);
+    for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid})
+      for (int bits : {2, 3, 4, 8}) {
+        const int group_size = bits == 4 && n % 64 == 0 ? 64 : 32;
+        const bool fp16 = bits != 8;
+        SCOPED_TRACE(std::string(mode == Mode::sym ? "sym" : mode == Mode::asym ? "asym" : "hybrid") + std::to_string(bits) + ", groups of " +
+                     std::to_string(group_size) + ", " + std::to_string(n) + " tokens");
+        const TensorSpec spec = test::swept_spec(mode, bits, false, group_size, fp16);
+        test::PackedPair pair(spec, rows, regions, n, d);
+        std::vector<float> sigma;
+        if (run++ % 2) {
+          sigma.resize(static_cast<std::size_t>(regions) * n);
+          for (auto& x : sigma) x = 0.5f + std::fabs(normal(rng));
+        }
+        float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
+        std::vector<double> ref(static_cast<std::size_t>(regions) * d);
+        for (int r = 0; r < regions; ++r)
+          for (int t = 0; t < n; ++t) {
+            const std::size_t rt = static_cast<std::size_t>(r) * n + t;
+            const double w = double(probs[rt]) * (sigma.empty() ? 1.0 : sigma[rt]);
+            const float* x = pair.dequantized.data() + rt * d;
+            for (int c = 0; c < d; ++c) ref[static_cast<std::size_t>(r) * d + c] += w * x[c];
+          }
+        for (int splits : {1, 2}) {
+          const OutputsRun got(pair.cache.dev, d_probs, 1, splits, gpu::GemvKernel::tensor_cores, d_sigma);
+          CUDA_OK(got.status);
+          const double e = test::nmse(got.host(), ref);
+          worst = std::max(worst, e);
+          // p as 16-bit fixed point per 128-token stretch (gpu/value_tiles.cuh), each off by <= 2^-16 of
+          // the stretch's largest, and these p spread over e^(+-7.5), so most sit far below it: worst
+          // 1.5e-8 on the H100; 1e-6 is the bound.
+          EXPECT_LT(e, 1e-6) << splits << " splits";
+        }
+        cudaFree(d_sigma);
+      }
+    cudaFree(d_probs);
+  }
+  std::printf("    inner values, one head, %d runs: worst NMSE %.3g\n", 2 * run, worst);
+}
+
 // The outer keys' tensor-core kernel over every shape it takes: bits 2/4/8 (2-bit codes with one head
 // on int8 tensor cores, the rest on fp16), groups of 16/32/128 tokens, head_dim 64/128, 1..4 heads,
 // each mode. Token magnitudes spread over e^(+-4), so that group rows need their own B range; groups of
