@@ -54,6 +54,18 @@ std::vector<Case> cases() {
   return out;
 }
 
+// rows x n probabilities e^(2.5 x), x drawn from `normal`, each row normalized to sum 1 in double:
+// spread over about e^(+-7.5), as attention's are.
+std::vector<float> spread_probs(std::size_t rows, int n, std::mt19937_64& rng, std::normal_distribution<float>& normal) {
+  std::vector<float> probs(rows * n);
+  for (std::size_t row = 0; row < rows; ++row) {
+    double sum = 0;
+    for (int t = 0; t < n; ++t) sum += probs[row * n + t] = std::exp(2.5f * normal(rng));
+    for (int t = 0; t < n; ++t) probs[row * n + t] = static_cast<float>(probs[row * n + t] / sum);
+  }
+  return probs;
+}
+
 using GpuKernels = test::GpuSweep<Case>;
 
 TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
@@ -496,12 +508,7 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
       SCOPED_TRACE(std::string(mode == Mode::sym ? "sym" : mode == Mode::asym ? "asym" : "hybrid") + ", " + std::to_string(heads) + " heads");
       const TensorSpec spec = test::swept_spec(mode, 2, true, 32, true);
       test::PackedPair pair(spec, rows, regions, n, d);
-      std::vector<float> probs(static_cast<std::size_t>(regions) * heads * n);
-      for (std::size_t row = 0; row < probs.size() / n; ++row) {
-        double sum = 0;
-        for (int t = 0; t < n; ++t) sum += probs[row * n + t] = std::exp(2.5f * normal(rng));
-        for (int t = 0; t < n; ++t) probs[row * n + t] = static_cast<float>(probs[row * n + t] / sum);
-      }
+      const std::vector<float> probs = spread_probs(static_cast<std::size_t>(regions) * heads, n, rng, normal);
       const test::ScalesMoved moved(pair.cache.dev, 2);
       const gpu::DeviceRegions& off = moved.dev;
       ASSERT_TRUE(gpu::outputs_outer_mma_supported(off, heads));
@@ -546,12 +553,7 @@ TEST(GpuInnerValues, LongRunsMatchDouble) {
   for (int n : {4192, 16448}) {
     std::vector<float> rows(static_cast<std::size_t>(regions) * n * d);
     for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = round_to_half(normal(rng) * ((i % d) == 9 ? 12.0f : 1.0f) + 0.25f);
-    std::vector<float> probs(static_cast<std::size_t>(regions) * n);
-    for (int r = 0; r < regions; ++r) {
-      double sum = 0;
-      for (int t = 0; t < n; ++t) sum += probs[static_cast<std::size_t>(r) * n + t] = std::exp(2.5f * normal(rng));
-      for (int t = 0; t < n; ++t) probs[static_cast<std::size_t>(r) * n + t] = static_cast<float>(probs[static_cast<std::size_t>(r) * n + t] / sum);
-    }
+    const std::vector<float> probs = spread_probs(regions, n, rng, normal);
     float* d_probs = upload(probs);
     for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid})
       for (int bits : {2, 3, 4, 8}) {
