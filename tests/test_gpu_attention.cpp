@@ -95,8 +95,7 @@ std::vector<AttentionCase> attention_cases() {
 }
 
 std::string attention_name(const AttentionCase& c) {
-  auto mode = [](Mode m) { return m == Mode::sym ? "sym" : m == Mode::asym ? "asym" : "hybrid"; };
-  return "k" + std::to_string(c.key_bits) + mode(c.key_mode) + "_v" + std::to_string(c.value_bits) + mode(c.value_mode) + "_d" +
+  return "k" + std::to_string(c.key_bits) + to_string(c.key_mode) + "_v" + std::to_string(c.value_bits) + to_string(c.value_mode) + "_d" +
          std::to_string(c.head_dim) + "_gqa" + std::to_string(c.group) + (c.token_scales ? "_scaled" : "") +
          (c.group == 1 ? "_kg" + std::to_string(c.key_group) + "_vg" + std::to_string(c.value_group) : "") +
          (c.meta_fp32 ? "_meta32" : "");
@@ -250,8 +249,7 @@ TEST_P(GpuOuterAttention, MatchesDoubleOnTheDequantizedCache) {
 
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuOuterAttention, ::testing::ValuesIn(outer_cases()), [](const auto& info) {
   const OuterCase& c = info.param;
-  auto mode = [](Mode m) { return m == Mode::sym ? "sym" : m == Mode::asym ? "asym" : "hybrid"; };
-  return "k" + std::to_string(c.bits) + mode(c.key_mode) + "_v" + std::to_string(c.bits) + mode(c.value_mode) + "_d" + std::to_string(c.head_dim) + "_gqa" +
+  return "k" + std::to_string(c.bits) + to_string(c.key_mode) + "_v" + std::to_string(c.bits) + to_string(c.value_mode) + "_d" + std::to_string(c.head_dim) + "_gqa" +
          std::to_string(c.group) + "_kg" + std::to_string(c.key_group) + "_vg" + std::to_string(c.value_group) + (c.token_scales ? "_scaled" : "") +
          (c.meta_fp32 ? "_meta32" : "");
 });

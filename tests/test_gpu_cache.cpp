@@ -117,8 +117,7 @@ std::vector<AppendCase> append_cases() {
   return out;
 }
 std::string name(const AppendCase& k) {
-  const char* mode = k.mode == Mode::sym ? "sym" : k.mode == Mode::asym ? "asym" : "hybrid";
-  return std::string(mode) + std::to_string(k.bits) + (k.channel ? "_channel" : "_token") + "_g" + std::to_string(k.group) + (k.fp16 ? "_fp16" : "_fp32");
+  return std::string(to_string(k.mode)) + std::to_string(k.bits) + (k.channel ? "_channel" : "_token") + "_g" + std::to_string(k.group) + (k.fp16 ? "_fp16" : "_fp32");
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuPackAppend, ::testing::ValuesIn(append_cases()), [](const auto& info) { return name(info.param); });
 

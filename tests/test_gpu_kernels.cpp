@@ -306,8 +306,7 @@ TEST_P(GpuKernels, PackerIsBitIdenticalAndGemvMatchesDouble) {
 }
 
 std::string name(const Case& k) {
-  const char* mode = k.mode == Mode::sym ? "sym" : k.mode == Mode::asym ? "asym" : "hybrid";
-  return std::string(mode) + std::to_string(k.bits) + (k.channel ? "_channel" : "_token") + "_g" + std::to_string(k.group) +
+  return std::string(to_string(k.mode)) + std::to_string(k.bits) + (k.channel ? "_channel" : "_token") + "_g" + std::to_string(k.group) +
          "_d" + std::to_string(k.head_dim) + (k.fp16 ? "_fp16" : "_fp32") + (k.twos ? "_twos_hb" : "_signmag_hb1");
 }
 void PrintTo(const Case& k, std::ostream* os) { *os << name(k); }
@@ -505,7 +504,7 @@ TEST(GpuOuterValues, LongSequencesMatchDouble) {
   for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = round_to_half(normal(rng) * ((i % d) == 7 ? 15.0f : 1.0f) + 0.5f);
   for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid})
     for (int heads : {1, 4}) {
-      SCOPED_TRACE(std::string(mode == Mode::sym ? "sym" : mode == Mode::asym ? "asym" : "hybrid") + ", " + std::to_string(heads) + " heads");
+      SCOPED_TRACE(std::string(to_string(mode)) + ", " + std::to_string(heads) + " heads");
       const TensorSpec spec = test::swept_spec(mode, 2, true, 32, true);
       test::PackedPair pair(spec, rows, regions, n, d);
       const std::vector<float> probs = spread_probs(static_cast<std::size_t>(regions) * heads, n, rng, normal);
@@ -559,7 +558,7 @@ TEST(GpuInnerValues, LongRunsMatchDouble) {
       for (int bits : {2, 3, 4, 8}) {
         const int group_size = bits == 4 && n % 64 == 0 ? 64 : 32;
         const bool fp16 = bits != 8;
-        SCOPED_TRACE(std::string(mode == Mode::sym ? "sym" : mode == Mode::asym ? "asym" : "hybrid") + std::to_string(bits) + ", groups of " +
+        SCOPED_TRACE(std::string(to_string(mode)) + std::to_string(bits) + ", groups of " +
                      std::to_string(group_size) + ", " + std::to_string(n) + " tokens");
         const TensorSpec spec = test::swept_spec(mode, bits, false, group_size, fp16);
         test::PackedPair pair(spec, rows, regions, n, d);
@@ -621,7 +620,7 @@ TEST(GpuOuterKeys, TensorCoresMatchDouble) {
           const test::ScalesMoved moved(pair.cache.dev, 2);
           const gpu::DeviceRegions& off = moved.dev;
           for (int heads = 1; heads <= 4; ++heads, ++run) {
-            SCOPED_TRACE(std::string(mode == Mode::sym ? "sym" : mode == Mode::asym ? "asym" : "hybrid") + std::to_string(bits) + ", group " +
+            SCOPED_TRACE(std::string(to_string(mode)) + std::to_string(bits) + ", group " +
                          std::to_string(group_size) + ", head_dim " + std::to_string(d) + ", " + std::to_string(heads) + " heads");
             ASSERT_TRUE(gpu::scores_outer_mma_supported(off, heads));
             std::vector<float> q(static_cast<std::size_t>(regions) * heads * d), sigma;
@@ -681,7 +680,7 @@ TEST(GpuInnerKeys, ShortAndLongRunsMatchDouble) {
     for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = round_to_half(normal(rng) * ((i % d) == 7 ? 15.0f : 1.0f) + 0.5f);
     for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid})
       for (int bits : {3, 8}) {
-        SCOPED_TRACE(std::string(mode == Mode::sym ? "sym" : mode == Mode::asym ? "asym" : "hybrid") + std::to_string(bits) + ", " + std::to_string(n) + " tokens");
+        SCOPED_TRACE(std::string(to_string(mode)) + std::to_string(bits) + ", " + std::to_string(n) + " tokens");
         const TensorSpec spec = test::swept_spec(mode, bits, true, 32, true);
         test::PackedPair pair(spec, rows, regions, n, d);
         std::vector<float> q(static_cast<std::size_t>(regions) * d), sigma;
