@@ -2,9 +2,11 @@
 // at head_dim 128, gpu/key_bytes.cuh): a warp takes 32 tokens at a time and the block's 4 warps build
 // its B together once per run, from q copied ahead of their first units. The loads of the unit two
 // ahead are issued before a unit is multiplied, and short runs are prefetched into L2 while the
-// previous kernel finishes.
+// previous kernel finishes. Long runs of 3-bit keys take scores_ring_kernel: each warp's whole units
+// through its own ring of shared-memory stages, at twice the resident warps.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/packed.h"
 #include "gpu/cuda_check.h"
@@ -50,6 +52,20 @@ __device__ __forceinline__ void prefetch_first_units(const ScoresParams& p, int 
   if constexpr (Mode == GroupMode::asym) lines(a.zeros, metas);
 }
 
+// Unit u's scores (the lanes' tokens that exist) into out, a region's [tokens] scores; token_scale:
+// the region's [tokens] scales or null.
+template <class Keys>
+__device__ __forceinline__ void write_scores(const Keys& keys, int u, const typename Keys::Loads& cur, std::uint32_t ones, float* out,
+                                             const float* token_scale) {
+  float total = keys.score(u, cur, ones);
+  const int tok = u * key_units::kUnit + keys.g + 8 * keys.t;
+  if (tok < keys.tokens) {
+    // Token scales (rotation family) multiply the whole score back: s_t = sigma_t * (q' . x'_t).
+    if (token_scale) total *= token_scale[tok];
+    out[tok] = total;
+  }
+}
+
 // Units [u0, u1) of region blockIdx.y; warp w takes units u0 + w, u0 + w + 4, ... Prefetch: see
 // prefetch_first_units.
 template <int Bits, int D, class Meta, GroupMode Mode, bool Prefetch>
@@ -93,15 +109,7 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
   __syncwarp();
   keys.set_block_query(query_copy[warp], warp, p.keys, block_b, shares);
 
-  auto multiply = [&](int u, const typename Keys::Loads& cur) {
-    float total = keys.score(u, cur, ones);
-    const int tok = u * kUnit + keys.g + 8 * keys.t;
-    if (tok < tokens) {
-      // Token scales (rotation family) multiply the whole score back: s_t = sigma_t * (q' . x'_t).
-      if (token_scale) total *= token_scale[tok];
-      out[tok] = total;
-    }
-  };
+  auto multiply = [&](int u, const typename Keys::Loads& cur) { write_scores(keys, u, cur, ones, out, token_scale); };
 
   if constexpr (kAhead == 1) {
     while (u < u1) {
@@ -130,6 +138,146 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
   }
 }
 
+// The ring (scores_ring_kernel): a warp copies its whole units with 16-byte cp.async pieces into its
+// own kRingStages stages, kRingStages - 1 ahead, and each lane reads its rows from the landed stage.
+// No load buffers stay in registers, so the kernel fits 64 registers and 8 blocks (32 warps) an SM,
+// twice the register form's; with more stages or fewer blocks it was no faster (H100, paper shape,
+// N = 32768: 2 stages at 8 blocks 24.0-24.1 us, 3 at 8 24.2, 3 at 6 24.5, 4 at 4 27.4, against
+// 24.6 for the register form; H200: 18.5-18.6 against 19.3; docs/PERF.md). Its first units wait for
+// the ring to fill, where the register form prefetches short runs: at 4096 and 8192 tokens it was 8%
+// and 1% slower, so it takes only runs of kRingMinUnits units a warp or more. Built for 3-bit codes
+// (the paper's keys, the only width timed) at head_dim 128 with fp16 metadata.
+constexpr int kRingStages = 2;
+constexpr int kRingBlocks = 8;
+constexpr int kRingMinUnits = 8;
+
+template <int Bits, int D, class Meta>
+constexpr bool ring_built() {
+  return Bits == 3 && D == 128 && std::is_same<Meta, std::uint16_t>::value;
+}
+
+// One whole unit in shared memory: its codes ([32 tokens][D / 32 chunks][Bits words], as in global
+// memory), scales ([32 tokens][D / group_size]) and, for asym keys, zero points (the same shape).
+// Packed, so that every stage starts on a 128-byte line: with the zero points' slot kept for sym
+// keys (1808 bytes a stage) the ring ran 4.5-5.1% slower than the register form, packed (1792) 3.9%
+// faster (H200, N = 32768, one call).
+template <int Bits, int D, class Meta, GroupMode Mode>
+struct RingStage {
+  static constexpr int kCodeBytes = key_units::kUnit * (D / 32) * Bits * 4;
+  static constexpr int kMetaBytes = key_units::kUnit * (D / 32) * static_cast<int>(sizeof(Meta));  // groups of 32: the most
+  static constexpr int kMetas = kMetaBytes / static_cast<int>(sizeof(Meta));
+  alignas(16) std::uint32_t codes[kCodeBytes / 4];
+  alignas(16) Meta metas[Mode == GroupMode::asym ? 2 * kMetas : kMetas];  // scales, then zero points for asym keys
+  __device__ Meta* scales() { return metas; }
+  __device__ const Meta* scales() const { return metas; }
+  __device__ Meta* zeros() { return metas + kMetas; }
+  __device__ const Meta* zeros() const { return metas + kMetas; }
+};
+
+// The lane's four rows of a landed stage, into the registers KeyUnits::load fills. 3-bit rows are
+// three 4-byte loads, lanes 12 words apart a row and 3 a chunk: 32 distinct banks.
+template <int Bits, int D, class Meta, GroupMode Mode>
+__device__ __forceinline__ void read_stage(const key_units::LaneKeys<Bits, D, Meta, Mode>& keys, const RingStage<Bits, D, Meta, Mode>& stage,
+                                           key_units::UnitLoads<Bits, Meta, Mode>& into) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = keys.g + 8 * i, meta = row * keys.per_row + keys.grp;
+#pragma unroll
+    for (int k = 0; k < Bits; ++k) into.w[i][k] = stage.codes[(row * (D / 32) + keys.chunk) * Bits + k];
+    into.scale[i] = stage.scales()[meta];
+    if constexpr (Mode == GroupMode::asym) into.zero[i] = stage.zeros()[meta];
+  }
+}
+
+// As scores_mma_kernel (units [u0, u1) of region blockIdx.y, warp w taking u0 + w, u0 + w + 4, ...),
+// whole units through the warp's ring; a region's partial last unit takes the global loads. Every
+// region's arrays start on 16 bytes (aligned16), so a whole unit's arrays are whole 16-byte pieces.
+template <int Bits, int D, class Meta, GroupMode Mode>
+__global__ void __launch_bounds__(kThreads, kRingBlocks) scores_ring_kernel(ScoresParams p, int units_per_block, std::uint32_t ones) {
+  wait_for_prior_kernels();
+  using Keys = key_units::LaneKeys<Bits, D, Meta, Mode>;
+  using Stage = RingStage<Bits, D, Meta, Mode>;
+  constexpr int kWarps = kThreads / 32, kUnit = key_units::kUnit;
+  const int r = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  Keys keys;
+  keys.init(p.keys, r);
+  const int tokens = keys.tokens;
+  float* out = p.scores + static_cast<long long>(r) * tokens;
+  const float* token_scale = p.token_scale ? p.token_scale + static_cast<long long>(r) * tokens : nullptr;
+  const int units = (tokens + kUnit - 1) / kUnit, whole = tokens / kUnit;
+  const int u0 = blockIdx.x * units_per_block, u1 = min(units, u0 + units_per_block), w1 = min(u1, whole);
+  const int n = w1 > u0 + warp ? (w1 - u0 - warp + kWarps - 1) / kWarps : 0;  // the warp's whole units
+  extern __shared__ __align__(16) unsigned char ring_smem[];  // [kWarps][kRingStages] stages
+  Stage* stages = reinterpret_cast<Stage*>(ring_smem) + warp * kRingStages;
+  // q's copy goes first, as in scores_mma_kernel: the oldest cp.async group.
+  __shared__ __align__(16) float query_copy[kWarps][D];
+  key_units::copy_query<D>(p.queries + static_cast<long long>(r) * D, query_copy[warp]);
+  const int meta_pieces = kUnit * keys.per_row * static_cast<int>(sizeof(Meta)) / 16;
+  // The warp's whole unit j into `stage`, as one cp.async group.
+  auto copy_unit = [&](int j, Stage& stage) {
+    const long long v = u0 + warp + kWarps * j;
+    const unsigned codes = static_cast<unsigned>(__cvta_generic_to_shared(stage.codes));
+    const char* src = reinterpret_cast<const char*>(keys.codes) + v * Stage::kCodeBytes;
+#pragma unroll
+    for (int i = 0; i < Stage::kCodeBytes / 16 / 32; ++i) copy16_fetch256(codes + 16 * (lane + 32 * i), src + 16 * (lane + 32 * i));
+    const long long meta0 = v * kUnit * keys.per_row;
+    for (int i = lane; i < meta_pieces; i += 32) {
+      copy16_fetch256(static_cast<unsigned>(__cvta_generic_to_shared(stage.scales())) + 16 * i, reinterpret_cast<const char*>(keys.scales + meta0) + 16 * i);
+      if constexpr (Mode == GroupMode::asym)
+        copy16_fetch256(static_cast<unsigned>(__cvta_generic_to_shared(stage.zeros())) + 16 * i, reinterpret_cast<const char*>(keys.zeros + meta0) + 16 * i);
+    }
+    copy_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < kRingStages - 1; ++s) {
+    if (s < n) copy_unit(s, stages[s]);
+    else copy_commit();
+  }
+  __shared__ typename Keys::BlockB block_b;
+  __shared__ typename Keys::QueryShares shares;
+  copy_wait<kRingStages - 1>();  // q has landed; the first units may not have
+  __syncwarp();
+  keys.set_block_query(query_copy[warp], warp, p.keys, block_b, shares);
+  typename Keys::Loads cur;
+  for (int j = 0; j < n; ++j) {
+    ring_refill<kRingStages>(j, j + kRingStages - 1 < n, stages, [&](Stage& stage) { copy_unit(j + kRingStages - 1, stage); });
+    read_stage(keys, ring_landed<kRingStages>(j, stages), cur);
+    write_scores(keys, u0 + warp + kWarps * j, cur, ones, out, token_scale);
+  }
+  if (whole < u1 && whole >= u0 && (whole - u0) % kWarps == warp) {
+    keys.load(whole, cur);
+    write_scores(keys, whole, cur, ones, out, token_scale);
+  }
+}
+
+// Launches the ring where it applies (ring_built, arrays on 16 bytes, runs of kRingMinUnits units a
+// warp or more in its wave); `taken` says whether it did.
+template <int Bits, int D, class Meta, GroupMode Mode>
+cudaError_t launch_ring(const ScoresParams& p, cudaStream_t stream, bool& taken) {
+  taken = false;
+  if constexpr (ring_built<Bits, D, Meta>()) {
+    if (!aligned16(p.keys)) return cudaSuccess;
+    const auto kernel = scores_ring_kernel<Bits, D, Meta, Mode>;
+    static_assert(sizeof(RingStage<Bits, D, Meta, Mode>) % 128 == 0, "ring stages start on 128-byte lines (see RingStage)");
+    const std::size_t smem = static_cast<std::size_t>(kThreads / 32) * kRingStages * sizeof(RingStage<Bits, D, Meta, Mode>);
+    // The most shared memory for the carveout (a hint, set once per kernel on the first device that
+    // launches it), so that the registers decide the resident blocks.
+    static const cudaError_t carveout =
+        cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+    KVQ_CUDA_TRY(carveout);
+    LaunchInfo info;
+    KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, smem, info));
+    const int units = (p.keys.shape.tokens + key_units::kUnit - 1) / key_units::kUnit;
+    const int want = info.wave_per_region(p.keys.regions);
+    const int per_block = std::max(kThreads / 32, (units + want - 1) / want);
+    if (per_block < kThreads / 32 * kRingMinUnits) return cudaSuccess;
+    taken = true;
+    const dim3 grid(static_cast<unsigned>((units + per_block - 1) / per_block), static_cast<unsigned>(p.keys.regions));
+    return launch_kernel(kernel, grid, dim3(kThreads), smem, stream, p, per_block, pairs::kOnes);
+  }
+  return cudaSuccess;
+}
+
 template <int Bits, int D, class Meta, GroupMode Mode, bool Prefetch>
 cudaError_t launch_with(const ScoresParams& p, int per_block, dim3 grid, cudaStream_t stream) {
   return launch_kernel(scores_mma_kernel<Bits, D, Meta, Mode, Prefetch>, grid, dim3(kThreads), 0, stream, p, per_block,
@@ -138,6 +286,9 @@ cudaError_t launch_with(const ScoresParams& p, int per_block, dim3 grid, cudaStr
 
 template <int Bits, int D, class Meta, GroupMode Mode>
 cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
+  bool ring = false;
+  KVQ_CUDA_TRY((launch_ring<Bits, D, Meta, Mode>(p, stream, ring)));
+  if (ring) return cudaSuccess;
   const RegionShape& s = p.keys.shape;
   auto kernel = scores_mma_kernel<Bits, D, Meta, Mode, false>;  // __launch_bounds__ gives both forms 4 blocks an SM
   LaunchInfo info;

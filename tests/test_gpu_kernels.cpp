@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <limits>
 #include <random>
 
 #include "core/half.h"
@@ -663,6 +664,38 @@ TEST(GpuOuterKeys, TensorCoresMatchDouble) {
   std::printf("    outer keys, %d runs: worst NMSE tensor cores %.3g, CUDA cores %.3g\n", run, worst_tc, worst_cc);
 }
 
+// scores_inner's one-head scores over `pair` ([regions][n] tokens of head_dim d, tensor cores) for a
+// seeded q with one 20x channel, with seeded token scales if token_scales, against double on the
+// dequantized rows: their NMSE (infinite where a CUDA call failed, which is reported as well).
+double one_head_scores_nmse(const test::PackedPair& pair, int regions, int n, int d, bool token_scales, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<float> q(static_cast<std::size_t>(regions) * d), sigma;
+  for (std::size_t i = 0; i < q.size(); ++i) q[i] = normal(rng) * ((i % d) == 40 ? 20.0f : 1.0f);
+  if (token_scales) {
+    sigma.resize(static_cast<std::size_t>(regions) * n);
+    for (auto& x : sigma) x = 0.5f + std::fabs(normal(rng));
+  }
+  float* d_q = upload(q);
+  float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
+  float* d_scores = nullptr;
+  const std::size_t count = static_cast<std::size_t>(regions) * n;
+  cudaError_t status = cudaMalloc(&d_scores, sizeof(float) * count);
+  if (status == cudaSuccess) status = gpu::scores_inner({pair.cache.dev, d_q, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores});
+  EXPECT_EQ(status, cudaSuccess) << "scores_inner: " << cudaGetErrorString(status);
+  const std::vector<float> got = status == cudaSuccess ? download(d_scores, count) : std::vector<float>();
+  for (void* ptr : std::initializer_list<void*>{d_q, d_sigma, d_scores}) cudaFree(ptr);
+  if (status != cudaSuccess) return std::numeric_limits<double>::infinity();
+  std::vector<double> ref(count);
+  for (int r = 0; r < regions; ++r)
+    for (int t = 0; t < n; ++t) {
+      const float* x = pair.dequantized.data() + (static_cast<std::size_t>(r) * n + t) * d;
+      double v = 0;
+      for (int c = 0; c < d; ++c) v += double(q[static_cast<std::size_t>(r) * d + c]) * x[c];
+      ref[static_cast<std::size_t>(r) * n + t] = sigma.empty() ? v : v * sigma[static_cast<std::size_t>(r) * n + t];
+    }
+  return test::nmse(got, ref);
+}
+
 // The one-head inner keys over 32 regions (the paper's heads): on a 132-SM device a region gets 16
 // blocks, so 4097 tokens are runs of at most three units a warp, which the kernel prefetches before
 // its wait, and 8197 tokens runs of four or five, which it does not (gpu/scores_mma.cu). Head_dim
@@ -683,36 +716,42 @@ TEST(GpuInnerKeys, ShortAndLongRunsMatchDouble) {
         SCOPED_TRACE(std::string(to_string(mode)) + std::to_string(bits) + ", " + std::to_string(n) + " tokens");
         const TensorSpec spec = test::swept_spec(mode, bits, true, 32, true);
         test::PackedPair pair(spec, rows, regions, n, d);
-        std::vector<float> q(static_cast<std::size_t>(regions) * d), sigma;
-        for (std::size_t i = 0; i < q.size(); ++i) q[i] = normal(rng) * ((i % d) == 40 ? 20.0f : 1.0f);
-        if (run++ % 2) {
-          sigma.resize(static_cast<std::size_t>(regions) * n);
-          for (auto& x : sigma) x = 0.5f + std::fabs(normal(rng));
-        }
-        float* d_q = upload(q);
-        float* d_sigma = sigma.empty() ? nullptr : upload(sigma);
-        float* d_scores = nullptr;
-        const std::size_t count = static_cast<std::size_t>(regions) * n;
-        CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * count));
-        CUDA_OK(gpu::scores_inner({pair.cache.dev, d_q, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores}));
-        const std::vector<float> got = download(d_scores, count);
-        std::vector<double> ref(count);
-        for (int r = 0; r < regions; ++r)
-          for (int t = 0; t < n; ++t) {
-            const float* x = pair.dequantized.data() + (static_cast<std::size_t>(r) * n + t) * d;
-            double v = 0;
-            for (int c = 0; c < d; ++c) v += double(q[static_cast<std::size_t>(r) * d + c]) * x[c];
-            ref[static_cast<std::size_t>(r) * n + t] = sigma.empty() ? v : v * sigma[static_cast<std::size_t>(r) * n + t];
-          }
-        const double e = test::nmse(got, ref);
+        const double e = one_head_scores_nmse(pair, regions, n, d, run++ % 2 == 1, rng);
         worst = std::max(worst, e);
         // q as 16-bit fixed point per chunk, each entry off by <= 2^-16 of the chunk's largest, most in
         // the chunk with the 20x channel: ~1e-9 (worst 1.8e-9 on the H100); 1e-6 is the bound.
         EXPECT_LT(e, 1e-6);
-        for (void* ptr : std::initializer_list<void*>{d_q, d_sigma, d_scores}) cudaFree(ptr);
       }
   }
   std::printf("    inner keys, %d runs over %d regions: worst NMSE %.3g\n", run, regions, worst);
+}
+
+// Long runs of 3-bit keys take the ring (gpu/scores_mma.cu: whole units copied into shared-memory
+// stages): on a 132-SM device, 32 regions of 32776 tokens give each warp 8 units, the ring's
+// threshold, and 32776 tokens (a multiple of 8) keep every region's scales on 16 bytes at groups of
+// 32, 64 and 128. The region's partial last unit (8 tokens) takes the global loads. Each mode at groups
+// of 32, sym at 64 and 128, token scales on every other run, against double.
+TEST(GpuInnerKeys, LongRunsMatchDouble) {
+  if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const int regions = 32, d = 128, n = 32768 + 8;
+  std::mt19937_64 rng(6262);
+  std::normal_distribution<float> normal;
+  std::vector<float> rows(static_cast<std::size_t>(regions) * n * d);
+  for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = round_to_half(normal(rng) * ((i % d) == 7 ? 15.0f : 1.0f) + 0.5f);
+  double worst = 0;
+  int run = 0;
+  for (int group : {32, 64, 128})
+    for (Mode mode : {Mode::sym, Mode::asym, Mode::hybrid}) {
+      if (group != 32 && mode != Mode::sym) continue;
+      SCOPED_TRACE(std::string(to_string(mode)) + "3, groups of " + std::to_string(group));
+      const TensorSpec spec = test::swept_spec(mode, 3, true, group, true);
+      test::PackedPair pair(spec, rows, regions, n, d);
+      const double e = one_head_scores_nmse(pair, regions, n, d, run++ % 2 == 1, rng);
+      worst = std::max(worst, e);
+      // As ShortAndLongRunsMatchDouble: q's 16-bit fixed point leaves ~1e-9; 1e-6 is the bound.
+      EXPECT_LT(e, 1e-6);
+    }
+  std::printf("    inner keys, %d runs of %d tokens over %d regions: worst NMSE %.3g\n", run, n, regions, worst);
 }
 
 // The one-head values kernel copies stretches with cp.async in 16-byte pieces; regions whose codes or
