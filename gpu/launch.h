@@ -1,7 +1,7 @@
 #pragma once
 // Launch shapes from the device's properties: the dynamic shared memory a kernel asks for is set once,
 // and the resident blocks per multiprocessor are measured by the occupancy API, both cached per
-// (device, kernel, shared memory) since the launchers run once per decode step.
+// (device, kernel, shared memory, carveout) since the launchers run once per decode step.
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -37,7 +37,10 @@ inline SplitRuns split_runs(int units, int wanted, const LaunchInfo& info, int r
 }
 
 // For `kernel` with `threads` threads and `smem` bytes of dynamic shared memory on the current device.
-cudaError_t launch_info(const void* kernel, int threads, std::size_t smem, LaunchInfo& out);
+// `max_shared` asks for the most shared memory in the L1/shared carveout (a hint, set once per
+// (device, kernel) before the occupancy is measured), for kernels whose registers, not their shared
+// memory, should decide the resident blocks.
+cudaError_t launch_info(const void* kernel, int threads, std::size_t smem, LaunchInfo& out, bool max_shared = false);
 
 // Whether kvq's kernels are launched as programmatic dependent launches (gpu/dependent_launch.cuh).
 // On by default; off gives timings of plain launches (`bench_gpu --dependent_launch=0`). Process-wide,

@@ -144,12 +144,13 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
 // twice the register form's; with more stages or fewer blocks it was no faster (H100, paper shape,
 // N = 32768: 2 stages at 8 blocks 24.0-24.1 us, 3 at 8 24.2, 3 at 6 24.5, 4 at 4 27.4, against
 // 24.6 for the register form; H200: 18.5-18.6 against 19.3; docs/PERF.md). Its first units wait for
-// the ring to fill, where the register form prefetches short runs: at 4096 and 8192 tokens it was 8%
-// and 1% slower, so it takes only runs of kRingMinUnits units a warp or more. Built for 3-bit codes
-// (the paper's keys, the only width timed) at head_dim 128 with fp16 metadata.
+// the ring to fill, where the register form prefetches short runs: at 4096 and 8192 tokens (1 and 2
+// units a warp) it was 8% and 1% slower, at 16384 (4) 2.0-2.5% faster (H100; 2.6-3.6% on an H200),
+// so it takes only runs of kRingMinUnits units a warp or more. Built for 3-bit codes (the paper's
+// keys, the only width timed) at head_dim 128 with fp16 metadata.
 constexpr int kRingStages = 2;
 constexpr int kRingBlocks = 8;
-constexpr int kRingMinUnits = 8;
+constexpr int kRingMinUnits = 4;
 
 template <int Bits, int D, class Meta>
 constexpr bool ring_built() {
@@ -260,13 +261,9 @@ cudaError_t launch_ring(const ScoresParams& p, cudaStream_t stream, bool& taken)
     const auto kernel = scores_ring_kernel<Bits, D, Meta, Mode>;
     static_assert(sizeof(RingStage<Bits, D, Meta, Mode>) % 128 == 0, "ring stages start on 128-byte lines (see RingStage)");
     const std::size_t smem = static_cast<std::size_t>(kThreads / 32) * kRingStages * sizeof(RingStage<Bits, D, Meta, Mode>);
-    // The most shared memory for the carveout (a hint, set once per kernel on the first device that
-    // launches it), so that the registers decide the resident blocks.
-    static const cudaError_t carveout =
-        cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-    KVQ_CUDA_TRY(carveout);
+    // The most shared memory for the carveout, so that the registers decide the resident blocks.
     LaunchInfo info;
-    KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, smem, info));
+    KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, smem, info, /*max_shared=*/true));
     const int units = (p.keys.shape.tokens + key_units::kUnit - 1) / key_units::kUnit;
     const int want = info.wave_per_region(p.keys.regions);
     const int per_block = std::max(kThreads / 32, (units + want - 1) / want);

@@ -434,13 +434,9 @@ cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   const auto kernel = scores_outer_mma_kernel<Bits, D, Heads>;
   // Rows of B per warp: two for groups of 16 tokens.
   const std::size_t smem = kWarps * (kStages * sizeof(Tile<Bits, D>) + (p.keys.shape.group_size == 16 ? 2 : 1) * sizeof(ScratchFor<Bits, D, Heads>));
-  // As many resident blocks as the registers allow: the most shared memory for the carveout (a hint,
-  // set once per kernel on the first device that launches it).
-  static const cudaError_t carveout =
-      cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-  KVQ_CUDA_TRY(carveout);
+  // As many resident blocks as the registers allow: the most shared memory for the carveout.
   LaunchInfo info;
-  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, smem, info));
+  KVQ_CUDA_TRY(launch_info(reinterpret_cast<const void*>(kernel), kThreads, smem, info, /*max_shared=*/true));
   // One wave of resident blocks over all regions, each a whole number of warp rounds of tiles.
   const int tiles = (p.keys.shape.tokens + 31) / 32, want = info.wave_per_region(p.keys.regions);
   const int per_block = std::max(kWarps, (tiles + want * kWarps - 1) / (want * kWarps) * kWarps);
