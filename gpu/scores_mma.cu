@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
 // N = 32768: 2 stages at 8 blocks 24.0-24.1 us, 3 at 8 24.2, 3 at 6 24.5, 4 at 4 27.4, against
 // 24.6 for the register form; H200: 18.5-18.6 against 19.3; docs/PERF.md). Its first units wait for
 // the ring to fill, where the register form prefetches short runs: at 4096 and 8192 tokens (1 and 2
-// units a warp) it was 8% and 1% slower, at 16384 (4) 2.0-2.5% faster (H100; 2.6-3.6% on an H200),
+// units a warp) it was 8% and 1% slower, at 16384 (4) 1.9-2.5% faster (H100; 2.6-3.6% on an H200),
 // so it takes only runs of kRingMinUnits units a warp or more. Built for 3-bit codes (the paper's
 // keys, the only width timed) at head_dim 128 with fp16 metadata.
 constexpr int kRingStages = 2;
