@@ -20,10 +20,14 @@ bool dependent_launch() { return g_dependent_launch.load(std::memory_order_relax
 cudaError_t launch_info(const void* kernel, int threads, std::size_t smem, LaunchInfo& out, bool max_shared) {
   static std::mutex mutex;
   static std::map<std::tuple<int, const void*, int, std::size_t, bool>, LaunchInfo> cache;
-  // The shared-memory limit is one attribute per kernel: only ever raised, so that a smaller request
-  // never lowers it below one already cached. The carveout likewise, once asked for, stays.
-  static std::map<std::pair<int, const void*>, std::size_t> limit;
-  static std::map<std::pair<int, const void*>, bool> carveout;
+  // A kernel's attributes, one set per (device, kernel): the shared-memory limit is only ever raised,
+  // so that a smaller request never lowers it below one already cached; the carveout, once asked
+  // for, stays.
+  struct Attributes {
+    std::size_t limit = 0;
+    bool max_shared = false;
+  };
+  static std::map<std::pair<int, const void*>, Attributes> attributes;
   int device = 0;
   KVQ_CUDA_TRY(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
@@ -35,15 +39,14 @@ cudaError_t launch_info(const void* kernel, int threads, std::size_t smem, Launc
   }
   LaunchInfo info;
   KVQ_CUDA_TRY(cudaDeviceGetAttribute(&info.multiprocessors, cudaDevAttrMultiProcessorCount, device));
-  bool& carved = carveout[std::make_pair(device, kernel)];
-  if (max_shared && !carved) {
+  Attributes& set = attributes[std::make_pair(device, kernel)];
+  if (max_shared && !set.max_shared) {
     KVQ_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-    carved = true;
+    set.max_shared = true;
   }
-  std::size_t& set = limit[std::make_pair(device, kernel)];
-  if (smem > set) {
+  if (smem > set.limit) {
     KVQ_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    set = smem;
+    set.limit = smem;
   }
   KVQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&info.blocks_per_sm, kernel, threads, smem));
   if (info.blocks_per_sm < 1) return cudaErrorInvalidConfiguration;

@@ -727,7 +727,7 @@ TEST(GpuInnerKeys, ShortAndLongRunsMatchDouble) {
 }
 
 // Long runs of 3-bit keys take the ring (gpu/scores_mma.cu: whole units copied into shared-memory
-// stages): on a 132-SM device, 32 regions of 32776 tokens give each warp 8 units, the ring's
+// stages): on a 132-SM device, 32 regions of 32776 tokens give each warp 8 units, twice the ring's
 // threshold, and 32776 tokens (a multiple of 8) keep every region's scales on 16 bytes at groups of
 // 32, 64 and 128. The region's partial last unit (8 tokens) takes the global loads. Each mode at groups
 // of 32, sym at 64 and 128, token scales on every other run, against double.
