@@ -119,7 +119,8 @@ cudaError_t merge(Parts parts, int count, float* outputs, cudaStream_t stream) {
 // Unfused: the scores into p.scores_scratch, then the values' kernel running the softmax over them and
 // writing parts [0, used), the last of them the windows where it took them (one query head per kv head).
 cudaError_t unfused_inner(const AttentionParams& p, const Parts& parts, int& used, bool& windows_taken, cudaStream_t stream) {
-  KVQ_CUDA_TRY(scores_inner({p.keys, p.queries, p.group, p.scores_scratch, p.key_token_scale, GemvKernel::automatic}, stream));
+  // The keys follow the merge (or the caller's window rows), which leaves memory idle.
+  KVQ_CUDA_TRY(scores_inner({p.keys, p.queries, p.group, p.scores_scratch, p.key_token_scale, GemvKernel::automatic, /*prefetch_first_units=*/true}, stream));
   OutputsParams o;
   o.values = p.values, o.probs = p.scores_scratch, o.group = p.group, o.splits = p.splits, o.token_scale = p.value_token_scale;
   return outputs_softmax_mma(o, p.scale, parts, {p.window_keys, p.window_values, p.window_queries, p.window}, used, windows_taken, stream);

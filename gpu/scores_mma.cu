@@ -3,7 +3,8 @@
 // its B together once per run, from q copied ahead of their first units. The loads of the unit two
 // ahead are issued before a unit is multiplied, and short runs are prefetched into L2 while the
 // previous kernel finishes. Long runs of 3-bit keys take scores_ring_kernel: each warp's whole units
-// through its own ring of shared-memory stages, at twice the resident warps.
+// through its own ring of shared-memory stages, at twice the resident warps, each warp's first unit
+// prefetched where the caller asks (ScoresParams::prefetch_first_units).
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -151,6 +152,10 @@ __global__ void __launch_bounds__(kThreads, 4) scores_mma_kernel(ScoresParams p,
 constexpr int kRingStages = 2;
 constexpr int kRingBlocks = 8;
 constexpr int kRingMinUnits = 4;
+// Units a warp named to L2 before the wait where the caller asks (ScoresParams::prefetch_first_units):
+// the unfused InnerQ attention at N = 32768 took 48.6 us with 1, 48.8 with 2, 49.2 with 4 and with
+// none (H100, paper shape, two rounds in one run; docs/PERF.md).
+constexpr int kRingPrefetchUnits = 1;
 
 template <int Bits, int D, class Meta>
 constexpr bool ring_built() {
@@ -190,11 +195,39 @@ __device__ __forceinline__ void read_stage(const key_units::LaneKeys<Bits, D, Me
   }
 }
 
+// The first Count whole units of this warp in scores_ring_kernel named to L2 before the wait, as
+// prefetch_first_units does for a block's (same reasoning: kernel arguments only, no hybrid zero
+// points, only lines holding the units' bytes).
+template <int Bits, int D, class Meta, GroupMode Mode, int Count>
+__device__ __forceinline__ void prefetch_warp_units(const ScoresParams& p, int units_per_block) {
+  constexpr int kWarps = kThreads / 32, kUnit = key_units::kUnit;
+  const RegionShape& s = p.keys.shape;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, whole = s.tokens / kUnit;
+  const int u0 = blockIdx.x * units_per_block, w1 = min(whole, u0 + units_per_block);
+  const long long code_bytes = kUnit * (D / 32) * Bits * 4, meta_bytes = static_cast<long long>(kUnit) * (D / s.group_size) * sizeof(Meta);
+  const RegionArrays<Meta> a = argument_arrays<Meta>(p.keys, blockIdx.y);
+  // Unit v's bytes of an array holding `bytes` a unit.
+  const auto lines = [&](const void* array, long long bytes, long long v) {
+    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(array) + v * bytes;
+    for (std::uintptr_t l = (at >> 7) + lane; l <= (at + bytes - 1) >> 7; l += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(l << 7));
+  };
+#pragma unroll
+  for (int j = 0; j < Count; ++j) {
+    const int v = u0 + warp + kWarps * j;
+    if (v >= w1) break;
+    lines(a.codes, code_bytes, v);
+    lines(a.scales, meta_bytes, v);
+    if constexpr (Mode == GroupMode::asym) lines(a.zeros, meta_bytes, v);
+  }
+}
+
 // As scores_mma_kernel (units [u0, u1) of region blockIdx.y, warp w taking u0 + w, u0 + w + 4, ...),
 // whole units through the warp's ring; a region's partial last unit takes the global loads. Every
 // region's arrays start on 16 bytes (aligned16), so a whole unit's arrays are whole 16-byte pieces.
-template <int Bits, int D, class Meta, GroupMode Mode>
+// Prefetch: units a warp named to L2 before the wait (ScoresParams::prefetch_first_units).
+template <int Bits, int D, class Meta, GroupMode Mode, int Prefetch>
 __global__ void __launch_bounds__(kThreads, kRingBlocks) scores_ring_kernel(ScoresParams p, int units_per_block, std::uint32_t ones) {
+  if constexpr (Prefetch > 0) prefetch_warp_units<Bits, D, Meta, Mode, Prefetch>(p, units_per_block);
   wait_for_prior_kernels();
   using Keys = key_units::LaneKeys<Bits, D, Meta, Mode>;
   using Stage = RingStage<Bits, D, Meta, Mode>;
@@ -253,12 +286,12 @@ __global__ void __launch_bounds__(kThreads, kRingBlocks) scores_ring_kernel(Scor
 
 // Launches the ring where it applies (ring_built, arrays on 16 bytes, runs of kRingMinUnits units a
 // warp or more in its wave); `taken` says whether it did.
-template <int Bits, int D, class Meta, GroupMode Mode>
+template <int Bits, int D, class Meta, GroupMode Mode, int Prefetch>
 cudaError_t launch_ring(const ScoresParams& p, cudaStream_t stream, bool& taken) {
   taken = false;
   if constexpr (ring_built<Bits, D, Meta>()) {
     if (!aligned16(p.keys)) return cudaSuccess;
-    const auto kernel = scores_ring_kernel<Bits, D, Meta, Mode>;
+    const auto kernel = scores_ring_kernel<Bits, D, Meta, Mode, Prefetch>;
     static_assert(sizeof(RingStage<Bits, D, Meta, Mode>) % 128 == 0, "ring stages start on 128-byte lines (see RingStage)");
     const std::size_t smem = static_cast<std::size_t>(kThreads / 32) * kRingStages * sizeof(RingStage<Bits, D, Meta, Mode>);
     // The most shared memory for the carveout, so that the registers decide the resident blocks.
@@ -284,7 +317,8 @@ cudaError_t launch_with(const ScoresParams& p, int per_block, dim3 grid, cudaStr
 template <int Bits, int D, class Meta, GroupMode Mode>
 cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
   bool ring = false;
-  KVQ_CUDA_TRY((launch_ring<Bits, D, Meta, Mode>(p, stream, ring)));
+  if (p.prefetch_first_units) KVQ_CUDA_TRY((launch_ring<Bits, D, Meta, Mode, kRingPrefetchUnits>(p, stream, ring)));
+  else KVQ_CUDA_TRY((launch_ring<Bits, D, Meta, Mode, 0>(p, stream, ring)));
   if (ring) return cudaSuccess;
   const RegionShape& s = p.keys.shape;
   auto kernel = scores_mma_kernel<Bits, D, Meta, Mode, false>;  // __launch_bounds__ gives both forms 4 blocks an SM

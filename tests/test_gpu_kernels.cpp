@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -666,8 +667,11 @@ TEST(GpuOuterKeys, TensorCoresMatchDouble) {
 
 // scores_inner's one-head scores over `pair` ([regions][n] tokens of head_dim d, tensor cores) for a
 // seeded q with one 20x channel, with seeded token scales if token_scales, against double on the
-// dequantized rows: their NMSE (infinite where a CUDA call failed, which is reported as well).
-double one_head_scores_nmse(const test::PackedPair& pair, int regions, int n, int d, bool token_scales, std::mt19937_64& rng) {
+// dequantized rows: their NMSE (infinite where a CUDA call failed, which is reported as well). With
+// prefetch_too, a second call with ScoresParams::prefetch_first_units must give the same scores bit
+// for bit (the prefetch is a hint and writes nothing).
+double one_head_scores_nmse(const test::PackedPair& pair, int regions, int n, int d, bool token_scales, std::mt19937_64& rng,
+                            bool prefetch_too = false) {
   std::normal_distribution<float> normal;
   std::vector<float> q(static_cast<std::size_t>(regions) * d), sigma;
   for (std::size_t i = 0; i < q.size(); ++i) q[i] = normal(rng) * ((i % d) == 40 ? 20.0f : 1.0f);
@@ -683,6 +687,15 @@ double one_head_scores_nmse(const test::PackedPair& pair, int regions, int n, in
   if (status == cudaSuccess) status = gpu::scores_inner({pair.cache.dev, d_q, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores});
   EXPECT_EQ(status, cudaSuccess) << "scores_inner: " << cudaGetErrorString(status);
   const std::vector<float> got = status == cudaSuccess ? download(d_scores, count) : std::vector<float>();
+  if (prefetch_too && status == cudaSuccess) {
+    cudaMemset(d_scores, 0xff, sizeof(float) * count);  // NaNs: a score left unwritten cannot pass
+    status = gpu::scores_inner({pair.cache.dev, d_q, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores, /*prefetch_first_units=*/true});
+    EXPECT_EQ(status, cudaSuccess) << "scores_inner with prefetch_first_units: " << cudaGetErrorString(status);
+    if (status == cudaSuccess) {
+      const std::vector<float> again = download(d_scores, count);
+      EXPECT_EQ(0, std::memcmp(got.data(), again.data(), sizeof(float) * count)) << "prefetch_first_units changed the scores";
+    }
+  }
   for (void* ptr : std::initializer_list<void*>{d_q, d_sigma, d_scores}) cudaFree(ptr);
   if (status != cudaSuccess) return std::numeric_limits<double>::infinity();
   std::vector<double> ref(count);
@@ -730,7 +743,8 @@ TEST(GpuInnerKeys, ShortAndLongRunsMatchDouble) {
 // stages): on a 132-SM device, 32 regions of 32776 tokens give each warp 8 units, twice the ring's
 // threshold, and 32776 tokens (a multiple of 8) keep every region's scales on 16 bytes at groups of
 // 32, 64 and 128. The region's partial last unit (8 tokens) takes the global loads. Each mode at groups
-// of 32, sym at 64 and 128, token scales on every other run, against double.
+// of 32, sym at 64 and 128, token scales on every other run, against double; each run again with the
+// warps' first units prefetched (prefetch_first_units), bit for bit the same.
 TEST(GpuInnerKeys, LongRunsMatchDouble) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const int regions = 32, d = 128, n = 32768 + 8;
@@ -746,7 +760,7 @@ TEST(GpuInnerKeys, LongRunsMatchDouble) {
       SCOPED_TRACE(std::string(to_string(mode)) + "3, groups of " + std::to_string(group));
       const TensorSpec spec = test::swept_spec(mode, 3, true, group, true);
       test::PackedPair pair(spec, rows, regions, n, d);
-      const double e = one_head_scores_nmse(pair, regions, n, d, run++ % 2 == 1, rng);
+      const double e = one_head_scores_nmse(pair, regions, n, d, run++ % 2 == 1, rng, /*prefetch_too=*/true);
       worst = std::max(worst, e);
       // As ShortAndLongRunsMatchDouble: q's 16-bit fixed point leaves ~1e-9; 1e-6 is the bound.
       EXPECT_LT(e, 1e-6);
