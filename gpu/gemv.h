@@ -33,10 +33,11 @@ struct ScoresParams {
   // (gpu/scores_staged.h) for GQA shapes that one does not take, CUDA cores where none supports the
   // shape; scores_outer as said below.
   GemvKernel kernel = GemvKernel::automatic;
-  // The previous kernel in the stream leaves memory idle (the attention step's merge before the next
-  // step's keys): long runs (scores_mma's ring) then name each warp's first unit to L2 before they
-  // wait for it. Off where that kernel streams memory itself: after a GEMV the prefetch made the keys
-  // 4.8-5.5% slower at N = 16384 (H100, docs/PERF.md). Short runs prefetch either way.
+  // Set where the previous kernel in the stream leaves memory idle (the attention step's merge before
+  // the next step's keys): the ring (scores_mma's long runs of 3-bit keys) then names each warp's
+  // first unit to L2 before it waits for that kernel. Off where that kernel streams memory itself:
+  // after a GEMV the prefetch made the keys 4.8-5.5% slower at N = 16384 (H100, docs/PERF.md). The
+  // other kernels ignore it (scores_mma's short runs are prefetched either way).
   bool prefetch_first_units = false;
 };
 

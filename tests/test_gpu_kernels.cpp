@@ -688,8 +688,8 @@ double one_head_scores_nmse(const test::PackedPair& pair, int regions, int n, in
   EXPECT_EQ(status, cudaSuccess) << "scores_inner: " << cudaGetErrorString(status);
   const std::vector<float> got = status == cudaSuccess ? download(d_scores, count) : std::vector<float>();
   if (prefetch_too && status == cudaSuccess) {
-    cudaMemset(d_scores, 0xff, sizeof(float) * count);  // NaNs: a score left unwritten cannot pass
-    status = gpu::scores_inner({pair.cache.dev, d_q, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores, /*prefetch_first_units=*/true});
+    status = cudaMemset(d_scores, 0xff, sizeof(float) * count);  // NaNs: a score left unwritten cannot pass
+    if (status == cudaSuccess) status = gpu::scores_inner({pair.cache.dev, d_q, 1, d_scores, d_sigma, gpu::GemvKernel::tensor_cores, /*prefetch_first_units=*/true});
     EXPECT_EQ(status, cudaSuccess) << "scores_inner with prefetch_first_units: " << cudaGetErrorString(status);
     if (status == cudaSuccess) {
       const std::vector<float> again = download(d_scores, count);
