@@ -28,6 +28,13 @@ constexpr int kThreads = 128;
 // launcher prefetches only runs that fit in them.
 constexpr int kPrefetchUnits = 3 * (kThreads / 32);
 
+// Every 128-byte line holding a byte of [begin, begin + bytes) named to L2, line i by thread i mod
+// threads (this thread is `thread` of `threads`).
+__device__ __forceinline__ void prefetch_lines(const void* begin, long long bytes, int thread, int threads) {
+  const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(begin);
+  for (std::uintptr_t l = (at >> 7) + thread; l <= (at + bytes - 1) >> 7; l += threads) asm volatile("prefetch.global.L2 [%0];" ::"l"(l << 7));
+}
+
 // The block's first kPrefetchUnits units named to L2 before the
 // wait: they may come from memory while the previous kernel in the stream finishes, since L2 is where
 // every write lands (no stale copy can be read) and a prefetch writes no register. Only kernel arguments
@@ -42,9 +49,7 @@ __device__ __forceinline__ void prefetch_first_units(const ScoresParams& p, int 
   const long long tok0 = u0 * key_units::kUnit, tok1 = min(s.tokens, u1 * key_units::kUnit);
   // Bytes [tok0 * per_token, tok1 * per_token) of an array starting at `array`.
   const auto lines = [&](const void* array, long long per_token) {
-    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(array);
-    const std::uintptr_t first = (at + tok0 * per_token) >> 7, last = (at + tok1 * per_token - 1) >> 7;
-    for (std::uintptr_t l = first + threadIdx.x; l <= last; l += kThreads) asm volatile("prefetch.global.L2 [%0];" ::"l"(l << 7));
+    prefetch_lines(static_cast<const char*>(array) + tok0 * per_token, (tok1 - tok0) * per_token, threadIdx.x, kThreads);
   };
   const long long metas = static_cast<long long>(D / s.group_size) * sizeof(Meta);
   const RegionArrays<Meta> a = argument_arrays<Meta>(p.keys, r);
@@ -207,10 +212,7 @@ __device__ __forceinline__ void prefetch_warp_units(const ScoresParams& p, int u
   const long long code_bytes = kUnit * (D / 32) * Bits * 4, meta_bytes = static_cast<long long>(kUnit) * (D / s.group_size) * sizeof(Meta);
   const RegionArrays<Meta> a = argument_arrays<Meta>(p.keys, blockIdx.y);
   // Unit v's bytes of an array holding `bytes` a unit.
-  const auto lines = [&](const void* array, long long bytes, long long v) {
-    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(array) + v * bytes;
-    for (std::uintptr_t l = (at >> 7) + lane; l <= (at + bytes - 1) >> 7; l += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(l << 7));
-  };
+  const auto lines = [&](const void* array, long long bytes, long long v) { prefetch_lines(static_cast<const char*>(array) + v * bytes, bytes, lane, 32); };
 #pragma unroll
   for (int j = 0; j < Count; ++j) {
     const int v = u0 + warp + kWarps * j;
