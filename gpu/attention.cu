@@ -181,7 +181,7 @@ __global__ void row_stats_kernel(const float* scores, int tokens, float scale, P
 // of o, free until the windows' part is written after it (stream order).
 cudaError_t outer_part(const AttentionParams& p, const Parts& parts, cudaStream_t stream) {
   const int tokens = p.keys.shape.tokens, rows = p.keys.regions * p.group;
-  KVQ_CUDA_TRY(scores_outer({p.keys, p.queries, p.group, p.scores_scratch, p.key_token_scale, GemvKernel::automatic}, stream));
+  KVQ_CUDA_TRY(scores_outer({p.keys, p.queries, p.group, p.scores_scratch, p.key_token_scale, GemvKernel::automatic, /*prefetch_first_units=*/true}, stream));
   KVQ_CUDA_TRY(launch_kernel(row_stats_kernel, dim3(static_cast<unsigned>(rows)), dim3(512), 0, stream, p.scores_scratch, tokens, p.scale, parts));
   OutputsParams o;
   o.values = p.values, o.probs = p.scores_scratch, o.group = p.group, o.splits = p.splits, o.token_scale = p.value_token_scale;

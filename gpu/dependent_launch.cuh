@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <utility>
 
 #include "gpu/launch.h"
@@ -23,6 +24,16 @@ __device__ __forceinline__ void wait_for_prior_kernels() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// Every 128-byte line holding a byte of [begin, begin + bytes) named to L2, line i by thread i mod
+// threads (this thread is `thread` of `threads`). May come before wait_for_prior_kernels(): a prefetch
+// writes no register and L2 is where every write lands, so no stale copy can be read; it lets a
+// kernel's first loads come from memory while the previous kernel finishes. Lines holding a byte of
+// the range only, so no address outside the array's pages.
+__device__ __forceinline__ void prefetch_lines(const void* begin, long long bytes, int thread, int threads) {
+  const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(begin);
+  for (std::uintptr_t l = (at >> 7) + thread; l <= (at + bytes - 1) >> 7; l += threads) asm volatile("prefetch.global.L2 [%0];" ::"l"(l << 7));
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), as a dependent launch when dependent_launch() is on.

@@ -35,9 +35,10 @@ struct ScoresParams {
   GemvKernel kernel = GemvKernel::automatic;
   // Set where the previous kernel in the stream leaves memory idle (the attention step's merge before
   // the next step's keys): the ring (scores_mma's long runs of 3-bit keys) then names each warp's
-  // first unit to L2 before it waits for that kernel. Off where that kernel streams memory itself:
-  // after a GEMV the prefetch made the keys 4.8-5.5% slower at N = 16384 (H100, docs/PERF.md). The
-  // other kernels ignore it (scores_mma's short runs are prefetched either way).
+  // first unit to L2 before it waits for that kernel, scores_outer_mma (KIVI's keys) each warp's first
+  // tile. Off where that kernel streams memory itself: after a GEMV the prefetch made the keys 4.8-5.5%
+  // slower at N = 16384 (H100, docs/PERF.md). The other kernels ignore it (scores_mma's short runs are
+  // prefetched either way).
   bool prefetch_first_units = false;
 };
 

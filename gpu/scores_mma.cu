@@ -28,18 +28,9 @@ constexpr int kThreads = 128;
 // launcher prefetches only runs that fit in them.
 constexpr int kPrefetchUnits = 3 * (kThreads / 32);
 
-// Every 128-byte line holding a byte of [begin, begin + bytes) named to L2, line i by thread i mod
-// threads (this thread is `thread` of `threads`).
-__device__ __forceinline__ void prefetch_lines(const void* begin, long long bytes, int thread, int threads) {
-  const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(begin);
-  for (std::uintptr_t l = (at >> 7) + thread; l <= (at + bytes - 1) >> 7; l += threads) asm volatile("prefetch.global.L2 [%0];" ::"l"(l << 7));
-}
-
-// The block's first kPrefetchUnits units named to L2 before the
-// wait: they may come from memory while the previous kernel in the stream finishes, since L2 is where
-// every write lands (no stale copy can be read) and a prefetch writes no register. Only kernel arguments
-// are read; hybrid zero points (found through a global read) are not prefetched. Lines holding any
-// byte of the units' codes, scales and (asym) zero points, so no address outside an array's pages.
+// The block's first kPrefetchUnits units' codes, scales and (asym) zero points named to L2 before the
+// wait (prefetch_lines says why that is safe). Only kernel arguments are read; hybrid zero points
+// (found through a global read) are not prefetched.
 template <int Bits, int D, class Meta, GroupMode Mode>
 __device__ __forceinline__ void prefetch_first_units(const ScoresParams& p, int units_per_block) {
   const RegionShape& s = p.keys.shape;

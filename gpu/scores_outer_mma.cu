@@ -55,6 +55,9 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kStages = 2;      // tiles per warp in shared memory (3 and 4 measured no faster on the H100)
+// Tiles a warp named to L2 before the wait where prefetch_first_units asks (KIVI's attention at
+// N = 32768 on the H100: docs/PERF.md).
+constexpr int kPrefetchTiles = 1;
 constexpr int kMaxRange = 100;  // |exponent| of B's power of two: 2^+-100 and the rows' weights stay normal
 using outer_mma::kWordsPerMTile;
 using outer_mma::ByteRows;
@@ -147,8 +150,35 @@ __device__ __forceinline__ float head_sums(const float (&v)[Heads], int lane) {
 // Heads: the bucket (1, 2 or 4) of the GQA group, which sizes the registers kept per head.
 // (No minimum of resident blocks: capping the registers at 80 or 72 for 6 or 7 blocks spilled and ran
 // 20-30% slower on the H100.)
-template <int Bits, int D, int Heads>
+// The first Count tiles of this warp (codes, and the scale and asym zero rows of their group rows)
+// named to L2 before the wait, when the caller asks (ScoresParams::prefetch_first_units), as the inner
+// keys' ring does: kernel arguments only, lines holding the tiles' bytes only (prefetch_lines).
+template <int Bits, int D, int Count>
+__device__ __forceinline__ void prefetch_warp_tiles(const ScoresParams& p, int per_block) {
+  const RegionShape& s = p.keys.shape;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int shift = 31 - __clz(s.group_size), rows = s.tokens >> shift, tiles = (s.tokens + 31) / 32;
+  const int first = blockIdx.x * per_block, last = min(tiles, first + per_block);
+  const RegionArrays<std::uint16_t> a = argument_arrays<std::uint16_t>(p.keys, blockIdx.y);
+  // Bytes [from, from + bytes) of an array starting at `array`.
+  const auto lines = [&](const void* array, long long from, long long bytes) { prefetch_lines(static_cast<const char*>(array) + from, bytes, lane, 32); };
+#pragma unroll
+  for (int j = 0; j < Count; ++j) {
+    const int tile = first + warp + kWarps * j;
+    if (tile >= last) break;
+    lines(a.codes, static_cast<long long>(tile) * D * Bits * 4, D * Bits * 4);
+    const int row0 = (tile * 32) >> shift, row1 = min(rows, ((tile + 1) * 32 + (1 << shift) - 1) >> shift);
+    if (row1 > row0) {
+      const long long from = static_cast<long long>(row0) * D * 2, bytes = static_cast<long long>(row1 - row0) * D * 2;
+      lines(a.scales, from, bytes);
+      if (s.mode == GroupMode::asym) lines(a.zeros, from, bytes);
+    }
+  }
+}
+
+template <int Bits, int D, int Heads, int Prefetch>
 __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams p, int per_block) {
+  if constexpr (Prefetch > 0) prefetch_warp_tiles<Bits, D, Prefetch>(p, per_block);
   wait_for_prior_kernels();
   using TileT = Tile<Bits, D>;
   using ScratchT = ScratchFor<Bits, D, Heads>;
@@ -429,9 +459,9 @@ __global__ void __launch_bounds__(kThreads) scores_outer_mma_kernel(ScoresParams
   copy_wait<0>();
 }
 
-template <int Bits, int D, int Heads>
+template <int Bits, int D, int Heads, int Prefetch>
 cudaError_t launch(const ScoresParams& p, cudaStream_t stream) {
-  const auto kernel = scores_outer_mma_kernel<Bits, D, Heads>;
+  const auto kernel = scores_outer_mma_kernel<Bits, D, Heads, Prefetch>;
   // Rows of B per warp: two for groups of 16 tokens.
   const std::size_t smem = kWarps * (kStages * sizeof(Tile<Bits, D>) + (p.keys.shape.group_size == 16 ? 2 : 1) * sizeof(ScratchFor<Bits, D, Heads>));
   // As many resident blocks as the registers allow: the most shared memory for the carveout.
@@ -454,7 +484,7 @@ cudaError_t scores_outer_mma(const ScoresParams& p, cudaStream_t stream) {
   const RegionShape& s = p.keys.shape;
   if (!scores_outer_mma_supported(p.keys, p.group) || p.keys.regions < 1) return cudaErrorInvalidValue;
   if (s.tokens == 0) return cudaSuccess;
-  KVQ_DISPATCH_OUTER_MMA(s, p.group, B, D, H, return launch<B, D, H>(p, stream);)
+  KVQ_DISPATCH_OUTER_MMA(s, p.group, B, D, H, return p.prefetch_first_units ? launch<B, D, H, kPrefetchTiles>(p, stream) : launch<B, D, H, 0>(p, stream);)
   return cudaErrorInvalidValue;
 }
 

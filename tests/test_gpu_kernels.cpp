@@ -599,7 +599,8 @@ TEST(GpuInnerValues, LongRunsMatchDouble) {
 // on int8 tensor cores, the rest on fp16), groups of 16/32/128 tokens, head_dim 64/128, 1..4 heads,
 // each mode. Token magnitudes spread over e^(+-4), so that group rows need their own B range; groups of
 // 16 end on half a tile; every other run has token scales; scales start 2 bytes off 16 (the kernel
-// copies them from where they start). Both outer kernels against double.
+// copies them from where they start). Both outer kernels against double, the tensor cores' again with
+// prefetch_first_units.
 TEST(GpuOuterKeys, TensorCoresMatchDouble) {
   if (gpu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const int regions = 2;
@@ -638,6 +639,11 @@ TEST(GpuOuterKeys, TensorCoresMatchDouble) {
             CUDA_OK(cudaMalloc(&d_scores, sizeof(float) * count));
             CUDA_OK(gpu::scores_outer({off, d_q, heads, d_scores, d_sigma, gpu::GemvKernel::automatic}));
             const std::vector<float> a = download(d_scores, count);
+            // Again with each warp's first tiles prefetched, into NaNs: a hint that writes nothing, so
+            // the same scores bit for bit.
+            CUDA_OK(cudaMemset(d_scores, 0xff, sizeof(float) * count));
+            CUDA_OK(gpu::scores_outer({off, d_q, heads, d_scores, d_sigma, gpu::GemvKernel::automatic, /*prefetch_first_units=*/true}));
+            EXPECT_EQ(0, std::memcmp(a.data(), download(d_scores, count).data(), sizeof(float) * count)) << "prefetch_first_units changed the scores";
             CUDA_OK(gpu::scores_outer({pair.cache.dev, d_q, heads, d_scores, d_sigma, gpu::GemvKernel::cuda_cores}));
             const std::vector<float> b = download(d_scores, count);
             std::vector<double> ref(count);
