@@ -209,7 +209,7 @@ INSTANTIATE_TEST_SUITE_P(Sweep, GpuAttention, ::testing::ValuesIn(attention_case
 // The outer layouts (KIVI's: token-axis key groups, channel-axis value groups) through attention_outer:
 // bits 2/4/8 (the tensor-core GEMVs where the metadata is fp16) and 3 (CUDA cores), head_dim 64 and
 // 128, one, four and seven query heads per kv head, with the modes, group sizes, token scales and the
-// metadata precision taken in turn.
+// metadata precision taken in turn; then KIVI's own configuration.
 struct OuterCase {
   int bits, head_dim, group;
   Mode key_mode, value_mode;
@@ -228,6 +228,9 @@ std::vector<OuterCase> outer_cases() {
         out.push_back({bits, d, group, modes[i % 3], modes[(i / 3) % 3], sizes[i % 4], std::min(sizes[(i + 1) % 4], d), i % 2 == 1, i % 5 == 3});
         ++i;
       }
+  // KIVI's own cache, as the benchmarks' paper and serving shapes take it: 2-bit asym keys and values,
+  // groups of 32, fp16 metadata, head_dim 128, one and four query heads per kv head.
+  for (int group : {1, 4}) out.push_back({2, 128, group, Mode::asym, Mode::asym, 32, 32, false, false});
   return out;
 }
 
